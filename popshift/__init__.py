@@ -1,0 +1,1 @@
+"""Shared plumbing of the popshift services: settings, the Kafka bus, topics, tracing, the CLI."""

@@ -1,0 +1,44 @@
+"""W3C trace context across Kafka, so one trace follows a load spike from agent to BPF map.
+
+The producer writes a ``traceparent`` header; the consumer's span is a child of the producer's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+Headers = list[tuple[str, str | bytes | None]]
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def setup_tracing(service_name: str, otlp_endpoint: str | None) -> TracerProvider:
+    """Install a process-wide provider; export to OTLP (Tempo) only when an endpoint is set."""
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    if otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def inject(headers: Headers, context: Context | None = None) -> Headers:
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=context)
+    return headers + [(k, v.encode()) for k, v in carrier.items()]
+
+
+def extract(headers: Sequence[tuple[str, str | bytes | None]] | None) -> Context:
+    carrier = {
+        k: v.decode("ascii", "replace") if isinstance(v, bytes) else v
+        for k, v in (headers or ())
+        if v is not None
+    }
+    return _PROPAGATOR.extract(carrier)

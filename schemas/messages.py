@@ -1,0 +1,308 @@
+"""Every message popshift puts on Kafka, and the forwarding-table entry it keeps in Redis.
+
+Strict on purpose: a message that would make a service compute with NaN, a negative load or an
+unknown field is rejected at the edge and dead-lettered with the reason, never half-processed.
+Each message carries ``schema_version`` so that a consumer can refuse what it does not understand.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
+
+SCHEMA_VERSION = 1
+MAX_SERVERS_PER_POP = 4096
+MAX_SHARES_PER_POLICY = 1024
+MAX_TIERS = 16
+MAX_REASON_CHARS = 512
+
+PopName = Annotated[
+    str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+]
+ServerName = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+]
+Tier = Annotated[int, Field(ge=0, lt=MAX_TIERS)]
+Seconds = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+Cores = Annotated[float, Field(ge=0.0, le=1_000_000.0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Millis = Annotated[float, Field(ge=0.0, le=3_600_000.0, allow_inf_nan=False)]
+Counter = Annotated[int, Field(ge=0, lt=2**64)]
+
+
+class Message(BaseModel):
+    """Base of every message: frozen, unknown fields rejected, no NaN or infinity anywhere."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    schema_version: Literal[1] = 1
+
+
+class ServiceQos(Message):
+    """Latency of the local health probe over one interval, as the agent measured it."""
+
+    probes: int = Field(ge=0, le=100_000)
+    success_rate: Fraction
+    latency_p50_ms: Millis | None = None
+    latency_p95_ms: Millis | None = None
+
+    @model_validator(mode="after")
+    def _percentiles_ordered(self) -> ServiceQos:
+        p50, p95 = self.latency_p50_ms, self.latency_p95_ms
+        if p50 is not None and p95 is not None and p95 < p50:
+            raise ValueError("latency_p95_ms must be >= latency_p50_ms")
+        return self
+
+
+class ServerHeartbeat(Message):
+    """feedback.v1 from one compute server's agent (patent (29), (42), (80)-(81))."""
+
+    kind: Literal["server"] = "server"
+    pop: PopName
+    server: ServerName
+    address: IPvAnyAddress
+    seq: int = Field(ge=0, lt=2**63)
+    sent_at: Seconds
+    capacity_cores: Cores = Field(gt=0.0)
+    cpu_busy_cores: Cores
+    qos: ServiceQos | None = None
+
+    @model_validator(mode="after")
+    def _busy_within_capacity(self) -> ServerHeartbeat:
+        # A little slack for sampling jitter; beyond it the agent is broken or lying.
+        if self.cpu_busy_cores > self.capacity_cores * 1.05:
+            raise ValueError(
+                f"cpu_busy_cores {self.cpu_busy_cores} exceeds capacity_cores {self.capacity_cores}"
+            )
+        return self
+
+
+class ServerLoad(Message):
+    """One server's load inside a per-PoP message."""
+
+    server: ServerName
+    address: IPvAnyAddress
+    capacity_cores: Cores = Field(gt=0.0)
+    utilisation: Fraction
+    healthy: bool = True
+    last_seen: Seconds = 0.0
+    qos: ServiceQos | None = None
+
+
+class PopFeedback(Message):
+    """feedback.v1 already aggregated per PoP by a PoP management server (patent (42))."""
+
+    kind: Literal["pop"] = "pop"
+    pop: PopName
+    seq: int = Field(ge=0, lt=2**63)
+    sent_at: Seconds
+    servers: list[ServerLoad] = Field(min_length=1, max_length=MAX_SERVERS_PER_POP)
+
+
+Feedback = Annotated[ServerHeartbeat | PopFeedback, Field(discriminator="kind")]
+FEEDBACK_ADAPTER: TypeAdapter[ServerHeartbeat | PopFeedback] = TypeAdapter(Feedback)
+
+
+class PopLoad(Message):
+    """pop-load.v1: one PoP's servers, healthy capacity and combined load at one instant."""
+
+    pop: PopName
+    at: Seconds
+    servers: list[ServerLoad] = Field(max_length=MAX_SERVERS_PER_POP)
+    healthy_capacity_cores: Cores
+    combined_load_cores: Cores
+    qos_p95_ms: Millis | None = None
+    qos_success_rate: Fraction | None = None
+
+    @property
+    def utilisation(self) -> float:
+        if self.healthy_capacity_cores <= 0.0:
+            return 1.0 if self.combined_load_cores > 0.0 else 0.0
+        return self.combined_load_cores / self.healthy_capacity_cores
+
+
+class PopState(StrEnum):
+    SHED = "shed"
+    CAN_TAKE = "can_take"
+    NEUTRAL = "neutral"
+
+
+class PopStatus(Message):
+    """pop-status.v1: the analytics verdict for one PoP (patent (43)-(44), (82)-(83))."""
+
+    pop: PopName
+    at: Seconds
+    state: PopState
+    since: Seconds
+    utilisation: Annotated[float, Field(ge=0.0, le=100.0)]
+    capacity_cores: Cores
+    load_cores: Cores
+    excess_cores: Cores = 0.0
+    headroom_cores: Cores = 0.0
+    rule: Annotated[str, Field(max_length=MAX_REASON_CHARS)] | None = None
+
+
+class PolicyAction(StrEnum):
+    NEW = "new"
+    UPDATE = "update"
+    CANCEL = "cancel"
+
+
+class Direction(StrEnum):
+    """Where a bucket sends *new* connections (SPEC section 3, patent (72), (76))."""
+
+    AWAY = "away"
+    BACK = "back"
+
+
+class Share(Message):
+    """Forward ``share`` of ``tier``'s native traffic to ``destination``."""
+
+    tier: Tier
+    destination: PopName
+    share: Fraction
+
+
+class PolicyReason(Message):
+    """Why a policy exists: the PoP and rule that triggered it and the loads expected after."""
+
+    trigger_pop: PopName
+    rule: Annotated[str, Field(max_length=MAX_REASON_CHARS)]
+    expected_utilisation: dict[PopName, Annotated[float, Field(ge=0.0, le=100.0)]] = Field(
+        default_factory=dict, max_length=MAX_SHARES_PER_POLICY
+    )
+    infeasible: bool = False
+
+
+class PolicyEvent(Message):
+    """policies.v1 (compacted, key = source PoP): the whole current policy of one source PoP."""
+
+    action: PolicyAction
+    source: PopName
+    version: int = Field(ge=1, lt=2**63)
+    issued_at: Seconds
+    shares: list[Share] = Field(default_factory=list, max_length=MAX_SHARES_PER_POLICY)
+    reason: PolicyReason
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PolicyEvent:
+        if self.action is PolicyAction.CANCEL and self.shares:
+            raise ValueError("shares: a cancel carries no shares")
+        seen: set[tuple[int, str]] = set()
+        per_tier: dict[int, float] = {}
+        for s in self.shares:
+            if s.destination == self.source:
+                raise ValueError(f"shares: {self.source} cannot forward to itself")
+            if (s.tier, s.destination) in seen:
+                raise ValueError(f"shares: duplicate (tier {s.tier}, {s.destination})")
+            seen.add((s.tier, s.destination))
+            per_tier[s.tier] = per_tier.get(s.tier, 0.0) + s.share
+        for tier, total in per_tier.items():
+            if total > 1.0 + 1e-9:
+                raise ValueError(f"shares: tier {tier} forwards {total:.4f} > 1 of its traffic")
+        return self
+
+
+class TableUpdate(Message):
+    """table-updates.v1: a table writer wrote a new table version for one PoP x tier to Redis."""
+
+    pop: PopName
+    tier: Tier
+    version: int = Field(ge=1, lt=2**63)
+    policy_version: int = Field(ge=0, lt=2**63)
+    buckets_changed: int = Field(ge=0, le=1 << 24)
+    written_at: Seconds
+
+
+class TierCounters(Message):
+    """Packets and new connections per verdict for one tier, monotonic since the node started."""
+
+    tier: Tier
+    local: Counter = 0
+    intra_pop_forward: Counter = 0
+    inter_pop_forward: Counter = 0
+    second_chance_forward: Counter = 0
+    received_from_peer: Counter = 0
+    new_connections_local: Counter = 0
+    new_connections_forwarded: Counter = 0
+    dropped: dict[Annotated[str, Field(max_length=32)], Counter] = Field(
+        default_factory=dict, max_length=32
+    )
+
+
+class DataplaneStats(Message):
+    """dataplane-stats.v1: a forwarder's per-tier counters (input to native-demand estimates)."""
+
+    pop: PopName
+    node: ServerName
+    at: Seconds
+    tiers: list[TierCounters] = Field(max_length=MAX_TIERS)
+
+
+class TableEntry(Message):
+    """One bucket of a PoP x tier forwarding table (SPEC section 3)."""
+
+    primary: IPvAnyAddress
+    secondary: IPvAnyAddress | None = None
+    inter_pop: bool = False
+    secondary_pop: int = Field(default=0, ge=0, lt=2**16)
+    direction: Direction = Direction.BACK
+    modified_at: Seconds = 0.0
+
+    @model_validator(mode="after")
+    def _secondary_consistent(self) -> TableEntry:
+        if self.secondary is None and (self.inter_pop or self.direction is Direction.AWAY):
+            raise ValueError("secondary: required when inter_pop or direction is away")
+        if self.inter_pop and self.secondary_pop == 0:
+            raise ValueError("secondary_pop: an inter-PoP secondary names its PoP")
+        if self.secondary is not None and self.secondary == self.primary:
+            raise ValueError("secondary: must differ from primary")
+        return self
+
+
+class DeadLetter(Message):
+    """What a consumer could not accept: the reason, where it came from, and the original bytes."""
+
+    source_topic: Annotated[str, Field(max_length=249)]
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+    reason: Annotated[str, Field(max_length=4096)]
+    key_b64: Annotated[str, Field(max_length=4096)] | None = None
+    payload_b64: str
+    at: Seconds
+
+    @field_validator("reason")
+    @classmethod
+    def _reason_not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("reason must not be blank")
+        return v
+
+
+def is_finite(x: float) -> bool:
+    """True for a real number; used by adapters that compute loads before building a message."""
+    return not (math.isnan(x) or math.isinf(x))
+
+
+ALL_MODELS: dict[str, type[BaseModel]] = {
+    "feedback-server": ServerHeartbeat,
+    "feedback-pop": PopFeedback,
+    "pop-load": PopLoad,
+    "pop-status": PopStatus,
+    "policy-event": PolicyEvent,
+    "table-update": TableUpdate,
+    "dataplane-stats": DataplaneStats,
+    "table-entry": TableEntry,
+    "dead-letter": DeadLetter,
+}

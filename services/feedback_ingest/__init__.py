@@ -1,0 +1,1 @@
+"""Compute-server agent and the ingest that validates and aggregates its feedback."""

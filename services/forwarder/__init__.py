@@ -1,0 +1,1 @@
+"""Forwarding unit: the XDP data plane and its Python control."""

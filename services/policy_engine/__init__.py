@@ -1,0 +1,1 @@
+"""Central controller: decides inter-PoP forwarding shares per tier."""

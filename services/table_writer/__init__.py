@@ -1,0 +1,1 @@
+"""PoP management server: turns policies into forwarding-table buckets in Redis."""

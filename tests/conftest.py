@@ -1,0 +1,72 @@
+"""Session fixtures: the real Kafka and Redis, started through deploy/local when not running."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from popshift.settings import Settings
+from popshift.topics import Topic
+
+REPO = Path(__file__).resolve().parent.parent
+LOCAL = REPO / "deploy" / "local"
+
+
+def _start(script: str) -> None:
+    """The scripts are idempotent: a no-op when the service already runs and is healthy."""
+    subprocess.run(["bash", str(LOCAL / script)], check=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(settings: Settings) -> str:
+    _start("kafka-start.sh")
+    return settings.kafka_bootstrap
+
+
+@pytest.fixture(scope="session")
+def redis_url(settings: Settings) -> str:
+    _start("redis-start.sh")
+    return settings.redis_url
+
+
+@pytest.fixture
+def unique() -> str:
+    """A name prefix no other test uses, for topics, consumer groups and namespaces."""
+    return f"t{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def private_topic(topic: Topic, prefix: str) -> Topic:
+    return dataclasses.replace(topic, name=f"{prefix}.{topic.name}")
+
+
+@pytest.fixture(scope="session")
+def _span_exporter() -> object:
+    """One in-memory exporter behind the process-wide provider (it can be set only once)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return exporter
+
+
+@pytest.fixture
+def spans(_span_exporter: object) -> Iterator[object]:
+    """The in-memory span exporter, emptied before the test."""
+    _span_exporter.clear()  # type: ignore[attr-defined]
+    yield _span_exporter

@@ -1,0 +1,240 @@
+"""The Kafka layer against the real local broker: round trips, dead letters, traces, restarts."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import time
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from popshift import topics as t
+from popshift.bus import Received, RejectMessage, TypedConsumer, TypedProducer, create_topics
+from schemas import messages as m
+from tests.conftest import LOCAL, private_topic
+from tests.samples import ALL_SAMPLES, HEARTBEAT, POP_FEEDBACK
+
+pytestmark = pytest.mark.kafka
+
+SAMPLE_TOPIC = {
+    "feedback-server": t.FEEDBACK,
+    "feedback-pop": t.FEEDBACK,
+    "pop-load": t.POP_LOAD,
+    "pop-status": t.POP_STATUS,
+    "policy-event": t.POLICIES,
+    "table-update": t.TABLE_UPDATES,
+    "dataplane-stats": t.DATAPLANE_STATS,
+}
+
+
+def _drain(consumer: TypedConsumer, handler: Any, want: int, deadline_s: float = 30.0) -> None:
+    end = time.monotonic() + deadline_s
+    while consumer.stats.handled + consumer.stats.dead_lettered < want:
+        assert time.monotonic() < end, f"only {consumer.stats} of {want} after {deadline_s}s"
+        consumer.poll_batch(handler, timeout=0.5)
+
+
+def _read_raw(bootstrap: str, topic: str, want: int, deadline_s: float = 30.0) -> list[Any]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"raw-{topic}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([topic])
+    got: list[Any] = []
+    end = time.monotonic() + deadline_s
+    try:
+        while len(got) < want and time.monotonic() < end:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                got.append(msg)
+    finally:
+        consumer.close()
+    return got
+
+
+def test_create_topics_is_idempotent_and_policies_are_compacted(
+    kafka_bootstrap: str, unique: str
+) -> None:
+    mine = [private_topic(x, unique) for x in t.ALL_TOPICS]
+    first = create_topics(kafka_bootstrap, mine, partitions=2)
+    assert len(first) == 2 * len(mine)
+    assert create_topics(kafka_bootstrap, mine, partitions=2) == []
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    policies = next(x for x in mine if x.name.endswith("policies.v1"))
+    res = ConfigResource(ConfigResource.Type.TOPIC, policies.name)
+    config = admin.describe_configs([res])[res].result(10)
+    assert config["cleanup.policy"].value == "compact"
+    assert len(admin.list_topics(policies.name, timeout=10).topics[policies.name].partitions) == 2
+
+
+def test_every_schema_round_trips_byte_for_byte(kafka_bootstrap: str, unique: str) -> None:
+    mine = {name: private_topic(topic, unique) for name, topic in SAMPLE_TOPIC.items()}
+    create_topics(kafka_bootstrap, set(mine.values()), partitions=1)
+    producer = TypedProducer(kafka_bootstrap)
+    for name, topic in mine.items():
+        producer.send(topic, "ams", ALL_SAMPLES[name])
+    producer.flush()
+    received: list[Received] = []
+    consumer = TypedConsumer(kafka_bootstrap, f"{unique}-g", list(set(mine.values())))
+    try:
+        _drain(consumer, received.append, want=len(mine))
+    finally:
+        consumer.close()
+    assert consumer.stats.dead_lettered == 0
+    by_bytes = {r.raw: r for r in received}
+    for name in mine:
+        sample = ALL_SAMPLES[name]
+        wire = sample.model_dump_json().encode()
+        assert wire in by_bytes, name
+        assert by_bytes[wire].value == sample
+        assert by_bytes[wire].value.model_dump_json().encode() == wire
+
+
+BAD_FEEDBACK: dict[str, bytes] = {
+    "nan": HEARTBEAT.model_dump_json()
+    .replace('"cpu_busy_cores":3.5', '"cpu_busy_cores":NaN')
+    .encode(),
+    "negative": HEARTBEAT.model_dump_json().replace('"seq":7', '"seq":-7').encode(),
+    "over_capacity": HEARTBEAT.model_dump_json()
+    .replace('"cpu_busy_cores":3.5', '"cpu_busy_cores":80')
+    .encode(),
+    "wrong_version": HEARTBEAT.model_dump_json()
+    .replace('"schema_version":1', '"schema_version":9')
+    .encode(),
+    "unknown_field": HEARTBEAT.model_dump_json().replace("{", '{"x":1,', 1).encode(),
+    "not_json": b"\x00\xffnot json at all",
+    "oversized": b'{"pad":"' + b"a" * 5000 + b'"}',
+}
+
+
+def test_malformed_messages_are_dead_lettered_and_nothing_is_lost(
+    kafka_bootstrap: str, unique: str
+) -> None:
+    topic = private_topic(t.FEEDBACK, unique)
+    create_topics(kafka_bootstrap, [topic], partitions=1)
+    producer = TypedProducer(kafka_bootstrap)
+    valid_sent = 0
+    for i, bad in enumerate(BAD_FEEDBACK.values()):
+        producer.send(topic, "ams", HEARTBEAT.model_copy(update={"seq": i}))
+        valid_sent += 1
+        producer.send_raw(topic.name, "ams", bad, [])
+    producer.send(topic, "zzz", POP_FEEDBACK)  # valid, but the handler rejects the PoP
+    producer.flush()
+    sent = valid_sent + len(BAD_FEEDBACK) + 1
+
+    handled: list[Received] = []
+
+    def handler(r: Received) -> None:
+        if isinstance(r.value, m.PopFeedback) and r.key == b"zzz":
+            raise RejectMessage("unknown pop: zzz")
+        handled.append(r)
+
+    consumer = TypedConsumer(kafka_bootstrap, f"{unique}-g", [topic], max_message_bytes=4096)
+    try:
+        _drain(consumer, handler, want=sent)
+    finally:
+        consumer.close()
+    assert consumer.stats.handled == valid_sent == len(handled)
+    assert consumer.stats.dead_lettered == len(BAD_FEEDBACK) + 1
+    assert consumer.stats.handled + consumer.stats.dead_lettered == sent
+    assert [r.value.seq for r in handled] == list(range(valid_sent))
+
+    letters = [
+        m.DeadLetter.model_validate_json(msg.value())
+        for msg in _read_raw(kafka_bootstrap, topic.dead_letter, want=len(BAD_FEEDBACK) + 1)
+    ]
+    assert len(letters) == len(BAD_FEEDBACK) + 1
+    payloads = {base64.b64decode(x.payload_b64): x for x in letters}
+    for label, bad in BAD_FEEDBACK.items():
+        letter = payloads[bad]
+        assert letter.source_topic == topic.name, label
+        assert letter.reason, label
+    assert "cpu_busy_cores" in payloads[BAD_FEEDBACK["nan"]].reason
+    assert "schema_version" in payloads[BAD_FEEDBACK["wrong_version"]].reason
+    assert "seq" in payloads[BAD_FEEDBACK["negative"]].reason
+    assert payloads[BAD_FEEDBACK["oversized"]].reason.startswith("oversized")
+    assert any(x.reason == "unknown pop: zzz" for x in letters)
+    offsets = sorted(x.offset for x in letters)
+    assert len(set(offsets)) == len(offsets)
+
+
+def test_committed_offsets_resume_after_the_last_handled_message(
+    kafka_bootstrap: str, unique: str
+) -> None:
+    topic = private_topic(t.FEEDBACK, unique)
+    create_topics(kafka_bootstrap, [topic], partitions=1)
+    producer = TypedProducer(kafka_bootstrap)
+    for i in range(10):
+        producer.send(topic, "ams", HEARTBEAT.model_copy(update={"seq": i}))
+    producer.flush()
+    seen: list[int] = []
+
+    def stop_after_five(r: Received) -> None:
+        if len(seen) == 5:
+            raise RuntimeError("crash while handling")
+        seen.append(r.value.seq)
+
+    first = TypedConsumer(kafka_bootstrap, f"{unique}-g", [topic])
+    with pytest.raises(RuntimeError):
+        _drain(first, stop_after_five, want=10)
+    first.close()
+    second = TypedConsumer(kafka_bootstrap, f"{unique}-g", [topic])
+    try:
+        _drain(second, lambda r: seen.append(r.value.seq), want=5)
+    finally:
+        second.close()
+    # The message whose handler crashed is delivered again; none is skipped.
+    assert seen == list(range(10))
+
+
+def test_consumer_span_is_a_child_of_the_producer_span(
+    kafka_bootstrap: str, unique: str, spans: Any
+) -> None:
+    topic = private_topic(t.POP_STATUS, unique)
+    create_topics(kafka_bootstrap, [topic], partitions=1)
+    producer = TypedProducer(kafka_bootstrap)
+    producer.send(topic, "ams", ALL_SAMPLES["pop-status"])
+    producer.flush()
+    consumer = TypedConsumer(kafka_bootstrap, f"{unique}-g", [topic])
+    try:
+        _drain(consumer, lambda r: None, want=1)
+    finally:
+        consumer.close()
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    send = finished[f"{topic.name} send"]
+    process = finished[f"{topic.name} process"]
+    assert process.parent is not None
+    assert process.parent.span_id == send.context.span_id
+    assert process.context.trace_id == send.context.trace_id
+
+
+@pytest.mark.slow
+def test_producer_delivers_everything_across_a_broker_restart(
+    kafka_bootstrap: str, unique: str
+) -> None:
+    topic = private_topic(t.FEEDBACK, unique)
+    create_topics(kafka_bootstrap, [topic], partitions=1)
+    producer = TypedProducer(kafka_bootstrap)
+    total = 0
+    for i in range(200):
+        producer.send(topic, "ams", HEARTBEAT.model_copy(update={"seq": i}))
+        total += 1
+    producer.poll(1.0)
+    subprocess.run(["bash", str(LOCAL / "kafka-stop.sh")], check=True, timeout=120)
+    for i in range(200, 400):  # queued locally while the broker is down
+        producer.send(topic, "ams", HEARTBEAT.model_copy(update={"seq": i}))
+        total += 1
+    subprocess.run(["bash", str(LOCAL / "kafka-start.sh")], check=True, timeout=300)
+    producer.flush(120)
+    seqs = [
+        json.loads(msg.value())["seq"]
+        for msg in _read_raw(kafka_bootstrap, topic.name, want=total + 1, deadline_s=20)
+    ]
+    assert sorted(seqs) == list(range(total)), "lost or duplicated messages"
