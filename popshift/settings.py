@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     table_bits: int = Field(
         16, ge=4, le=20, description="N: each PoP x tier forwarding table has 2^N buckets."
     )
+    network_file: str = Field(
+        "deploy/config/network.yaml",
+        description="YAML describing PoPs, tiers and PoP-to-PoP latency (popshift/network.py).",
+    )
     topic_partitions: int = Field(
         3, ge=1, le=1024, description="Partitions of each topic created by `popshift topics`."
     )
