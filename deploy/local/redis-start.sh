@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Starts a throw-away Redis (Debian's redis-server) on 127.0.0.1:$POPSHIFT_REDIS_PORT,
+# without persistence, and waits for PING -> PONG. Idempotent.
+set -euo pipefail
+# shellcheck source=env.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/env.sh"
+
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+  apt_install redis-server
+fi
+
+ping_ok() { [[ "$(redis-cli -h "$POPSHIFT_HOST" -p "$POPSHIFT_REDIS_PORT" ping 2>/dev/null)" == PONG ]]; }
+
+mkdir -p -- "$REDIS_DIR"
+# Serialise concurrent starts; fd 9 is closed for redis-server so it does not keep the lock.
+exec 9>"$REDIS_DIR/.start.lock"
+flock -w 120 9 || die "timed out waiting for another redis-start.sh"
+
+if pid="$(live_pid "$REDIS_PID" redis-server)"; then
+  if ping_ok; then
+    log "Redis already running (pid $pid) on $POPSHIFT_HOST:$POPSHIFT_REDIS_PORT"
+    exit 0
+  fi
+  # redis-server retitles itself "redis-server 127.0.0.1:PORT": catch a port change.
+  if ! tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF ":$POPSHIFT_REDIS_PORT"; then
+    die "our Redis (pid $pid) runs with another port ($(tr -s '\0 ' ' ' <"/proc/$pid/cmdline")); run redis-stop.sh first"
+  fi
+  # Alive but not answering (e.g. still loading): fall through to the wait below.
+else
+  rm -f -- "$REDIS_PID" # stale
+  if ping_ok; then
+    # Some other Redis (e.g. a system service) already answers here. It works for
+    # tests, but our stop script will not touch it.
+    log "WARNING: a Redis not started by these scripts already answers on $POPSHIFT_HOST:$POPSHIFT_REDIS_PORT; using it"
+    exit 0
+  fi
+  if port_open "$POPSHIFT_REDIS_PORT"; then
+    die "port $POPSHIFT_HOST:$POPSHIFT_REDIS_PORT is in use by something that is not Redis; set POPSHIFT_REDIS_PORT"
+  fi
+  log "starting Redis on $POPSHIFT_HOST:$POPSHIFT_REDIS_PORT"
+  # No RDB/AOF: the state is test data that tests recreate. --daemonize writes the pidfile.
+  redis-server --bind "$POPSHIFT_HOST" --port "$POPSHIFT_REDIS_PORT" \
+    --daemonize yes --pidfile "$REDIS_PID" --logfile "$REDIS_LOG" \
+    --dir "$REDIS_DIR" --save "" --appendonly no 9>&- \
+    || { tail -n 20 -- "$REDIS_LOG" >&2 2>/dev/null || true; die "redis-server failed to start"; }
+fi
+
+t0=$SECONDS
+while ((SECONDS - t0 < POPSHIFT_REDIS_START_TIMEOUT)); do
+  if ping_ok; then
+    log "Redis healthy (pid $(cat "$REDIS_PID" 2>/dev/null || echo '?')) on $POPSHIFT_HOST:$POPSHIFT_REDIS_PORT"
+    exit 0
+  fi
+  sleep 0.2
+done
+tail -n 30 -- "$REDIS_LOG" >&2 2>/dev/null || true
+die "Redis did not answer PING within ${POPSHIFT_REDIS_START_TIMEOUT}s"
