@@ -1,0 +1,456 @@
+"""Inter-PoP forwarding shares: an exact min-cost flow (LP via HiGHS) and a fast greedy fallback.
+
+Why a flow: every core of tier ``t``'s *native* demand at PoP ``i`` is processed somewhere — at
+``i`` itself (free) or at a peer ``j`` within the tier's latency bound (cost). Each PoP processes
+what it keeps plus what it receives; load beyond its target is allowed only through an overflow
+variable with a penalty far above any latency cost. Because only native traffic is ever moved,
+forwarded traffic is never forwarded again (patent (58)), yet PoP B may take A's traffic and at
+the same time hand part of its *own* traffic to C: the cascade of (48), which lets A's overload
+reach C when A->C alone is beyond the bound.
+
+Objective, lexicographic by construction of the weights:
+1. least overload (cores above target, summed over PoPs);
+2. lower-priority tiers move first (each priority rank adds ``rank_penalty`` per core moved);
+3. least added latency (cores x ms), plus a small per-hop cost so nothing moves without need.
+
+Size: only PoPs that must shed, their candidate receivers and those receivers' own candidates
+(cascade relays) get variables; pairs beyond the tier's bound are pruned, and each sender keeps
+its ``max_candidates`` nearest receivers. The LP is exact over that candidate graph; the greedy
+uses the same graph, so its objective can never be lower.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from scipy.optimize import linprog
+from scipy.sparse import coo_matrix
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+OVERLOAD_PENALTY = 1e6
+"""Cost of one core above target: dwarfs any movement cost, so overload is minimised first."""
+DRAIN_PENALTY = 1e5
+"""Cost of one core a drained PoP could not hand off: below real overload, above movement."""
+TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class TierSpec:
+    """A traffic tier's rule: may it move, how far, and in which order (lower priority first)."""
+
+    id: int
+    forwardable: bool = True
+    max_added_latency_ms: float = 50.0
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class PopSpec:
+    """One PoP as the solver sees it; loads in cores.
+
+    ``native`` maps tier id -> cores of that tier's traffic anycast lands here (before any
+    forwarding); ``base_load`` is load not attributed to any tier (never movable). A drained PoP
+    accepts nothing and tries to hand off every movable core.
+    """
+
+    name: str
+    capacity: float
+    target_utilisation: float
+    native: Mapping[int, float]
+    base_load: float = 0.0
+    drained: bool = False
+
+    @property
+    def native_load(self) -> float:
+        return self.base_load + sum(self.native.values())
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Everything the solver needs; ``latency_ms[i, j]`` is ``inf`` where no path is known.
+
+    ``pinned`` fixes a share (tier, src, dst) -> fraction of src's native tier traffic (operator
+    override, honoured even beyond the latency bound); ``forbidden`` removes (src, dst) pairs for
+    every tier.
+    """
+
+    pops: Sequence[PopSpec]
+    tiers: Sequence[TierSpec]
+    latency_ms: FloatArray
+    pinned: Mapping[tuple[int, str, str], float] = field(default_factory=dict)
+    forbidden: frozenset[tuple[str, str]] = frozenset()
+    hop_cost_ms: float = 1.0
+    max_candidates: int | None = 32
+
+    def __post_init__(self) -> None:
+        n = len(self.pops)
+        if self.latency_ms.shape != (n, n):
+            raise ValueError(f"latency_ms must be {n}x{n}, got {self.latency_ms.shape}")
+        if len({p.name for p in self.pops}) != n:
+            raise ValueError("pops: names must be unique")
+
+
+@dataclass
+class Solution:
+    """Shares per tier per (src, dst), the loads they are expected to produce, and their cost."""
+
+    shares: dict[int, dict[tuple[str, str], float]]
+    utilisation: dict[str, float]
+    load: dict[str, float]
+    objective: float
+    added_latency: float
+    overloaded: list[str]
+    infeasible: bool
+    method: str
+    solve_s: float = 0.0
+    variables: int = 0
+
+    def source_shares(self, src: str) -> dict[tuple[int, str], float]:
+        """The shares one source PoP must apply: (tier, destination) -> fraction."""
+        return {
+            (tier, dst): x
+            for tier, pairs in self.shares.items()
+            for (s, dst), x in pairs.items()
+            if s == src
+        }
+
+
+@dataclass(frozen=True)
+class Graph:
+    """The candidate arcs (tier, src, dst) of a problem, with bounds and costs per arc."""
+
+    tier: IntArray  # index into problem.tiers
+    src: IntArray
+    dst: IntArray
+    cost: FloatArray
+    lower: FloatArray  # cores
+    upper: FloatArray  # cores
+    native: FloatArray  # (tiers, pops) cores
+    native_load: FloatArray
+    target_load: FloatArray
+    penalty: FloatArray  # per PoP overflow penalty
+    latency: FloatArray  # per arc ms
+
+    @property
+    def size(self) -> int:
+        return int(self.src.size)
+
+
+def _target_load(pop: PopSpec, tiers: Sequence[TierSpec]) -> float:
+    if not pop.drained:
+        return pop.capacity * pop.target_utilisation
+    fixed = sum(pop.native.get(t.id, 0.0) for t in tiers if not t.forwardable)
+    return min(pop.base_load + fixed, pop.capacity * pop.target_utilisation)
+
+
+def _nearest(
+    sub: FloatArray, rows: IntArray, bound: float, k: int | None
+) -> tuple[IntArray, IntArray, FloatArray]:
+    """Arcs from each of ``rows`` (``sub`` holds their latency rows, ``inf`` = not allowed) to
+    its ``k`` nearest PoPs within ``bound`` ms, or to all of them when ``k`` is None."""
+    n = sub.shape[1]
+    if rows.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    sub[sub > bound] = np.inf
+    if k is None or k >= n:
+        cols = np.broadcast_to(np.arange(n), sub.shape)
+    else:
+        cols = np.argpartition(sub, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(sub, cols, axis=1)
+    keep = np.isfinite(vals)
+    src = np.broadcast_to(rows[:, None], cols.shape)[keep]
+    return src.astype(np.int64), cols[keep].astype(np.int64), vals[keep]
+
+
+def build_graph(problem: Problem) -> Graph:
+    """Prune to the arcs that can matter: shedders -> takers and takers -> takers (cascades)."""
+    pops, tiers = problem.pops, problem.tiers
+    n, nt = len(pops), len(tiers)
+    index = {p.name: i for i, p in enumerate(pops)}
+    native = np.array(
+        [[p.native.get(t.id, 0.0) for p in pops] for t in tiers], dtype=np.float64
+    ).reshape(nt, n)
+    native_load = np.array([p.native_load for p in pops], dtype=np.float64)
+    target = np.array([_target_load(p, tiers) for p in pops], dtype=np.float64)
+    penalty = np.array(
+        [DRAIN_PENALTY if p.drained else OVERLOAD_PENALTY for p in pops], dtype=np.float64
+    )
+    accepts = np.array([not p.drained for p in pops], dtype=bool)
+    shedder = native_load > target + TOLERANCE
+    receiver_ok = accepts & ~shedder
+
+    lat = np.asarray(problem.latency_ms, dtype=np.float64)
+    blocked: list[tuple[int, int]] = [
+        (index[s], index[d]) for s, d in problem.forbidden if s in index and d in index
+    ]
+    movable = [ti for ti, t in enumerate(tiers) if t.forwardable]
+    k = problem.max_candidates
+
+    def arcs_from(rows: IntArray, ti: int) -> tuple[IntArray, IntArray, FloatArray]:
+        rows = rows[native[ti, rows] > 0.0]
+        sub = lat[rows]  # fancy indexing: a copy we may overwrite
+        sub[:, ~receiver_ok] = np.inf
+        sub[np.arange(rows.size), rows] = np.inf
+        for s, d in blocked:
+            sub[rows == s, d] = np.inf
+        return _nearest(sub, rows, tiers[ti].max_added_latency_ms, k)
+
+    parts: list[tuple[int, IntArray, IntArray, FloatArray]] = []
+    shedders = np.flatnonzero(shedder)
+    relays: set[int] = set()
+    for ti in movable:
+        s_, d_, l_ = arcs_from(shedders, ti)
+        parts.append((ti, s_, d_, l_))
+        relays.update(int(x) for x in np.unique(d_))
+    # A receiver may pass on its own traffic, any movable tier, to make room: the cascade of (48).
+    relay_rows = np.array(sorted(relays), dtype=np.int64)
+    for ti in movable:
+        s_, d_, l_ = arcs_from(relay_rows, ti)
+        parts.append((ti, s_, d_, l_))
+
+    empty = np.zeros(0, np.int64)
+    t_arr = np.concatenate([np.full(p[1].size, p[0], np.int64) for p in parts] or [empty])
+    s_arr = np.concatenate([p[1] for p in parts] or [empty])
+    d_arr = np.concatenate([p[2] for p in parts] or [empty])
+    lat_arr = np.concatenate([p[3] for p in parts] or [np.zeros(0)])
+
+    # Operator pins: honoured whatever the bound, fixed at exactly the pinned share.
+    tier_index = {t.id: ti for ti, t in enumerate(tiers)}
+    pins: dict[tuple[int, int, int], float] = {}
+    for (tier_id, s, d), share in problem.pinned.items():
+        if tier_id in tier_index and s in index and d in index and s != d:
+            pins[(tier_index[tier_id], index[s], index[d])] = share
+    if pins:
+        existing = set(zip(t_arr.tolist(), s_arr.tolist(), d_arr.tolist(), strict=True))
+        extra = [key for key in pins if key not in existing]
+        if extra:
+            t_arr = np.concatenate([t_arr, np.array([e[0] for e in extra], np.int64)])
+            s_arr = np.concatenate([s_arr, np.array([e[1] for e in extra], np.int64)])
+            d_arr = np.concatenate([d_arr, np.array([e[2] for e in extra], np.int64)])
+            known = np.array([lat[e[1], e[2]] for e in extra])
+            lat_arr = np.concatenate([lat_arr, np.where(np.isfinite(known), known, 0.0)])
+
+    ranks = sorted({tiers[ti].priority for ti in movable})
+    rank_of = np.array(
+        [ranks.index(t.priority) if t.forwardable else len(ranks) for t in tiers], np.float64
+    )
+    rank_penalty = 4.0 * (
+        max((tiers[ti].max_added_latency_ms for ti in movable), default=0.0) + problem.hop_cost_ms
+    )
+    cost = lat_arr + problem.hop_cost_ms + rank_of[t_arr] * rank_penalty
+    upper = native[t_arr, s_arr]
+    lower = np.zeros(t_arr.size)
+    if pins:
+        keys = zip(t_arr.tolist(), s_arr.tolist(), d_arr.tolist(), strict=True)
+        key_pos = {key: pos for pos, key in enumerate(keys)}
+        for key, share in pins.items():
+            pos = key_pos[key]
+            lower[pos] = upper[pos] = share * native[key[0], key[1]]
+    return Graph(
+        tier=t_arr,
+        src=s_arr,
+        dst=d_arr,
+        cost=cost,
+        lower=lower,
+        upper=upper,
+        native=native,
+        native_load=native_load,
+        target_load=target,
+        penalty=penalty,
+        latency=lat_arr,
+    )
+
+
+def loads_after(graph: Graph, flow: FloatArray) -> FloatArray:
+    """Each PoP's load once ``flow`` (cores per arc) is forwarded."""
+    load = graph.native_load.copy()
+    np.subtract.at(load, graph.src, flow)
+    np.add.at(load, graph.dst, flow)
+    return load
+
+
+def objective(graph: Graph, flow: FloatArray) -> float:
+    """The one objective both solvers are judged by (see the module docstring)."""
+    over = np.maximum(loads_after(graph, flow) - graph.target_load, 0.0)
+    return float(graph.cost @ flow + graph.penalty @ over)
+
+
+def _solution(
+    problem: Problem, graph: Graph, flow: FloatArray, method: str, started: float
+) -> Solution:
+    flow = np.clip(flow, graph.lower, graph.upper)
+    flow[flow < TOLERANCE] = 0.0
+    load = loads_after(graph, flow)
+    names = [p.name for p in problem.pops]
+    shares: dict[int, dict[tuple[str, str], float]] = {}
+    for pos in np.flatnonzero(flow > 0.0):
+        ti, i, j = int(graph.tier[pos]), int(graph.src[pos]), int(graph.dst[pos])
+        total = graph.native[ti, i]
+        x = min(1.0, float(flow[pos] / total)) if total > 0 else 0.0
+        if x > 0.0:
+            shares.setdefault(problem.tiers[ti].id, {})[(names[i], names[j])] = x
+    # Rounding can push a tier's sum a hair above 1; scale it back.
+    for pairs in shares.values():
+        per_src: dict[str, float] = {}
+        for (s, _), x in pairs.items():
+            per_src[s] = per_src.get(s, 0.0) + x
+        for key in list(pairs):
+            total_s = per_src[key[0]]
+            if total_s > 1.0:
+                pairs[key] /= total_s
+    caps = np.array([p.capacity for p in problem.pops], dtype=np.float64)
+    util = np.divide(load, caps, out=np.where(load > 0, np.inf, 0.0), where=caps > 0)
+    over = (load > graph.target_load + TOLERANCE * np.maximum(1.0, graph.target_load)) & (
+        graph.penalty >= OVERLOAD_PENALTY
+    )
+    overloaded = [names[i] for i in np.flatnonzero(over)]
+    return Solution(
+        shares=shares,
+        utilisation={names[i]: float(util[i]) for i in range(len(names))},
+        load={names[i]: float(load[i]) for i in range(len(names))},
+        objective=objective(graph, flow),
+        added_latency=float(graph.latency @ flow),
+        overloaded=overloaded,
+        infeasible=bool(overloaded),
+        method=method,
+        solve_s=time.perf_counter() - started,
+        variables=graph.size,
+    )
+
+
+class SolverFailed(Exception):
+    """HiGHS gave no usable answer (time limit, numerical trouble); use the greedy instead."""
+
+
+def _solve_lp(graph: Graph, time_limit_s: float | None) -> FloatArray:
+    m = graph.size
+    if m == 0:
+        return np.zeros(0)
+    n = graph.native_load.size
+    # Rows: one per (tier, src) supply limit, then one per PoP load limit.
+    supply_key = graph.tier * n + graph.src
+    supplies, supply_row = np.unique(supply_key, return_inverse=True)
+    pops_used = np.unique(np.concatenate([graph.src, graph.dst]))
+    pop_row = np.full(n, -1, dtype=np.int64)
+    pop_row[pops_used] = np.arange(pops_used.size) + supplies.size
+    n_slack = pops_used.size
+    arc_ids = np.arange(m)
+    rows = np.concatenate([supply_row, pop_row[graph.dst], pop_row[graph.src]])
+    cols = np.concatenate([arc_ids, arc_ids, arc_ids])
+    vals = np.concatenate([np.ones(m), np.ones(m), -np.ones(m)])
+    slack_cols = m + np.arange(n_slack)
+    rows = np.concatenate([rows, pop_row[pops_used]])
+    cols = np.concatenate([cols, slack_cols])
+    vals = np.concatenate([vals, -np.ones(n_slack)])
+    n_rows = supplies.size + n_slack
+    a_ub = coo_matrix((vals, (rows, cols)), shape=(n_rows, m + n_slack)).tocsr()
+    supply_cap = graph.native.reshape(-1)[supplies]
+    pop_cap = graph.target_load[pops_used] - graph.native_load[pops_used]
+    b_ub = np.concatenate([supply_cap, pop_cap])
+    c = np.concatenate([graph.cost, graph.penalty[pops_used]])
+    bounds = np.column_stack(
+        [
+            np.concatenate([graph.lower, np.zeros(n_slack)]),
+            np.concatenate([graph.upper, np.full(n_slack, np.inf)]),
+        ]
+    )
+    options: dict[str, float | bool] = {"presolve": True}
+    if time_limit_s is not None:
+        options["time_limit"] = max(time_limit_s, 1e-3)
+    res = linprog(c, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs", options=options)
+    if res.status != 0 or res.x is None:
+        raise SolverFailed(f"HiGHS status {res.status}: {res.message}")
+    return np.asarray(res.x[:m], dtype=np.float64)
+
+
+def solve(
+    problem: Problem, time_limit_s: float | None = None, graph: Graph | None = None
+) -> Solution:
+    """The exact optimum over the candidate graph (HiGHS dual simplex / IPM)."""
+    started = time.perf_counter()
+    graph = graph or build_graph(problem)
+    return _solution(problem, graph, _solve_lp(graph, time_limit_s), "exact", started)
+
+
+def _greedy_flow(graph: Graph) -> FloatArray:
+    """Shedders, worst first, fill their cheapest arcs' headroom; then one-relay cascades."""
+    flow = graph.lower.copy()
+    load = loads_after(graph, flow)
+    sent = np.zeros_like(graph.native)
+    np.add.at(sent, (graph.tier, graph.src), flow)
+    by_src: dict[int, list[int]] = {}
+    for pos in np.lexsort((graph.cost, graph.src)).tolist():
+        by_src.setdefault(int(graph.src[pos]), []).append(pos)
+
+    def room(pos: int) -> float:
+        ti, i = graph.tier[pos], graph.src[pos]
+        return float(min(graph.upper[pos] - flow[pos], graph.native[ti, i] - sent[ti, i]))
+
+    def headroom(j: int) -> float:
+        return float(graph.target_load[j] - load[j])
+
+    def push(pos: int, amount: float) -> float:
+        moved = min(amount, room(pos), headroom(int(graph.dst[pos])))
+        if moved <= TOLERANCE:
+            return 0.0
+        ti, i, j = graph.tier[pos], graph.src[pos], graph.dst[pos]
+        flow[pos] += moved
+        sent[ti, i] += moved
+        load[i] -= moved
+        load[j] += moved
+        return moved
+
+    shedders = sorted(
+        np.flatnonzero(load > graph.target_load + TOLERANCE).tolist(), key=lambda i: headroom(i)
+    )
+    for i in shedders:
+        for pos in by_src.get(i, []):
+            if -headroom(i) <= TOLERANCE:
+                break
+            push(pos, -headroom(i))
+    for i in shedders:
+        for pos in by_src.get(i, []):
+            need = min(-headroom(i), room(pos))
+            if -headroom(i) <= TOLERANCE:
+                break
+            if need <= TOLERANCE:
+                continue
+            relay = int(graph.dst[pos])
+            # Make room at the relay by moving its own traffic on, then fill that room (48).
+            for onward in by_src.get(relay, []):
+                if headroom(relay) >= need - TOLERANCE:
+                    break
+                push(onward, need - headroom(relay))
+            push(pos, need)
+    return flow
+
+
+def solve_greedy(problem: Problem, graph: Graph | None = None) -> Solution:
+    """Fast, never optimal-guaranteed; same candidate graph and objective as :func:`solve`."""
+    started = time.perf_counter()
+    graph = graph or build_graph(problem)
+    return _solution(problem, graph, _greedy_flow(graph), "greedy", started)
+
+
+def solve_with_budget(problem: Problem, budget_s: float) -> Solution:
+    """Greedy first (always an answer), then the exact LP in the time that is left."""
+    started = time.perf_counter()
+    graph = build_graph(problem)
+    greedy = solve_greedy(problem, graph)
+    remaining = budget_s - (time.perf_counter() - started)
+    if remaining <= 0.0:
+        return greedy
+    try:
+        exact = solve(problem, time_limit_s=remaining, graph=graph)
+    except SolverFailed:
+        return greedy
+    if exact.objective > greedy.objective + TOLERANCE * max(1.0, abs(greedy.objective)):
+        return greedy  # a time-limited LP answer that is worse is not worth having
+    exact.solve_s = time.perf_counter() - started
+    return exact
