@@ -1,0 +1,108 @@
+"""Settings of the agent and the ingest, read from POPSHIFT_* variables (and the agent's flags).
+
+Each field's description is its documentation. ``topic_prefix`` exists so that tests, benchmarks
+and several labs can share one broker without reading each other's topics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from popshift.settings import Settings
+from popshift.topics import Topic
+
+
+class PipelineSettings(Settings):
+    """Settings every feedback-pipeline service shares."""
+
+    topic_prefix: str = Field(
+        "",
+        max_length=100,
+        pattern=r"^[A-Za-z0-9._-]*$",
+        description="Prepended as '<prefix>.' to every topic name; empty = the registry's names.",
+    )
+
+    def topic(self, topic: Topic) -> Topic:
+        if not self.topic_prefix:
+            return topic
+        return dataclasses.replace(topic, name=f"{self.topic_prefix}.{topic.name}")
+
+
+class IngestSettings(PipelineSettings):
+    """feedback_ingest: validate, normalise, track liveness, publish pop-load.v1."""
+
+    ingest_group: str = Field(
+        "popshift-ingest", description="Kafka consumer group of the ingest on feedback.v1."
+    )
+    heartbeat_interval_s: float = Field(
+        1.0, gt=0.0, le=3600.0, description="Interval at which agents send heartbeats."
+    )
+    missed_heartbeats: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="K: a server silent for K heartbeat intervals is marked down and leaves its "
+        "PoP's healthy capacity until its next heartbeat.",
+    )
+    forget_after_s: float = Field(
+        300.0, gt=0.0, description="A server silent this long is dropped from pop-load.v1."
+    )
+    publish_interval_s: float = Field(
+        1.0, gt=0.0, le=60.0, description="How often pop-load.v1 is published for every PoP."
+    )
+    ingest_batch: int = Field(
+        2000, ge=1, le=100_000, description="Most feedback messages handled per consumer poll."
+    )
+
+
+class AgentSettings(PipelineSettings):
+    """The compute-server agent; every field is also a flag (``--pop a --interval-s 0.5``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="POPSHIFT_",
+        extra="ignore",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+    )
+
+    pop: str = Field(description="PoP this server belongs to (a name in network.yaml).")
+    server: str = Field(description="This server's name, unique within its PoP.")
+    address: str = Field(description="This server's external IP address.")
+    capacity_cores: float | None = Field(
+        None,
+        gt=0.0,
+        description="Capacity in cores; unset = the cgroup's CPU quota, else the CPUs this "
+        "process may run on.",
+    )
+    interval_s: float = Field(1.0, gt=0.0, le=3600.0, description="Heartbeat interval.")
+    cgroup: str | None = Field(
+        None,
+        description="Measure this cgroup's CPU (a directory under /sys/fs/cgroup) instead of "
+        "the whole machine's /proc/stat.",
+    )
+    probe: str | None = Field(
+        None,
+        description="Health probe of the local service: http://host:port/path (GET, 2xx/3xx = "
+        "success) or tcp://host:port (connect); unset = no QoS in heartbeats.",
+    )
+    probe_interval_s: float = Field(0.2, gt=0.0, description="Time between two probes.")
+    probe_timeout_s: float = Field(
+        1.0, gt=0.0, description="A probe slower than this counts as failed."
+    )
+    buffer_size: int = Field(
+        300,
+        ge=1,
+        le=1_000_000,
+        description="Heartbeats kept while Kafka is unreachable; when full the oldest is "
+        "dropped (and counted).",
+    )
+    max_in_flight: int = Field(
+        10,
+        ge=1,
+        le=10_000,
+        description="Heartbeats handed to the Kafka client but not yet acknowledged; beyond "
+        "this they wait in the bounded buffer.",
+    )
