@@ -1,0 +1,364 @@
+"""The policy engine's core: ``decide(state, input, now) -> (state, events)``, with no I/O.
+
+The Kafka adapter (service.py) and the simulator both feed it pop-status.v1 and
+dataplane-stats.v1 messages, operator overrides and periodic :class:`Tick` s on their own clock,
+and publish the :class:`PolicyEvent` s it returns. One event carries a source PoP's whole policy
+(policies.v1 is compacted by source), with a rising version, an action (new / update / cancel,
+(49), (86)) and the reason: the PoP and rule behind it and the loads expected after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from popshift.network import NetworkConfig
+from schemas.messages import (
+    MAX_REASON_CHARS,
+    DataplaneStats,
+    PolicyAction,
+    PolicyEvent,
+    PolicyReason,
+    PopStatus,
+    Share,
+)
+from services.policy_engine.damping import DampingConfig, ShareKey, Shares, damp
+from services.policy_engine.model import PopModel, estimate_native, latency_matrix
+from services.policy_engine.overrides import Overrides
+from services.policy_engine.solver import PopSpec, Problem, Solution, TierSpec, solve_with_budget
+
+SAME = 1e-6  # shares closer than this are the same share
+
+
+class UnknownPop(ValueError):
+    """A message names a PoP that is not in the network description."""
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time to re-solve and emit what changed."""
+
+
+@dataclass(frozen=True)
+class SetOverrides:
+    overrides: Overrides
+
+
+EngineInput = PopStatus | DataplaneStats | Tick | SetOverrides
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    solve_budget_s: float = 0.5
+    status_max_age_s: float = 30.0
+    stats_max_age_s: float = 30.0
+    effect_lag_s: float = 5.0
+    hop_cost_ms: float = 1.0
+    max_candidates: int | None = 32
+    tier_mix: Mapping[int, float] = field(default_factory=dict)
+    damping: DampingConfig = field(default_factory=DampingConfig)
+
+
+@dataclass
+class Policy:
+    shares: Shares
+    version: int
+    issued_at: float
+
+
+@dataclass
+class EngineState:
+    network: NetworkConfig
+    config: EngineConfig = field(default_factory=EngineConfig)
+    overrides: Overrides = field(default_factory=Overrides)
+    pops: dict[str, PopModel] = field(default_factory=dict)
+    policies: dict[str, Policy] = field(default_factory=dict)
+    native: dict[str, dict[int, float]] = field(default_factory=dict)
+    history: dict[str, list[Policy]] = field(default_factory=dict)
+    version: int = 0
+    last_solution: Solution | None = None
+    _latency: tuple[tuple[str, ...], np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        for name in self.network.pop_names:
+            self.pops.setdefault(name, PopModel(name))
+
+    def adopt(self, source: str, policy: Policy, keep_s: float) -> None:
+        """Make ``policy`` the source's current one; keep recent ones for load corrections."""
+        self.policies[source] = policy
+        history = [*self.history.get(source, []), policy]
+        cutoff = policy.issued_at - keep_s
+        while len(history) > 1 and history[1].issued_at <= cutoff:
+            history.pop(0)
+        self.history[source] = history
+
+    def latency(self, names: list[str]) -> np.ndarray:
+        """The latency matrix of ``names``, cached while the set of fresh PoPs stays the same."""
+        key = tuple(names)
+        if self._latency is None or self._latency[0] != key:
+            self._latency = (key, latency_matrix(self.network, names))
+        return self._latency[1]
+
+
+def restore(state: EngineState, events: Iterable[PolicyEvent]) -> EngineState:
+    """Adopt the policies already on the compacted topic, so a restart changes nothing."""
+    for ev in events:
+        known = state.policies.get(ev.source)
+        if known is not None and known.version >= ev.version:
+            continue
+        shares = {(s.tier, s.destination): s.share for s in ev.shares}
+        state.adopt(ev.source, Policy(shares, ev.version, ev.issued_at), keep_s=0.0)
+        state.version = max(state.version, ev.version)
+    return state
+
+
+def decide(
+    state: EngineState, event: EngineInput, now: float
+) -> tuple[EngineState, list[PolicyEvent]]:
+    """Fold one input into the state; a :class:`Tick` may return policy events to publish."""
+    if isinstance(event, PopStatus | DataplaneStats):
+        model = state.pops.get(event.pop)
+        if model is None:
+            raise UnknownPop(f"unknown PoP {event.pop!r}")
+        if isinstance(event, PopStatus):
+            model.observe_status(event)
+        else:
+            model.observe_stats(event)
+        return state, []
+    if isinstance(event, SetOverrides):
+        state.overrides = event.overrides.check(state.network)
+        return state, []
+    return state, _tick(state, now)
+
+
+def _tiers(network: NetworkConfig) -> list[TierSpec]:
+    return [
+        TierSpec(t.id, t.forwardable, t.max_added_latency_ms, t.priority) for t in network.tiers
+    ]
+
+
+def _in_effect(history: list[Policy], at: float) -> Shares:
+    """The shares whose effect a load measured at ``at`` shows (issued ``effect_lag_s`` before)."""
+    shares: Shares = {}
+    for policy in history:
+        if policy.issued_at > at:
+            break
+        shares = policy.shares
+    return shares
+
+
+def _estimate(state: EngineState, fresh: list[str], now: float) -> dict[str, dict[int, float]]:
+    """Native demand per tier of every fresh PoP (model.py explains how).
+
+    Without counters the measured load is corrected by the policies in effect when it was
+    measured, not by the latest ones, whose effect the measurement cannot show yet.
+    """
+    tier_ids = [t.id for t in state.network.tiers]
+    prev = state.native
+    out: dict[str, dict[int, float]] = {}
+    for name in fresh:
+        model = state.pops[name]
+        assert model.status is not None
+        rates = model.tier_rates(now, state.config.stats_max_age_s)
+        moved_out = moved_in = 0.0
+        if not rates:
+            at = model.status.at - state.config.effect_lag_s
+            for src, history in state.history.items():
+                for (tier, dst), x in _in_effect(history, at).items():
+                    if src == name:
+                        moved_out += x * prev.get(src, {}).get(tier, 0.0)
+                    elif dst == name:
+                        moved_in += x * prev.get(src, {}).get(tier, 0.0)
+        out[name] = estimate_native(
+            model.status.load_cores,
+            rates,
+            tier_ids,
+            state.config.tier_mix,
+            moved_out,
+            moved_in,
+        )
+    return out
+
+
+def _problem(state: EngineState, fresh: list[str], native: dict[str, dict[int, float]]) -> Problem:
+    drained = set(state.overrides.drain)
+    pops = []
+    for name in fresh:
+        status = state.pops[name].status
+        assert status is not None
+        pops.append(
+            PopSpec(
+                name=name,
+                capacity=status.capacity_cores,
+                target_utilisation=state.network.pop(name).target_utilisation,
+                native=native[name],
+                drained=name in drained,
+            )
+        )
+    fresh_set = set(fresh)
+    return Problem(
+        pops=pops,
+        tiers=_tiers(state.network),
+        latency_ms=state.latency(fresh),
+        pinned={k: v for k, v in state.overrides.pinned.items() if {k[1], k[2]} <= fresh_set},
+        forbidden=state.overrides.forbidden,
+        hop_cost_ms=state.config.hop_cost_ms,
+        max_candidates=state.config.max_candidates,
+    )
+
+
+def _forced(state: EngineState, src: str, current: Mapping[ShareKey, float]) -> Shares:
+    """Shares that change now, undamped: the operator's pins, and zero for what is not allowed."""
+    forwardable = {t.id for t in state.network.tiers if t.forwardable}
+    forbidden = state.overrides.forbidden
+    drained = set(state.overrides.drain)
+    forced: Shares = {
+        (tier, dst): 0.0
+        for tier, dst in current
+        if tier not in forwardable or (src, dst) in forbidden or dst in drained
+    }
+    for (tier, s, dst), x in state.overrides.pinned.items():
+        if s == src:
+            forced[(tier, dst)] = x
+    return forced
+
+
+def _expected_loads(
+    state: EngineState, native: dict[str, dict[int, float]], policies: Mapping[str, Shares]
+) -> dict[str, float]:
+    load = {name: sum(tiers.values()) for name, tiers in native.items()}
+    for src, shares in policies.items():
+        for (tier, dst), x in shares.items():
+            cores = x * native.get(src, {}).get(tier, 0.0)
+            if src in load:
+                load[src] -= cores
+            if dst in load:
+                load[dst] += cores
+    return load
+
+
+def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
+    fresh = [
+        n
+        for n in state.network.pop_names
+        if state.pops[n].fresh(now, state.config.status_max_age_s)
+    ]
+    if not fresh:
+        return []  # analytics is silent: keep every policy as it is (fail static)
+    native = _estimate(state, fresh, now)
+    state.native.update(native)
+    solution = solve_with_budget(_problem(state, fresh, native), state.config.solve_budget_s)
+    state.last_solution = solution
+
+    fresh_set = set(fresh)
+    decided: dict[str, Shares] = {}
+    targets: dict[str, Shares] = {}
+    for src in state.network.pop_names:
+        policy = state.policies.get(src)
+        current = policy.shares if policy else {}
+        if src in fresh_set:
+            target = solution.source_shares(src)
+        else:  # no recent verdict for src: keep its policy, minus stale destinations
+            target = {k: v for k, v in current.items() if k[1] in fresh_set}
+        targets[src] = target
+        decided[src] = damp(
+            current,
+            target,
+            last_change=policy.issued_at if policy else None,
+            now=now,
+            config=state.config.damping,
+            forced=_forced(state, src, current),
+        )
+
+    expected = _expected_loads(state, native, {s: d for s, d in decided.items()})
+    events: list[PolicyEvent] = []
+    for src, new in decided.items():
+        policy = state.policies.get(src)
+        current = policy.shares if policy else {}
+        if _same(current, new):
+            continue
+        state.version += 1
+        action = (
+            PolicyAction.CANCEL
+            if not new
+            else PolicyAction.NEW
+            if not current
+            else PolicyAction.UPDATE
+        )
+        event = PolicyEvent(
+            action=action,
+            source=src,
+            version=state.version,
+            issued_at=now,
+            shares=[
+                Share(tier=t, destination=d, share=min(1.0, x)) for (t, d), x in sorted(new.items())
+            ],
+            reason=_reason(state, src, current, new, targets[src], solution, expected),
+        )
+        state.adopt(src, Policy(dict(new), state.version, now), state.config.status_max_age_s)
+        events.append(event)
+    return events
+
+
+def _same(a: Mapping[ShareKey, float], b: Mapping[ShareKey, float]) -> bool:
+    return all(abs(a.get(k, 0.0) - b.get(k, 0.0)) <= SAME for k in set(a) | set(b))
+
+
+def _reason(
+    state: EngineState,
+    src: str,
+    current: Mapping[ShareKey, float],
+    new: Mapping[ShareKey, float],
+    target: Mapping[ShareKey, float],
+    solution: Solution,
+    expected: Mapping[str, float],
+) -> PolicyReason:
+    """Name the PoP and rule behind a policy, what changed, and the loads expected after."""
+    status = state.pops[src].status
+    target_u = state.network.pop(src).target_utilisation
+    pinned = {(t, d) for t, s, d in state.overrides.pinned if s == src}
+    shedders_in = sorted(
+        s for pairs in solution.shares.values() for (s, d) in pairs if d == src and s != src
+    )
+    trigger = src
+    if src in state.overrides.drain:
+        why = f"override: {src} drained"
+    elif pinned & set(new):
+        why = f"override: pinned {', '.join(f't{t}->{d}' for t, d in sorted(pinned))}"
+    elif status is not None and new and status.utilisation > target_u:
+        why = (
+            f"shed: {src} at {status.utilisation:.2f} > target {target_u:.2f}"
+            f" ({status.rule or status.state.value})"
+        )
+    elif new and shedders_in:
+        trigger = shedders_in[0]
+        why = f"cascade (48): {src} takes {trigger}'s traffic and passes its own on"
+    elif new:
+        why = f"rebalance: {src} native load over target {target_u:.2f}"
+    else:
+        util = f"{status.utilisation:.2f}" if status is not None else "unknown"
+        why = f"recovered: {src} at {util}, no forwarding needed"
+    changes = []
+    for key in sorted(set(current) | set(new)):
+        before, after = current.get(key, 0.0), new.get(key, 0.0)
+        if abs(before - after) > SAME:
+            damped = "" if abs(after - target.get(key, 0.0)) <= SAME else " damped"
+            changes.append(f"t{key[0]}->{key[1]} {before:.3f}->{after:.3f}{damped}")
+    rule = f"{why}; {'; '.join(changes)}"
+    if len(rule) > MAX_REASON_CHARS:
+        rule = rule[: MAX_REASON_CHARS - 3] + "..."
+    involved = {src, trigger} | {d for _, d in new} | {d for _, d in current}
+    utilisation = {}
+    for name in sorted(involved):
+        model = state.pops.get(name)
+        if name in expected and model is not None and model.status is not None:
+            cap = model.status.capacity_cores
+            utilisation[name] = min(100.0, max(0.0, expected[name] / cap)) if cap > 0 else 100.0
+    return PolicyReason(
+        trigger_pop=trigger,
+        rule=rule,
+        expected_utilisation=utilisation,
+        infeasible=bool(set(solution.overloaded) & involved),
+    )

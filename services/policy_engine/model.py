@@ -1,0 +1,137 @@
+"""What the policy engine knows about each PoP, and the native-demand estimate the solver needs.
+
+The analytics verdict (pop-status.v1) gives a PoP's capacity and *measured* load. Measured load
+already includes what peers forward in and excludes what the PoP forwards out, so solving on it
+would chase our own policies. The forwarders' per-tier counters (dataplane-stats.v1) say how
+much of each tier is processed locally, forwarded out and received; from their rates we split
+the measured load into native demand per tier:
+
+    cores per packet  k = load / (local + received)          (summed over tiers)
+    native[t]           = k * (local[t] + forwarded_out[t])  forwarded_out = inter-PoP + second
+                                                              chance (established flows kept on
+                                                              their remote secondary)
+
+Packet rates are a proxy for CPU cost; a constant count multiplicity (edge and server both
+counting) cancels in the ratio. Without fresh counters the load is split by a configured tier
+mix, corrected by the traffic our current policies move in and out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from popshift.network import NetworkConfig
+from schemas.messages import DataplaneStats, PopStatus, TierCounters
+
+
+@dataclass(frozen=True)
+class TierRates:
+    """Packets per second of one tier at one PoP (or node) by what happened to them."""
+
+    local: float = 0.0
+    forwarded: float = 0.0
+    received: float = 0.0
+
+    def __add__(self, other: TierRates) -> TierRates:
+        return TierRates(
+            self.local + other.local,
+            self.forwarded + other.forwarded,
+            self.received + other.received,
+        )
+
+
+def _counts(c: TierCounters) -> tuple[int, int, int]:
+    return c.local, c.inter_pop_forward + c.second_chance_forward, c.received_from_peer
+
+
+def counter_rates(previous: DataplaneStats, current: DataplaneStats) -> dict[int, TierRates]:
+    """Per-tier rates between two snapshots of one node; a counter that went down is a restart."""
+    dt = current.at - previous.at
+    if dt <= 0.0:
+        return {}
+    before = {c.tier: _counts(c) for c in previous.tiers}
+    rates: dict[int, TierRates] = {}
+    for c in current.tiers:
+        now_counts = _counts(c)
+        then = before.get(c.tier, (0, 0, 0))
+        if any(n < t for n, t in zip(now_counts, then, strict=True)):
+            then = (0, 0, 0)  # the node restarted; its counters began again at zero
+        delta = [n - t for n, t in zip(now_counts, then, strict=True)]
+        rates[c.tier] = TierRates(delta[0] / dt, delta[1] / dt, delta[2] / dt)
+    return rates
+
+
+@dataclass
+class PopModel:
+    """One PoP: the latest analytics verdict and the latest counter rates of each node."""
+
+    name: str
+    status: PopStatus | None = None
+    last_stats: dict[str, DataplaneStats] = field(default_factory=dict)
+    node_rates: dict[str, tuple[float, dict[int, TierRates]]] = field(default_factory=dict)
+
+    def observe_status(self, status: PopStatus) -> None:
+        if self.status is None or status.at >= self.status.at:
+            self.status = status
+
+    def observe_stats(self, stats: DataplaneStats) -> None:
+        previous = self.last_stats.get(stats.node)
+        if previous is not None and stats.at <= previous.at:
+            return  # late or duplicate delivery
+        self.last_stats[stats.node] = stats
+        if previous is not None:
+            rates = counter_rates(previous, stats)
+            if rates:
+                self.node_rates[stats.node] = (stats.at, rates)
+
+    def fresh(self, now: float, max_age_s: float) -> bool:
+        return self.status is not None and now - self.status.at <= max_age_s
+
+    def tier_rates(self, now: float, max_age_s: float) -> dict[int, TierRates]:
+        """Rates summed over the nodes that reported recently."""
+        total: dict[int, TierRates] = {}
+        for at, rates in self.node_rates.values():
+            if now - at > max_age_s:
+                continue
+            for tier, r in rates.items():
+                total[tier] = total.get(tier, TierRates()) + r
+        return total
+
+
+def estimate_native(
+    load: float,
+    rates: Mapping[int, TierRates],
+    tier_ids: list[int],
+    mix: Mapping[int, float],
+    moved_out: float = 0.0,
+    moved_in: float = 0.0,
+) -> dict[int, float]:
+    """Native demand per tier in cores (see the module docstring for the formula)."""
+    processed = sum(r.local + r.received for r in rates.values())
+    if processed > 0.0:
+        k = load / processed
+        return {
+            t: k * (rates[t].local + rates[t].forwarded) if t in rates else 0.0 for t in tier_ids
+        }
+    native_total = max(0.0, load + moved_out - moved_in)
+    weights = {t: max(0.0, mix.get(t, 0.0)) for t in tier_ids}
+    total_w = sum(weights.values())
+    if total_w <= 0.0:
+        weights = dict.fromkeys(tier_ids, 1.0)
+        total_w = float(len(tier_ids))
+    return {t: native_total * w / total_w for t, w in weights.items()}
+
+
+def latency_matrix(network: NetworkConfig, names: list[str]) -> np.ndarray:
+    """PoP-to-PoP added latency in ms for ``names`` (``inf`` where the config gives none)."""
+    n = len(names)
+    lat = np.full((n, n), np.inf)
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            ms = network.latency(a, b)
+            if ms is not None:
+                lat[i, j] = ms
+    return lat

@@ -1,0 +1,295 @@
+"""The policy engine's pure core on a virtual clock: damping, native demand, overrides, decide()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from popshift.network import load_network
+from schemas.messages import (
+    DataplaneStats,
+    PolicyAction,
+    PolicyEvent,
+    PopState,
+    PopStatus,
+    TierCounters,
+)
+from services.policy_engine.damping import DampingConfig, damp
+from services.policy_engine.engine import (
+    EngineConfig,
+    EngineState,
+    SetOverrides,
+    Tick,
+    UnknownPop,
+    decide,
+    restore,
+)
+from services.policy_engine.model import TierRates, counter_rates, estimate_native
+from services.policy_engine.overrides import (
+    Forbid,
+    InvalidOverride,
+    Overrides,
+    Pin,
+    load_overrides,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+NETWORK = load_network(REPO / "deploy" / "config" / "network.yaml")
+CFG = DampingConfig(deadband=0.02, max_step=0.1, holdoff_s=10.0)
+
+
+# --- damping -------------------------------------------------------------------------------
+
+
+def test_damping_caps_the_step_and_holds_off_after_a_change() -> None:
+    target = {(0, "b"): 0.35}
+    first = damp({}, target, last_change=None, now=0.0, config=CFG)
+    assert first == {(0, "b"): pytest.approx(0.1)}
+    held = damp(first, target, last_change=0.0, now=5.0, config=CFG)
+    assert held == first
+    second = damp(first, target, last_change=0.0, now=10.0, config=CFG)
+    assert second == {(0, "b"): pytest.approx(0.2)}
+
+
+def test_damping_dead_band_ignores_small_moves_but_never_blocks_a_cancel() -> None:
+    current = {(0, "b"): 0.30, (0, "c"): 0.01}
+    out = damp(current, {(0, "b"): 0.31}, last_change=None, now=0.0, config=CFG)
+    assert out == {(0, "b"): pytest.approx(0.30)}  # c goes to zero, b's 0.01 is in the band
+    assert damp({}, {(0, "b"): 0.015}, last_change=None, now=0.0, config=CFG) == {}
+
+
+def test_forced_shares_bypass_hold_off_and_step() -> None:
+    current = {(0, "b"): 0.5}
+    out = damp(
+        current,
+        {(0, "b"): 0.5},
+        last_change=99.0,
+        now=100.0,
+        config=CFG,
+        forced={(0, "b"): 0.0, (0, "c"): 0.4},
+    )
+    assert out == {(0, "c"): pytest.approx(0.4)}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(["b", "c", "d"]), st.floats(0.0, 1.0), max_size=3),
+    st.dictionaries(st.sampled_from(["b", "c", "d"]), st.floats(0.0, 1.0), max_size=3),
+    st.floats(0.01, 1.0),
+)
+def test_damped_shares_stay_fractions_and_move_toward_the_target(cur, tgt, step) -> None:
+    def fit(d):
+        total = sum(d.values())
+        return {(0, k): v / max(1.0, total) for k, v in d.items()}
+
+    current, target = fit(cur), fit(tgt)
+    cfg = DampingConfig(deadband=0.0, max_step=step, holdoff_s=0.0)
+    out = damp(current, target, last_change=None, now=0.0, config=cfg)
+    assert sum(out.values()) <= 1.0 + 1e-9
+    for key in set(current) | set(target):
+        before, after, want = current.get(key, 0.0), out.get(key, 0.0), target.get(key, 0.0)
+        assert abs(after - before) <= step + 1e-9
+        assert min(before, want) - 1e-9 <= after <= max(before, want) + 1e-9
+
+
+# --- native demand -------------------------------------------------------------------------
+
+
+def stats(at: float, local: int, out: int, received: int, tier: int = 0) -> DataplaneStats:
+    return DataplaneStats(
+        pop="b",
+        node="b-edge1",
+        at=at,
+        tiers=[
+            TierCounters(tier=tier, local=local, inter_pop_forward=out, received_from_peer=received)
+        ],
+    )
+
+
+def test_counter_rates_and_restart() -> None:
+    rates = counter_rates(stats(10.0, 1000, 100, 50), stats(12.0, 3000, 300, 450))
+    assert rates == {0: TierRates(local=1000.0, forwarded=100.0, received=200.0)}
+    restarted = counter_rates(stats(10.0, 1000, 100, 50), stats(12.0, 20, 2, 4))
+    assert restarted == {0: TierRates(local=10.0, forwarded=1.0, received=2.0)}
+
+
+def test_native_demand_removes_what_comes_in_and_adds_what_goes_out() -> None:
+    # 6 cores measured; 600 pkt/s of our own kept, 300 received, 200 of ours forwarded out.
+    rates = {0: TierRates(local=400.0, forwarded=200.0, received=300.0), 1: TierRates(200.0)}
+    native = estimate_native(6.0, rates, [0, 1, 2], {})
+    # 6 cores / 900 processed pkt/s: tier 0 native = (400+200) * 6/900 = 4, tier 1 = 200 * 6/900.
+    assert native == {0: pytest.approx(4.0), 1: pytest.approx(4.0 / 3.0), 2: 0.0}
+    fallback = estimate_native(6.0, {}, [0, 1], {0: 3.0, 1: 1.0}, moved_out=2.0, moved_in=1.0)
+    assert fallback == {0: pytest.approx(5.25), 1: pytest.approx(1.75)}
+
+
+# --- overrides -----------------------------------------------------------------------------
+
+
+def test_overrides_validate_and_merge(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"pinned 1\.200"):
+        Overrides(
+            pins=[
+                Pin(source="a", destination="b", tier=0, share=0.7),
+                Pin(source="a", destination="c", tier=0, share=0.5),
+            ]
+        )
+    with pytest.raises(InvalidOverride, match="unknown PoP"):
+        Overrides(drain=["zzz"]).check(NETWORK)
+    path = tmp_path / "overrides.yaml"
+    path.write_text("pins: [{source: a, destination: b, tier: 0, share: 0.2}]\ndrain: [c]\n")
+    from_file = load_overrides(path).check(NETWORK)
+    cli = Overrides(
+        pins=[Pin(source="a", destination="b", tier=0, share=0.3)],
+        forbid=[Forbid(source="b", destination="c")],
+    )
+    merged = from_file.merged(cli)
+    assert merged.pinned == {(0, "a", "b"): 0.3}
+    assert merged.forbidden == {("b", "c")} and merged.drain == ["c"]
+    (tmp_path / "bad.yaml").write_text("pins: [{source: a}]\n")
+    with pytest.raises(InvalidOverride, match=r"bad\.yaml"):
+        load_overrides(tmp_path / "bad.yaml")
+
+
+# --- decide() ------------------------------------------------------------------------------
+
+
+def status(pop: str, at: float, load: float, capacity: float = 10.0) -> PopStatus:
+    util = load / capacity
+    return PopStatus(
+        pop=pop,
+        at=at,
+        state=PopState.SHED if util > 0.75 else PopState.CAN_TAKE,
+        since=0.0,
+        utilisation=util,
+        capacity_cores=capacity,
+        load_cores=load,
+        rule="combined_load>0.75" if util > 0.75 else None,
+    )
+
+
+def engine(**damping: float) -> EngineState:
+    cfg = DampingConfig(**{"deadband": 0.0, "max_step": 1.0, "holdoff_s": 0.0, **damping})
+    # Tier mix: all of a PoP's load is bulk (tier 0) unless counters say otherwise.
+    return EngineState(NETWORK, EngineConfig(tier_mix={0: 1.0}, damping=cfg))
+
+
+def feed(state: EngineState, now: float, loads: dict[str, float]) -> list[PolicyEvent]:
+    for pop, load in loads.items():
+        decide(state, status(pop, now, load), now)
+    return decide(state, Tick(), now)[1]
+
+
+def by_source(events: list[PolicyEvent]) -> dict[str, PolicyEvent]:
+    return {e.source: e for e in events}
+
+
+def test_overload_gives_new_policies_with_reasons_and_rising_versions() -> None:
+    state = engine()
+    events = by_source(feed(state, 1.0, {"a": 9.0, "b": 7.5, "c": 2.0}))
+    # Only a cascade reaches c: a -> b (10 ms) and b -> c (12 ms); a -> c is 45 ms > 30.
+    assert set(events) == {"a", "b"}
+    a, b = events["a"], events["b"]
+    assert a.action is b.action is PolicyAction.NEW
+    assert [(s.tier, s.destination) for s in a.shares] == [(0, "b")]
+    assert a.shares[0].share == pytest.approx(1.5 / 9.0)
+    assert [(s.tier, s.destination) for s in b.shares] == [(0, "c")]
+    assert a.reason.trigger_pop == "a" and a.reason.rule.startswith("shed: a at 0.90")
+    assert b.reason.trigger_pop == "a" and b.reason.rule.startswith("cascade")
+    assert a.reason.expected_utilisation == {"a": pytest.approx(0.75), "b": pytest.approx(0.75)}
+    assert not a.reason.infeasible
+    assert sorted(e.version for e in events.values()) == [1, 2]
+    # Nothing changed: nothing to say.
+    assert feed(state, 2.0, {}) == []
+
+
+class Plant:
+    """Loads as a network would measure them: native minus out plus in, for the shares issued at
+    least ``lag`` seconds ago (only new connections move)."""
+
+    def __init__(self, native: dict[str, float], lag: float = 5.0) -> None:
+        self.native, self.lag = native, lag
+        self.issued: list[PolicyEvent] = []
+
+    def loads(self, now: float) -> dict[str, float]:
+        latest: dict[str, PolicyEvent] = {}
+        for ev in self.issued:
+            if ev.issued_at <= now - self.lag:
+                latest[ev.source] = ev
+        load = dict(self.native)
+        for ev in latest.values():
+            for s in ev.shares:
+                load[ev.source] -= s.share * self.native[ev.source]
+                load[s.destination] += s.share * self.native[ev.source]
+        return load
+
+    def step(self, state: EngineState, now: float) -> list[PolicyEvent]:
+        events = feed(state, now, self.loads(now))
+        self.issued += events
+        return events
+
+
+def test_damping_walks_to_the_target_and_recovery_cancels() -> None:
+    state = engine(max_step=0.1, holdoff_s=10.0, deadband=0.02)
+    plant = Plant({"a": 12.0, "b": 2.0, "c": 2.0})
+    shares = [
+        (now, ev.shares[0].share)
+        for now in range(0, 100, 5)
+        for ev in plant.step(state, float(now))
+        if ev.source == "a"
+    ]
+    # +0.1 every hold-off period until the target 4.5/12 = 0.375; then a steady state is quiet.
+    assert shares == [
+        (0, pytest.approx(0.1)),
+        (10, pytest.approx(0.2)),
+        (20, pytest.approx(0.3)),
+        (30, pytest.approx(0.375)),
+    ]
+    assert plant.loads(100.0)["a"] == pytest.approx(7.5)
+    plant.native["a"] = 3.0  # the spike is over
+    tail = [ev for now in range(100, 200, 5) for ev in plant.step(state, float(now))]
+    assert [ev.action for ev in tail] == [PolicyAction.UPDATE] * 3 + [PolicyAction.CANCEL]
+    assert [ev.shares[0].share for ev in tail[:3]] == pytest.approx([0.275, 0.175, 0.075])
+    versions = [ev.version for ev in plant.issued]
+    assert versions == sorted(versions) and len(set(versions)) == len(versions)
+
+
+def test_overrides_apply_at_once_and_unknown_pops_are_refused() -> None:
+    state = engine(max_step=0.05, holdoff_s=1000.0)
+    feed(state, 1.0, {"a": 5.0, "b": 5.0, "c": 5.0})
+    decide(
+        state,
+        SetOverrides(
+            Overrides(pins=[Pin(source="c", destination="b", tier=1, share=0.25)], drain=["a"])
+        ),
+        2.0,
+    )
+    ev = by_source(feed(state, 2.0, {}))
+    assert [(s.tier, s.destination, s.share) for s in ev["c"].shares] == [(1, "b", 0.25)]
+    assert ev["c"].reason.rule.startswith("override: pinned")
+    # a is drained: its movable traffic leaves now, nothing is sent to it.
+    assert ev["a"].reason.rule.startswith("override: a drained")
+    assert all(s.destination != "a" for e in ev.values() for s in e.shares)
+    with pytest.raises(UnknownPop):
+        decide(state, status("zzz", 1.0, 1.0), 3.0)
+
+
+def test_restart_from_the_compacted_topic_changes_nothing() -> None:
+    state = engine()
+    events = feed(state, 1.0, {"a": 9.0, "b": 7.5, "c": 2.0})
+    again = restore(engine(), events)
+    assert again.version == state.version
+    # The same inputs after the restart: the policies already match, so nothing is emitted.
+    assert feed(again, 1.0, {"a": 9.0, "b": 7.5, "c": 2.0}) == []
+    assert {s: p.shares for s, p in again.policies.items()} == {
+        s: p.shares for s, p in state.policies.items()
+    }
+
+
+def test_stale_status_is_fail_static() -> None:
+    state = engine()
+    feed(state, 1.0, {"a": 9.0, "b": 2.0, "c": 2.0})
+    assert decide(state, Tick(), 1000.0)[1] == []
