@@ -1,0 +1,30 @@
+"""Run one frame through the real program (BPF_PROG_TEST_RUN) and the model; demand agreement."""
+
+from __future__ import annotations
+
+from services.forwarder.layout import Verdict, XdpAction
+from services.forwarder.loader import Count, Forwarder, Role
+from services.forwarder.model import NodeConfig, OwnsFlow, Outcome, TableState, edge, no_sockets
+from services.forwarder.model import server as server_model
+
+
+def _counted(before: dict[int | None, dict[Verdict, Count]],
+             after: dict[int | None, dict[Verdict, Count]]) -> list[tuple[int | None, Verdict]]:
+    return [(t, v) for t in after for v in after[t] if after[t][v].packets != before[t][v].packets]
+
+
+def prepare(fwd: Forwarder, cfg: NodeConfig, st: TableState) -> None:
+    fwd.configure(cfg)
+    fwd.load_state(st)
+
+
+def run_both(fwd: Forwarder, cfg: NodeConfig, st: TableState, frame: bytes,
+             owns: OwnsFlow = no_sockets, count: bool = True) -> Outcome:
+    """Assert the C program and the model agree on action, counter and output bytes."""
+    before = fwd.read_counters() if count else None
+    action, out = fwd.test_run(frame)
+    model = edge(frame, cfg, st) if fwd.role is Role.EDGE else server_model(frame, cfg, st, owns)
+    assert (XdpAction(action), out.hex()) == (model.action, model.packet.hex())
+    if before is not None:
+        assert _counted(before, fwd.read_counters()) == [(model.tier, model.verdict)]
+    return model
