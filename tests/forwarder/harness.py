@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from services.forwarder.layout import Verdict, XdpAction
 from services.forwarder.loader import Count, Forwarder, Role
-from services.forwarder.model import NodeConfig, OwnsFlow, Outcome, TableState, edge, no_sockets
+from services.forwarder.model import (
+    ETH_HLEN,
+    NodeConfig,
+    Outcome,
+    OwnsFlow,
+    TableState,
+    edge,
+    no_sockets,
+)
 from services.forwarder.model import server as server_model
 
 
@@ -20,10 +28,16 @@ def prepare(fwd: Forwarder, cfg: NodeConfig, st: TableState) -> None:
 
 def run_both(fwd: Forwarder, cfg: NodeConfig, st: TableState, frame: bytes,
              owns: OwnsFlow = no_sockets, count: bool = True) -> Outcome:
-    """Assert the C program and the model agree on action, counter and output bytes."""
+    """Assert the C program and the model agree on action, counter and output bytes.
+
+    BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header (EINVAL), so those are
+    checked against the model only.
+    """
+    model = edge(frame, cfg, st) if fwd.role is Role.EDGE else server_model(frame, cfg, st, owns)
+    if len(frame) < ETH_HLEN:
+        return model
     before = fwd.read_counters() if count else None
     action, out = fwd.test_run(frame)
-    model = edge(frame, cfg, st) if fwd.role is Role.EDGE else server_model(frame, cfg, st, owns)
     assert (XdpAction(action), out.hex()) == (model.action, model.packet.hex())
     if before is not None:
         assert _counted(before, fwd.read_counters()) == [(model.tier, model.verdict)]

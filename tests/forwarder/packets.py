@@ -74,6 +74,8 @@ def gue(inner: Packet, *, outer_src: str = EDGE4, outer_dst: str = SERVER4, flag
             hop_count=(1 if secondary else 0) if hop_count is None else hop_count,
             landing_pop=landing_pop, secondary_pop=secondary_pop, tier=tier,
             secondary=addr16(ia.ip_address(secondary)) if secondary else bytes(16))
+    if "gue_flags" in overrides:  # the GUE base header's flags, not the private flags
+        overrides["flags"] = overrides.pop("gue_flags")
     if overrides:
         g = Gue(**{**g.__dict__, **overrides})
     outer: Packet = (IPv6(src=outer_src, dst=outer_dst) if ":" in outer_dst

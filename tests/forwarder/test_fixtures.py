@@ -18,9 +18,16 @@ from scapy.packet import Packet, Raw
 
 from services.forwarder.layout import GUE_PORT, Flag, TierFlag, Verdict, XdpAction, addr16
 from services.forwarder.loader import Forwarder, Role
-from services.forwarder.model import BucketEntry, Gue, NodeConfig, TableState, entropy_port
+from services.forwarder.model import (
+    BucketEntry,
+    Gue,
+    NodeConfig,
+    TableState,
+    entropy_port,
+    parse_l3,
+    parse_l4,
+)
 from services.forwarder.model import packet_hash as model_hash
-from services.forwarder.model import parse_l3, parse_l4
 from tests.forwarder import packets as P
 from tests.forwarder.harness import prepare, run_both
 
