@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -61,3 +62,57 @@ def service(module: str, env: dict[str, str], *args: str) -> Iterator[subprocess
         if proc.returncode not in (0, -15):
             sys.stderr.write(err.decode(errors="replace")[-5000:])
         assert proc.returncode == 0, f"{module} exited {proc.returncode}"
+
+
+class SimulatedAgents:
+    """N agents heartbeating from a thread; loads and silences are changed by the test."""
+
+    def __init__(
+        self, bootstrap: str, topic: Topic, servers: dict[str, list[str]], interval_s: float
+    ) -> None:
+        from popshift.bus import TypedProducer
+
+        self.topic = topic
+        self.interval_s = interval_s
+        self.producer = TypedProducer(bootstrap)
+        self.util = {(pop, s): 0.5 for pop, names in servers.items() for s in names}
+        self.silent: set[str] = set()
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def set(self, pop: str, util: float) -> None:
+        for key in self.util:
+            if key[0] == pop:
+                self.util[key] = util
+
+    def _run(self) -> None:
+        from schemas.messages import ServerHeartbeat
+
+        seq = 0
+        while not self._stop.wait(self.interval_s):
+            seq += 1
+            for i, ((pop, server), util) in enumerate(list(self.util.items())):
+                if server in self.silent:
+                    continue
+                hb = ServerHeartbeat(
+                    pop=pop,
+                    server=server,
+                    address=f"10.1.{i // 250}.{i % 250 + 1}",
+                    seq=seq,
+                    sent_at=time.time(),
+                    capacity_cores=4.0,
+                    cpu_busy_cores=4.0 * util,
+                )
+                self.producer.send(self.topic, pop, hb)
+                self.sent += 1
+            self.producer.poll(0)
+
+    def __enter__(self) -> SimulatedAgents:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.producer.flush()
