@@ -1,0 +1,286 @@
+"""Forwarding tables: bucket counts, LRM order, drains, primaries, invariants, the writer."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from popshift.network import load_network
+from schemas.messages import Direction, PolicyAction, PolicyEvent, PolicyReason, PopLoad, Share
+from schemas.messages import ServerLoad as SL
+from services.table_writer import codec
+from services.table_writer.table import (
+    Bucket,
+    Peer,
+    Server,
+    TableInvariantError,
+    apply_policy,
+    bucket_counts,
+    check_invariants,
+    diff,
+    forwarded_counts,
+    new_table,
+    rebalance_primaries,
+    server_quotas,
+)
+from services.table_writer.writer import (
+    PolicyRejected,
+    commit,
+    new_state,
+    on_policy,
+    on_servers,
+    on_tick,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+NETWORK = load_network(REPO / "deploy" / "config" / "network.yaml")
+PEERS = {"b": Peer("b", 2, "10.100.2.1"), "c": Peer("c", 3, "10.100.3.1")}
+SERVERS = [Server("192.0.2.1", 8.0), Server("192.0.2.2", 8.0), Server("192.0.2.3", 16.0)]
+LOCAL = {s.address for s in SERVERS}
+DRAIN = 60.0
+
+
+def forwarding(b: Bucket) -> int | None:
+    return b.secondary_pop if b.away else None
+
+
+def check(table, shares, bits, local=LOCAL) -> None:
+    check_invariants(table, bits=bits, self_id=1, shares=shares, peers=PEERS, local_addresses=local)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(6, 10),
+    st.lists(st.tuples(st.floats(0.0, 0.25), st.floats(0.0, 0.2)), min_size=1, max_size=8),
+)
+def test_changed_buckets_equal_the_change_in_share(bits: int, rounds) -> None:
+    size = 1 << bits
+    table = new_table(SERVERS, bits, now=0.0)
+    shares: dict[str, float] = {}
+    for step, (to_b, to_c) in enumerate(rounds, start=1):
+        new_shares = {"b": to_b, "c": to_c}
+        out = apply_policy(table, new_shares, PEERS, now=float(step), drain_period_s=DRAIN)
+        check(out, new_shares, bits)
+        changed = sum(forwarding(a) != forwarding(b) for a, b in zip(table, out, strict=True))
+        expected = sum(abs(new_shares[d] - shares.get(d, 0.0)) * size for d in new_shares)
+        assert abs(changed - expected) <= len(new_shares), (changed, expected)
+        want = bucket_counts(new_shares, size)
+        assert changed == sum(
+            abs(want.get(d, 0) - bucket_counts(shares, size).get(d, 0)) for d in PEERS
+        )
+        table, shares = out, new_shares
+
+
+def test_least_recently_modified_buckets_change_first() -> None:
+    bits = 4
+    table = [
+        dataclasses.replace(b, modified_at=float(m))
+        for b, m in zip(
+            new_table(SERVERS, bits, 0.0),
+            [9, 3, 7, 1, 15, 2, 8, 6, 14, 0, 12, 5, 4, 11, 10, 13],
+            strict=True,
+        )
+    ]
+    up = apply_policy(table, {"b": 0.25}, PEERS, now=100.0, drain_period_s=DRAIN)
+    assert sorted(i for i, b in enumerate(up) if b.away) == [1, 3, 5, 9]  # modified at 3,1,2,0
+    # Those four are now the most recent; the next destination takes the next-oldest ones.
+    up = apply_policy(up, {"b": 0.25, "c": 0.125}, PEERS, now=101.0, drain_period_s=DRAIN)
+    assert sorted(i for i, b in enumerate(up) if b.away and b.secondary_pop == 3) == [11, 12]
+    # Shrinking b drains its least recently modified buckets: all four share t=100, index wins.
+    down = apply_policy(up, {"b": 0.125, "c": 0.125}, PEERS, now=102.0, drain_period_s=DRAIN)
+    assert sorted(i for i, b in enumerate(down) if b.away and b.secondary_pop == 2) == [5, 9]
+
+
+def test_draining_keeps_the_secondary_until_the_drain_period_ends() -> None:
+    bits = 8
+    table = new_table(SERVERS, bits, 0.0)
+    up = apply_policy(table, {"b": 0.5}, PEERS, now=10.0, drain_period_s=DRAIN)
+    down = apply_policy(up, {"b": 0.25}, PEERS, now=20.0, drain_period_s=DRAIN)
+    draining = [i for i, b in enumerate(down) if b.secondary == "10.100.2.1" and not b.away]
+    assert len(draining) == 64
+    for i in draining:
+        b = down[i]
+        assert b.inter_pop and b.secondary_pop == 2 and b.direction is Direction.BACK
+        assert b.modified_at == 20.0 and b.primary == up[i].primary
+    # Still within the drain period: nothing changes.
+    later = apply_policy(down, {"b": 0.25}, PEERS, now=20.0 + DRAIN - 1, drain_period_s=DRAIN)
+    assert diff(down, later) == {}
+    # Going up again before the drain ended re-uses the buckets still draining to b.
+    again = apply_policy(down, {"b": 0.3}, PEERS, now=30.0, drain_period_s=DRAIN)
+    reactivated = [i for i, (a, b) in enumerate(zip(down, again, strict=True)) if a != b]
+    assert set(reactivated) <= set(draining) and len(reactivated) == round(0.3 * 256) - 64
+    # After the period the secondary is cleared: those buckets are plain local ones again.
+    done = apply_policy(down, {"b": 0.25}, PEERS, now=20.0 + DRAIN, drain_period_s=DRAIN)
+    changes = diff(down, done)
+    assert sorted(changes) == draining
+    assert all(e.secondary is None and e.direction is Direction.BACK for e in changes.values())
+    check(done, {"b": 0.25}, bits)
+
+
+def test_adding_and_removing_servers_moves_only_what_must_move() -> None:
+    bits = 12
+    size = 1 << bits
+    table = new_table(SERVERS, bits, 0.0)
+    assert server_quotas(SERVERS, size) == {"192.0.2.1": 1024, "192.0.2.2": 1024, "192.0.2.3": 2048}
+    table = apply_policy(table, {"b": 0.1}, PEERS, now=1.0, drain_period_s=DRAIN)
+    bigger = [*SERVERS, Server("192.0.2.4", 32.0)]
+    grown = rebalance_primaries(table, bigger, now=2.0)
+    moved = [i for i, (a, b) in enumerate(zip(table, grown, strict=True)) if a.primary != b.primary]
+    assert len(moved) == size // 2 == sum(b.primary == "192.0.2.4" for b in grown)
+    for i in moved:
+        if table[i].inter_pop:  # a forwarded bucket keeps its remote secondary
+            assert grown[i].secondary == table[i].secondary and grown[i].away
+        else:  # the old primary keeps its connections by second chance
+            assert grown[i].secondary == table[i].primary and not grown[i].away
+    untouched = set(range(size)) - set(moved)
+    assert all(table[i] == grown[i] for i in untouched)
+    # Moves prefer buckets with no secondary in use.
+    assert sum(table[i].inter_pop for i in moved) == 0
+    local = LOCAL | {"192.0.2.4"}
+    check(grown, {"b": 0.1}, bits, local)
+
+    shrunk = rebalance_primaries(grown, bigger[1:], now=3.0)
+    moved = [
+        i for i, (a, b) in enumerate(zip(grown, shrunk, strict=True)) if a.primary != b.primary
+    ]
+    assert sorted(moved) == [i for i, b in enumerate(grown) if b.primary == "192.0.2.1"]
+    assert forwarded_counts(shrunk) == forwarded_counts(table)
+    check(shrunk, {"b": 0.1}, bits, local)
+    # The removed server's old buckets drain away from it after the drain period.
+    expired = apply_policy(shrunk, {"b": 0.1}, PEERS, now=3.0 + DRAIN, drain_period_s=DRAIN)
+    assert not any(b.secondary == "192.0.2.1" for b in expired)
+
+
+def test_invariants_refuse_a_bad_table_loudly() -> None:
+    bits = 4
+    good = apply_policy(new_table(SERVERS, bits, 0.0), {"b": 0.25}, PEERS, 1.0, DRAIN)
+    check(good, {"b": 0.25}, bits)
+    with pytest.raises(TableInvariantError, match=r"4 buckets for share 0\.5"):
+        check(good, {"b": 0.5}, bits)
+    bad = list(good)
+    bad[0] = Bucket(good[0].primary, "10.100.1.1", True, 1, Direction.AWAY, 2.0)
+    with pytest.raises(TableInvariantError, match="this PoP itself"):
+        check(bad, {"b": 0.25}, bits)
+    bad = list(good)
+    bad[0] = Bucket(good[0].primary, "10.100.3.1", False, 0, Direction.BACK, 2.0)
+    with pytest.raises(TableInvariantError, match="not a local server") as info:
+        check(bad, {"b": 0.25}, bits)
+    assert info.value.violations == [
+        "bucket 0: intra-PoP secondary 10.100.3.1 is not a local server"
+    ]
+    with pytest.raises(TableInvariantError, match="may not be forwarded"):
+        check_invariants(
+            good,
+            bits=bits,
+            self_id=1,
+            shares={"b": 0.25},
+            peers=PEERS,
+            local_addresses=LOCAL,
+            forwardable=False,
+        )
+    with pytest.raises(TableInvariantError, match="without a share"):
+        check(good, {}, bits)
+
+
+def test_full_size_table_n16_round_trips_through_the_codec_quickly() -> None:
+    bits = 16
+    started = time.perf_counter()
+    table = new_table(SERVERS, bits, 0.0)
+    table = apply_policy(table, {"b": 0.3, "c": 0.1}, PEERS, 1.0, DRAIN)
+    check(table, {"b": 0.3, "c": 0.1}, bits)
+    assert forwarded_counts(table) == {2: round(0.3 * 65536), 3: round(0.1 * 65536)}
+    header = codec.Header("a", 0, 1, 7, bits, 1.0, {"b": 0.3, "c": 0.1})
+    blob = codec.encode(table, header)
+    assert len(blob) > 16 * 65536
+    got_header, got = codec.decode(blob)
+    assert got == table and got_header.policy_version == 7 and got_header.shares["b"] == 0.3
+    down = apply_policy(table, {"b": 0.2, "c": 0.1}, PEERS, 2.0, DRAIN)
+    changes = diff(table, down)
+    assert len(changes) == round(0.1 * 65536)
+    assert time.perf_counter() - started < 10.0
+    with pytest.raises(codec.BadTableBlob):
+        codec.decode(b"XXXX" + blob[4:])
+
+
+def test_bucket_counts_round_and_fit_the_table() -> None:
+    assert bucket_counts({"b": 0.3, "c": 0.0}, 16) == {"b": 5}
+    # Three thirds of 16 round to 5+5+5; halves of 3 round to 2+2 = 4 > 3: one gives back.
+    assert bucket_counts({"b": 1 / 3, "c": 1 / 3, "d": 1 / 3}, 16) == {"b": 5, "c": 5, "d": 5}
+    counts = bucket_counts({"b": 0.5, "c": 0.5}, 3)
+    assert sum(counts.values()) == 3 and sorted(counts.values()) == [1, 2]
+
+
+# --- the per-PoP writer state machine -----------------------------------------------------
+
+
+def policy(
+    version: int,
+    *shares: tuple[int, str, float],
+    source: str = "a",
+    action: PolicyAction = PolicyAction.UPDATE,
+) -> PolicyEvent:
+    return PolicyEvent(
+        action=action,
+        source=source,
+        version=version,
+        issued_at=float(version),
+        shares=[Share(tier=t, destination=d, share=x) for t, d, x in shares],
+        reason=PolicyReason(trigger_pop=source, rule="test"),
+    )
+
+
+def pop_load(*servers: tuple[str, float, bool]) -> PopLoad:
+    return PopLoad(
+        pop="a",
+        at=1.0,
+        servers=[
+            SL(server=f"s{i}", address=a, capacity_cores=c, utilisation=0.5, healthy=h)
+            for i, (a, c, h) in enumerate(servers)
+        ],
+        healthy_capacity_cores=sum(c for _, c, h in servers if h),
+        combined_load_cores=1.0,
+    )
+
+
+def test_writer_applies_policies_and_refuses_what_it_must_not_apply() -> None:
+    state = new_state(NETWORK, "a", bits=8, drain_period_s=DRAIN)
+    assert on_policy(state, policy(1, (0, "b", 0.25)), 1.0) == []  # no servers yet
+    writes = on_servers(state, pop_load(("192.0.2.1", 8.0, True), ("192.0.2.2", 8.0, False)), 2.0)
+    assert [w.tier for w in writes] == [0, 1, 2] and all(w.version == 1 for w in writes)
+    assert forwarded_counts(writes[0].table) == {2: 64}
+    assert all(b.primary == "192.0.2.1" for b in writes[0].table)
+    for w in writes:
+        commit(state, w)
+    writes = on_policy(state, policy(2, (0, "b", 0.125), (1, "c", 0.5)), 3.0)
+    assert [(w.tier, w.version, len(w.changed)) for w in writes] == [(0, 2, 32), (1, 2, 128)]
+    for w in writes:
+        commit(state, w)
+    assert on_policy(state, policy(2, (0, "b", 0.9)), 4.0) == []  # a replay changes nothing
+    for bad, match in [
+        (policy(3, (2, "b", 0.1)), "may not be forwarded"),
+        (policy(3, (0, "zzz", 0.1)), "unknown destination"),
+        (policy(3, (0, "a", 0.1), source="b"), "not its own|policy of b"),
+    ]:
+        with pytest.raises(PolicyRejected, match=match):
+            on_policy(state, bad, 5.0)
+    assert state.policy_version == 2
+    cancel = on_policy(state, policy(4, action=PolicyAction.CANCEL), 6.0)
+    assert [w.tier for w in cancel] == [0, 1]
+    assert all(not forwarded_counts(w.table) for w in cancel)
+    for w in cancel:
+        commit(state, w)
+    assert on_tick(state, 3.0 + DRAIN - 1) == []
+    # Drained at t=3 (b: 0.25 -> 0.125) and at t=6 (the cancel): each clears after its period.
+    first = on_tick(state, 3.0 + DRAIN)
+    assert [(w.tier, len(w.changed)) for w in first] == [(0, 32)]
+    commit(state, first[0])
+    second = on_tick(state, 6.0 + DRAIN)
+    assert [(w.tier, len(w.changed)) for w in second] == [(0, 32), (1, 128)]
+    for w in second:
+        commit(state, w)
+    assert all(b.secondary is None for t in state.tables.values() for b in t.table)
