@@ -32,6 +32,7 @@ from popshift.network import load_network
 from schemas.messages import DeadLetter, PopLoad, PopStatus
 from services.analytics.config import load_config
 from services.analytics.window import Analyzer
+from services.feedback_ingest.process import setup_logging
 from services.feedback_ingest.settings import PipelineSettings
 
 log = logging.getLogger("popshift.analytics")
@@ -154,9 +155,7 @@ def build_app(settings: AnalyticsSettings, analyzer: Analyzer | None = None) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m services.analytics.app`` (and ``popshift analytics``)."""
     del argv  # configured by POPSHIFT_* only
-    logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s"
-    )
+    setup_logging()
     settings = AnalyticsSettings()
     create_topics(
         settings.kafka_bootstrap,

@@ -11,7 +11,6 @@ Run: ``python -m services.feedback_ingest.ingest`` (SIGTERM/SIGINT stop it clean
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import threading
 import time
@@ -22,6 +21,7 @@ from popshift import topics
 from popshift.bus import Received, RejectMessage, TypedConsumer, TypedProducer, create_topics
 from popshift.network import load_network
 from services.feedback_ingest.aggregate import PopAggregator, TooManyServers, UnknownPop
+from services.feedback_ingest.process import install_stop_signals, setup_logging
 from services.feedback_ingest.settings import IngestSettings
 
 log = logging.getLogger("popshift.ingest")
@@ -107,23 +107,10 @@ class Ingest:
         self.producer.flush()
 
 
-def install_stop_signals(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT end the loop after the current batch; offsets are committed on close."""
-
-    def _stop(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m services.feedback_ingest.ingest`` (and ``popshift ingest``)."""
     del argv  # configured by POPSHIFT_* only
-    logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s"
-    )
+    setup_logging()
     settings = IngestSettings()
     network = load_network(settings.network_file)
     create_topics(
