@@ -1,0 +1,234 @@
+"""popshift itself: the services' own pure functions, wired as Kafka would wire them.
+
+Per round (``analytics_interval_s``):
+1. analytics: each live PoP's load averaged over the rule window becomes a
+   ``services.analytics.rules.Metrics``; ``rules.step`` applies the identification rules with
+   hysteresis and returns a ``PopStatus`` when one is due (on a change or every ``refresh_s``);
+2. forwarders: every ``stats_interval_s`` each PoP reports per-tier ``DataplaneStats`` counters
+   (work in core-milliseconds, so the engine's counter-based native estimate is exact);
+3. policy engine: statuses and stats go through ``services.policy_engine.engine.decide``, then a
+   ``Tick`` returns the ``PolicyEvent`` s (damped, with reasons);
+4. table writers: each event goes to its source PoP's ``services.table_writer.writer`` state
+   (``on_policy`` -> ``apply_policy`` on 2^N buckets, invariants checked) and is committed; the
+   share that reaches the data plane is what the buckets say, and churn is the buckets changed.
+
+A PoP that went dark sends nothing: the engine stops using it once its status is stale, exactly
+as it would in production.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from schemas.messages import (
+    DataplaneStats,
+    PolicyEvent,
+    PopLoad,
+    PopStatus,
+    ServerLoad,
+    TierCounters,
+)
+from services.analytics.config import PopRules
+from services.analytics.rules import Hysteresis, Metrics, ServerMetric
+from services.analytics.rules import step as analytics_step
+from services.policy_engine.damping import DampingConfig
+from services.policy_engine.engine import EngineConfig, EngineState, Tick, decide
+from services.table_writer import writer
+from services.table_writer.table import forwarded_counts
+from sim.scenario import Scenario
+from sim.strategies.base import Action, Counters, Observation, ShareKey
+from sim.world import World
+
+DRAIN_PERIOD_S = 1800.0
+"""Longer than any tier's connections live (e^-15 of them remain), so a cleared drain breaks
+none; the simulator does not model connections outliving it."""
+
+
+@dataclass(frozen=True)
+class PopshiftKnobs:
+    """The services' settings the simulator uses (their own defaults unless a scenario says)."""
+
+    rules: PopRules
+    engine: EngineConfig
+    stats_interval_s: float
+    table_bits: int
+
+
+def knobs(world: World, scenario: Scenario) -> PopshiftKnobs:
+    ctl = scenario.controller
+    return PopshiftKnobs(
+        rules=PopRules(target_utilisation=ctl.target_utilisation),
+        engine=EngineConfig(
+            tier_mix={t.id: t.demand_share for t in world.tiers},
+            damping=DampingConfig(),
+        ),
+        stats_interval_s=10.0,
+        table_bits=ctl.table_bits,
+    )
+
+
+class PopshiftStrategy:
+    name = "popshift"
+
+    def __init__(self, world: World, scenario: Scenario) -> None:
+        self.world = world
+        self.knobs = knobs(world, scenario)
+        self.interval_s = scenario.controller.analytics_interval_s
+        self.network = world.network_config(scenario.controller.target_utilisation)
+        self.engine = EngineState(self.network, self.knobs.engine)
+        self.tier_ids = [t.id for t in world.tiers]
+        self.tier_index = {tid: k for k, tid in enumerate(self.tier_ids)}
+        self.pop_index = {n: i for i, n in enumerate(world.pop_names)}
+        self.cores_per_server = float(scenario.world.cores_per_server)
+        self._hyst: dict[int, Hysteresis] = {}
+        self._history: deque[Counters] = deque()
+        self._last_stats = -np.inf
+        self._writers: dict[int, writer.WriterState] = {}
+        self._servers: dict[int, int] = {}
+        self._shares: dict[ShareKey, float] = {}
+        self.events: list[PolicyEvent] = []
+        self.statuses = 0
+        self._churn = 0
+
+    # --- analytics ------------------------------------------------------------------------------
+
+    def _window(self, obs: Observation) -> tuple[Counters, float]:
+        """The snapshot one rule window back (or the oldest one kept) and its age."""
+        window = self.knobs.rules.window_s
+        hist = self._history
+        hist.append(obs.counters)
+        while len(hist) > 1 and hist[1].at <= obs.now - window:
+            hist.popleft()
+        return hist[0], obs.now - hist[0].at
+
+    def _analytics(self, obs: Observation) -> list[PopStatus]:
+        then, age = self._window(obs)
+        load = (obs.counters.load - then.load) / age if age > 0.0 else obs.load
+        rules = self.knobs.rules
+        out: list[PopStatus] = []
+        for i in np.flatnonzero(obs.alive):
+            cap = float(obs.capacity[i])
+            n = self._healthy(int(i), cap)
+            util = float(load[i]) / cap if cap > 0.0 else 0.0
+            metrics = Metrics(
+                pop=self.world.pop_names[i],
+                capacity_cores=cap,
+                load_cores=float(load[i]),
+                servers=(ServerMetric(util, cap / n),) * n,
+            )
+            self._hyst[int(i)], status = analytics_step(
+                self._hyst.get(int(i)), metrics, obs.now, rules
+            )
+            if status is not None:
+                out.append(status)
+        return out
+
+    def _healthy(self, pop: int, capacity: float) -> int:
+        return max(1, round(capacity / self.cores_per_server))
+
+    def _stats(self, obs: Observation) -> list[DataplaneStats]:
+        c = obs.counters
+        out = []
+        local = (c.local * 1000.0).astype(np.int64)
+        fwd = (c.forwarded * 1000.0).astype(np.int64)
+        rec = (c.received * 1000.0).astype(np.int64)
+        for i in np.flatnonzero(obs.alive):
+            out.append(
+                DataplaneStats(
+                    pop=self.world.pop_names[i],
+                    node="edge",
+                    at=obs.now,
+                    tiers=[
+                        TierCounters(
+                            tier=tid,
+                            local=int(local[i, k]),
+                            inter_pop_forward=int(fwd[i, k]),
+                            received_from_peer=int(rec[i, k]),
+                        )
+                        for k, tid in enumerate(self.tier_ids)
+                    ],
+                )
+            )
+        return out
+
+    # --- table writers --------------------------------------------------------------------------
+
+    def _writer(self, pop: int, obs: Observation) -> writer.WriterState:
+        """The PoP's table writer, told its healthy servers (primaries follow capacity)."""
+        state = self._writers.get(pop)
+        fresh = state is None
+        if state is None:
+            state = writer.new_state(
+                self.network, self.world.pop_names[pop], self.knobs.table_bits, DRAIN_PERIOD_S
+            )
+            self._writers[pop] = state
+        n = self._healthy(pop, float(obs.capacity[pop]))
+        if self._servers.get(pop) != n and obs.capacity[pop] > 0.0:
+            self._servers[pop] = n
+            load = PopLoad(
+                pop=self.world.pop_names[pop],
+                at=obs.now,
+                servers=[
+                    ServerLoad(
+                        server=f"s{k}",
+                        address=f"2001:db8:{pop + 1:x}::{k + 1:x}",  # documentation prefix
+                        capacity_cores=self.cores_per_server,
+                        utilisation=0.0,
+                    )
+                    for k in range(n)
+                ],
+                healthy_capacity_cores=n * self.cores_per_server,
+                combined_load_cores=0.0,
+            )
+            changed = self._commit(state, writer.on_servers(state, load, obs.now))
+            if not fresh:  # building the first table is not churn: it exists from day one
+                self._churn += changed
+        return state
+
+    def _commit(self, state: writer.WriterState, writes: list[writer.Write]) -> int:
+        changed = 0
+        for w in writes:
+            writer.commit(state, w)
+            changed += len(w.changed)
+        return changed
+
+    def _realised(self, pop: int, state: writer.WriterState) -> None:
+        """Shares as the data plane will apply them: buckets away to each PoP / 2^N."""
+        size = float(1 << state.bits)
+        for key in [k for k in self._shares if k[0] == pop]:
+            del self._shares[key]
+        for tier_id, tt in state.tables.items():
+            for pop_id, count in forwarded_counts(tt.table).items():
+                self._shares[(pop, self.tier_index[tier_id], pop_id - 1)] = count / size
+
+    # --- the round ------------------------------------------------------------------------------
+
+    def step(self, obs: Observation, now: float) -> Action:
+        self._churn = 0
+        for status in self._analytics(obs):
+            decide(self.engine, status, now)
+            self.statuses += 1
+        if now - self._last_stats >= self.knobs.stats_interval_s:
+            self._last_stats = now
+            for stats in self._stats(obs):
+                decide(self.engine, stats, now)
+        _, events = decide(self.engine, Tick(), now)
+        for pop in list(self._writers):
+            if obs.alive[pop]:
+                self._writer(pop, obs)  # primaries follow a change of healthy servers
+        if not events and not self._churn:
+            return Action()
+        for ev in events:
+            pop = self.pop_index[ev.source]
+            state = self._writer(pop, obs)
+            self._churn += self._commit(state, writer.on_policy(state, ev, now))
+            self._realised(pop, state)
+        self.events.extend(events)
+        return Action(
+            shares=dict(self._shares),
+            buckets_changed=self._churn,
+            policy_changes=len(events),
+        )
