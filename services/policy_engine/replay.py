@@ -1,0 +1,71 @@
+"""Read a compacted topic from its beginning to its end: how a restarted service gets its state.
+
+policies.v1 is compacted by source PoP, so reading it whole is cheap and yields every source's
+latest policy. Used by the engine (versions and current shares), the table writer (its own PoP's
+policy) and ``popshift policy show``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from pydantic import ValidationError
+
+from popshift.topics import Topic
+
+log = logging.getLogger(__name__)
+
+
+def read_all(
+    bootstrap: str, topic: Topic, key: str | None = None, timeout_s: float = 30.0
+) -> list[Any]:
+    """Every valid message of ``topic`` (only ``key``'s if given), oldest first.
+
+    Invalid payloads are skipped with a warning: the live consumer already dead-lettered them.
+    """
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"popshift-replay-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    out: list[Any] = []
+    try:
+        meta = consumer.list_topics(topic.name, timeout=timeout_s).topics.get(topic.name)
+        if meta is None or meta.error is not None:
+            return []
+        ends: dict[int, int] = {}
+        for p in meta.partitions:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic.name, p), timeout=timeout_s
+            )
+            if high > low:
+                ends[p] = high
+        if not ends:
+            return []
+        consumer.assign([TopicPartition(topic.name, p, OFFSET_BEGINNING) for p in ends])
+        deadline = time.monotonic() + timeout_s
+        while ends and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error() is not None:
+                continue
+            partition, offset = int(msg.partition() or 0), int(msg.offset() or 0)
+            if offset + 1 >= ends.get(partition, 0):
+                ends.pop(partition, None)
+            if key is not None and msg.key() != key.encode():
+                continue
+            try:
+                out.append(topic.adapter.validate_json(msg.value() or b""))
+            except ValidationError as exc:
+                log.warning("replay %s@%d: skipped invalid message: %s", topic.name, offset, exc)
+        if ends:
+            raise TimeoutError(f"replay of {topic.name} did not reach the end in {timeout_s}s")
+    finally:
+        consumer.close()
+    return out

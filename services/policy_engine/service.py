@@ -1,0 +1,154 @@
+"""The policy engine as a process: Kafka in, :func:`engine.decide`, Kafka out. Nothing else.
+
+Run: ``python -m services.policy_engine.service`` (SIGTERM/SIGINT stop it cleanly). On start it
+reads policies.v1 whole (compacted) so versions keep rising and unchanged policies are not
+re-issued; overrides come from the YAML file and from Redis (``popshift policy ...``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import redis
+
+from popshift import topics
+from popshift.bus import Received, RejectMessage, TypedConsumer, TypedProducer, create_topics
+from popshift.network import NetworkConfig, load_network
+from schemas.messages import PolicyEvent
+from services.feedback_ingest.process import install_stop_signals, setup_logging
+from services.policy_engine.engine import (
+    EngineState,
+    SetOverrides,
+    Tick,
+    UnknownPop,
+    decide,
+    restore,
+)
+from services.policy_engine.overrides import InvalidOverride, Overrides, load_overrides
+from services.policy_engine.replay import read_all
+from services.policy_engine.settings import PolicySettings
+
+log = logging.getLogger("popshift.policy_engine")
+
+OverridesSource = Callable[[], Overrides]
+
+
+def redis_overrides(client: redis.Redis[bytes], key: str) -> Overrides:
+    """The CLI's overrides (none if the key is absent)."""
+    raw = client.get(key)
+    return Overrides.model_validate_json(raw) if raw else Overrides()
+
+
+class PolicyEngineService:
+    def __init__(
+        self,
+        settings: PolicySettings,
+        network: NetworkConfig,
+        *,
+        overrides: OverridesSource | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.state = EngineState(network, settings.engine_config())
+        self.file_overrides = load_overrides(settings.policy_overrides_file).check(network)
+        self._cli_overrides = overrides
+        self.policies = settings.topic(topics.POLICIES)
+        inputs = [settings.topic(topics.POP_STATUS), settings.topic(topics.DATAPLANE_STATS)]
+        self.producer = TypedProducer(settings.kafka_bootstrap)
+        restore(self.state, read_all(settings.kafka_bootstrap, self.policies))
+        self.consumer = TypedConsumer(
+            settings.kafka_bootstrap,
+            settings.policy_group,
+            inputs,
+            max_message_bytes=settings.max_message_bytes,
+            dead_letter_producer=self.producer,
+        )
+        self.published = 0
+
+    def handle(self, received: Received) -> None:
+        try:
+            decide(self.state, received.value, self.clock())
+        except UnknownPop as exc:
+            raise RejectMessage(str(exc)) from exc
+
+    def _refresh_overrides(self, now: float) -> None:
+        extra = Overrides()
+        if self._cli_overrides is not None:
+            try:
+                extra = self._cli_overrides()
+            except (redis.RedisError, ValueError) as exc:
+                log.warning("overrides: keeping the last ones, source failed: %s", exc)
+                return
+        try:
+            decide(self.state, SetOverrides(self.file_overrides.merged(extra)), now)
+        except InvalidOverride as exc:
+            log.error("overrides refused, keeping the last ones: %s", exc)
+
+    def tick(self) -> list[PolicyEvent]:
+        """Re-solve and publish what changed (durably, before the next round)."""
+        now = self.clock()
+        self._refresh_overrides(now)
+        _, events = decide(self.state, Tick(), now)
+        for event in events:
+            self.producer.send(self.policies, event.source, event)
+            log.info(
+                "policy v%d %s %s: %s",
+                event.version,
+                event.action.value,
+                event.source,
+                event.reason.rule,
+            )
+        if events:
+            self.producer.flush()
+        self.published += len(events)
+        return events
+
+    def run(self, stop: threading.Event) -> None:
+        interval = self.settings.policy_tick_s
+        next_tick = self.clock()
+        while not stop.is_set():
+            wait = min(0.2, max(0.0, next_tick - self.clock()))
+            self.consumer.poll_batch(self.handle, timeout=wait)
+            if self.clock() >= next_tick:
+                self.tick()
+                next_tick = max(next_tick + interval, self.clock())
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.producer.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m services.policy_engine.service``."""
+    del argv  # configured by POPSHIFT_* only
+    setup_logging()
+    settings = PolicySettings()
+    network = load_network(settings.network_file)
+    create_topics(
+        settings.kafka_bootstrap,
+        [settings.topic(t) for t in (topics.POP_STATUS, topics.DATAPLANE_STATS, topics.POLICIES)],
+        settings.topic_partitions,
+    )
+    client: redis.Redis[bytes] = redis.Redis.from_url(settings.redis_url)
+    service = PolicyEngineService(
+        settings,
+        network,
+        overrides=lambda: redis_overrides(client, settings.policy_overrides_key),
+    )
+    stop = threading.Event()
+    install_stop_signals(stop)
+    log.info("policy engine for %d PoPs, version %d", len(network.pops), service.state.version)
+    try:
+        service.run(stop)
+    finally:
+        service.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

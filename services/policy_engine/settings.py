@@ -1,0 +1,94 @@
+"""Settings of the policy engine, read from POPSHIFT_* variables; each description documents one.
+
+The defaults suit the lab: re-solve every second, move a share by at most 10 points per round,
+then wait 15 s for the change to show in the load (only new connections move).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from services.feedback_ingest.settings import PipelineSettings
+from services.policy_engine.damping import DampingConfig
+from services.policy_engine.engine import EngineConfig
+
+
+class PolicySettings(PipelineSettings):
+    """policy_engine: pop-status.v1 + dataplane-stats.v1 in, policies.v1 out."""
+
+    policy_group: str = Field(
+        "popshift-policy-engine", description="Kafka consumer group of the policy engine."
+    )
+    policy_tick_s: float = Field(
+        1.0, gt=0.0, le=3600.0, description="How often the engine re-solves and emits changes."
+    )
+    policy_solve_budget_s: float = Field(
+        0.5,
+        gt=0.0,
+        le=60.0,
+        description="Time for one solve; past it the greedy answer is used instead of the LP.",
+    )
+    policy_status_max_age_s: float = Field(
+        30.0,
+        gt=0.0,
+        description="A PoP without a pop-status this recent is left out of the solve (and its "
+        "own policy kept as it is).",
+    )
+    policy_stats_max_age_s: float = Field(
+        30.0, gt=0.0, description="Forwarder counters older than this are not used."
+    )
+    policy_effect_lag_s: float = Field(
+        5.0,
+        ge=0.0,
+        description="Without counters: a load measured at t shows the policies issued before "
+        "t minus this lag.",
+    )
+    policy_deadband: float = Field(
+        0.02, ge=0.0, le=1.0, description="Share changes smaller than this are not made."
+    )
+    policy_max_step: float = Field(
+        0.10, gt=0.0, le=1.0, description="Largest change of one share in one round."
+    )
+    policy_holdoff_s: float = Field(
+        15.0,
+        ge=0.0,
+        description="After a source PoP's policy changed, it is not changed again for this long.",
+    )
+    policy_hop_cost_ms: float = Field(
+        1.0,
+        ge=0.0,
+        description="Cost of a forwarding hop on top of its latency, so nothing moves in vain.",
+    )
+    policy_max_candidates: int | None = Field(
+        32,
+        ge=1,
+        description="Receivers kept per sender (the nearest within the tier's bound); None = all.",
+    )
+    policy_tier_mix: dict[int, float] = Field(
+        default_factory=dict,
+        description="Without counters, a PoP's load is split over tiers by these weights "
+        '(JSON, e.g. {"0": 0.5, "1": 0.3}); empty = equal.',
+    )
+    policy_overrides_file: str | None = Field(
+        None, description="YAML of operator overrides (pins, forbid, drain); unset = none."
+    )
+    policy_overrides_key: str = Field(
+        "popshift:policy:overrides",
+        description="Redis key (at POPSHIFT_REDIS_URL) of the `popshift policy` overrides.",
+    )
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            solve_budget_s=self.policy_solve_budget_s,
+            status_max_age_s=self.policy_status_max_age_s,
+            stats_max_age_s=self.policy_stats_max_age_s,
+            effect_lag_s=self.policy_effect_lag_s,
+            hop_cost_ms=self.policy_hop_cost_ms,
+            max_candidates=self.policy_max_candidates,
+            tier_mix=dict(self.policy_tier_mix),
+            damping=DampingConfig(
+                deadband=self.policy_deadband,
+                max_step=self.policy_max_step,
+                holdoff_s=self.policy_holdoff_s,
+            ),
+        )

@@ -1,0 +1,36 @@
+"""Settings of a table writer (one process per PoP), read from POPSHIFT_* variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from services.feedback_ingest.settings import PipelineSettings
+
+
+class TableWriterSettings(PipelineSettings):
+    """table_writer: one PoP's policies.v1 + pop-load.v1 in; Redis tables, table-updates.v1 out."""
+
+    table_pop: str | None = Field(
+        None, description="The PoP whose tables this process writes (a name in network.yaml)."
+    )
+    table_group_prefix: str = Field(
+        "popshift-table-writer",
+        description="Consumer group prefix; each PoP's writer uses '<prefix>-<pop>'.",
+    )
+    table_drain_period_s: float = Field(
+        120.0,
+        ge=0.0,
+        description="How long a drained bucket keeps its secondary (second chance) before it "
+        "is cleared; longer than most connections live.",
+    )
+    table_retain_s: float = Field(
+        60.0,
+        gt=0.0,
+        description="How long a replaced table version stays in Redis for readers still on it.",
+    )
+    table_tick_s: float = Field(
+        1.0, gt=0.0, le=3600.0, description="How often expired drains are looked for."
+    )
+    table_key_prefix: str = Field(
+        "popshift:table", description="Prefix of every table key in Redis."
+    )
