@@ -96,6 +96,10 @@ class XdpAction(enum.IntEnum):
 Addr16 = ctypes.c_uint8 * 16
 
 
+class Addr(ctypes.Structure):
+    _fields_ = [("addr", Addr16)]
+
+
 class LpmKey(ctypes.Structure):
     _fields_ = [("prefixlen", ctypes.c_uint32), ("addr", Addr16)]
 

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple, TypeVar
 from services.forwarder import build, libbpf
 from services.forwarder.layout import (
     VERDICTS,
+    Addr,
     Bucket,
     CfgFlag,
     Config,
@@ -44,7 +45,7 @@ from services.forwarder.model import BucketEntry, NodeConfig, TableState
 DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/popshift")
 LOCK_DIR = Path("/run/lock")
 MAP_NAMES = (
-    "config_map", "table_map", "tier_map", "vip_map", "blocklist_map", "peer_map", "counter_map",
+    "config_map", "table_map", "tier_map", "vip_host_map", "vip_map", "blocklist_map", "peer_map", "counter_map",
 )
 CLONE_NEWNET = 0x40000000
 R = TypeVar("R")
@@ -205,7 +206,16 @@ class Forwarder:
                 libbpf.map_delete(fd, LpmKey.from_buffer_copy(raw))
 
     def set_vips(self, vips: Mapping[IpNetwork, int]) -> None:
-        self._replace_lpm("vip_map", {n: VipValue(tier=t) for n, t in vips.items()})
+        """Host VIPs go to the exact-match map (the fast path), prefixes to the trie."""
+        host = {n: t for n, t in vips.items() if n.prefixlen == n.max_prefixlen}
+        self._replace_lpm("vip_map", {n: VipValue(tier=t) for n, t in vips.items() if n not in host})
+        fd = self.maps["vip_host_map"]
+        wanted = {addr16(n.network_address): t for n, t in host.items()}
+        for raw, tier in wanted.items():
+            libbpf.map_update(fd, Addr.from_buffer_copy(raw), VipValue(tier=tier))
+        for raw in libbpf.map_keys(fd, Addr):
+            if raw not in wanted:
+                libbpf.map_delete(fd, Addr.from_buffer_copy(raw))
 
     def set_blocklist(self, prefixes: set[IpNetwork] | frozenset[IpNetwork]) -> None:
         self._replace_lpm("blocklist_map", {n: ctypes.c_uint32(1) for n in prefixes})

@@ -37,7 +37,8 @@ def state(entry: BucketEntry | None, **kw: Any) -> TableState:
     """VIPs in tiers 0 (IPv4) and 1 (IPv6), every bucket of every tier set to `entry`."""
     st = TableState(
         bucket_bits=BUCKET_BITS,
-        vips={ia.ip_network("192.0.2.0/24"): 0, ia.ip_network("2001:db8::/64"): 1},
+        vips={ia.ip_network("192.0.2.0/24"): 0, ia.ip_network("2001:db8::/64"): 1,
+              ia.ip_network(f"{VIP4}/32"): 0, ia.ip_network(f"{VIP6}/128"): 1},
         peers={
             ia.ip_network("10.0.0.0/16"): (PeerKind.LOCAL, POP),
             ia.ip_network("fd00::/16"): (PeerKind.LOCAL, POP),

@@ -69,7 +69,7 @@ static __always_inline int receive_from_peer(struct xdp_md *ctx, const struct co
 		return verdict(NO_TIER, V_DROP_MALFORMED, bytes, XDP_DROP);
 	if (rc != PARSE_OK)
 		return verdict(NO_TIER, V_DROP_GUE_BAD, bytes, XDP_DROP);
-	vip = lpm_lookup(&vip_map, in.dst);
+	vip = vip_lookup(in.dst);
 	if (!vip || vip->tier >= TIERS)
 		return verdict(NO_TIER, V_DROP_NO_BUCKET, bytes, XDP_DROP);
 	tier = vip->tier;
@@ -127,7 +127,7 @@ int popshift_edge(struct xdp_md *ctx)
 	if (l4 == PARSE_OK && p.proto == IPPROTO_UDP && p.dport == bpf_htons(GUE_PORT) &&
 	    addr_eq(p.dst, self_addr(cfg, v6)))
 		return receive_from_peer(ctx, cfg, &p, ingress_mac, bytes);
-	vip = lpm_lookup(&vip_map, p.dst);
+	vip = vip_lookup(p.dst);
 	if (!vip)
 		return verdict(NO_TIER, V_PASS_NOT_OURS, bytes, XDP_PASS);
 	if (vip->tier >= TIERS)

@@ -14,6 +14,14 @@ static __always_inline void *lpm_lookup(void *map, const __u8 *addr)
 	return bpf_map_lookup_elem(map, &key);
 }
 
+/* Tier of a destination: host VIPs first, then the prefix trie (same answer as one LPM). */
+static __always_inline struct vip_value *vip_lookup(const __u8 *addr)
+{
+	struct vip_value *v = bpf_map_lookup_elem(&vip_host_map, addr);
+
+	return v ? v : lpm_lookup(&vip_map, addr);
+}
+
 static __always_inline const __u8 *self_addr(const struct config *cfg, int v6)
 {
 	return v6 ? cfg->self6 : cfg->self4;

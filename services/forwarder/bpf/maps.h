@@ -29,6 +29,15 @@ struct {
 	__type(value, struct tier_cfg);
 } tier_map SEC(".maps");
 
+/* Host VIPs (/32, /128) by exact match: a hash lookup is cheaper than a trie walk, and a host
+ * prefix is the longest possible match, so trying it first keeps LPM semantics. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_VIPS);
+	__type(key, struct addr);
+	__type(value, struct vip_value);
+} vip_host_map SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, MAX_VIPS);

@@ -8,6 +8,11 @@
 
 #include <linux/types.h>
 
+/* Exact-match key of the host-VIP map. */
+struct addr {
+	__u8 addr[16];
+};
+
 /* LPM key of the VIP, blocklist and peer maps; IPv4 prefixes are stored as 96 + len. */
 struct lpm_key {
 	__u32 prefixlen;

@@ -1,0 +1,127 @@
+"""Nanoseconds per packet of each XDP path, measured with BPF_PROG_TEST_RUN.
+
+One run per syscall (repeat=1; the kernel copies a fresh input frame every call, so the
+encapsulating programs never see their own output), the median of the kernel-reported
+durations, minus the median of a trivial XDP_TX program measured in the same run. Also times the
+Python model on the same frames and prints its cost as a ratio. Needs root.
+
+    python bench/xdp_ns_per_packet.py [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress as ia
+import logging
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+logging.getLogger("scapy").setLevel(logging.ERROR)
+
+from services.forwarder import build, libbpf  # noqa: E402
+from services.forwarder.layout import Flag, Verdict, XdpAction  # noqa: E402
+from services.forwarder.loader import Forwarder, Role  # noqa: E402
+from services.forwarder.model import (  # noqa: E402
+    BucketEntry,
+    NodeConfig,
+    Outcome,
+    TableState,
+    edge,
+    server,
+)
+from tests.forwarder import packets as P  # noqa: E402
+
+
+def kernel_ns(prog_fd: int, frame: bytes, runs: int) -> float:
+    """Median kernel time of one run, one syscall per run."""
+    return statistics.median(libbpf.test_run(prog_fd, frame, repeat=1)[2] for _ in range(runs))
+
+
+def model_ns(fn: Callable[[], Outcome], runs: int) -> float:
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter_ns()
+        fn()
+        samples.append(time.perf_counter_ns() - t0)
+    return statistics.median(samples)
+
+
+def full_state(entry: BucketEntry, buckets: int, **kw: object) -> TableState:
+    st = P.state(None, **kw)  # type: ignore[arg-type]
+    st.bucket_bits = buckets.bit_length() - 1
+    st.table = {(t, i): entry for t in (0, 1) for i in range(buckets)}
+    return st
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=20000)
+    args = parser.parse_args()
+    tag = uuid.uuid4().hex[:6]
+    edge_fwd = Forwarder.open(Role.EDGE, f"bench_edge_{tag}")
+    server_fwd = Forwarder.open(Role.SERVER, f"bench_server_{tag}")
+    base = libbpf.BpfObject(build.ensure("baseline"))
+    try:
+        tx_fd = base.program_fds()["popshift_xdp_tx"]
+        s4, s6 = ia.ip_address(P.SERVER4), ia.ip_address(P.SERVER6)
+        st4 = full_state(BucketEntry(primary=s4, secondary=ia.ip_address(P.REMOTE4),
+                                     inter_pop=True, away=True, secondary_pop=7),
+                         edge_fwd.buckets, blocklist={ia.ip_network("203.0.113.0/24")})
+        st6 = full_state(BucketEntry(primary=s6), edge_fwd.buckets)
+        server_st = P.state(None)
+        server_fwd.configure(P.SERVER_CFG)
+        server_fwd.load_state(server_st)
+        edge_fwd.configure(P.EDGE_CFG)
+        syn4 = bytes(P.client(payload=bytes(64)))
+        syn6 = bytes(P.client(v6=True, payload=bytes(64)))
+        blocked = bytes(P.client(src="203.0.113.9", payload=bytes(64)))
+        local = bytes(P.gue(P.client(flags="A", payload=bytes(64))))
+        second = bytes(P.gue(P.client(flags="A", payload=bytes(64)), flags=Flag.HAS_SECONDARY,
+                             secondary=P.SERVER2_4))
+        ecfg, scfg = P.EDGE_CFG, P.SERVER_CFG
+        paths: list[tuple[str, Forwarder, TableState, bytes, Verdict, Callable[[], Outcome]]] = [
+            ("edge_encap_v4", edge_fwd, st4, syn4, Verdict.FWD_INTRA,
+             lambda: edge(syn4, ecfg, st4)),
+            ("edge_encap_v6", edge_fwd, st6, syn6, Verdict.FWD_INTRA,
+             lambda: edge(syn6, ecfg, st6)),
+            ("server_local", server_fwd, server_st, local, Verdict.LOCAL,
+             lambda: server(local, scfg, server_st)),
+            ("server_second_chance", server_fwd, server_st, second, Verdict.SECOND_CHANCE,
+             lambda: server(second, scfg, server_st)),
+            ("edge_drop_blocklist", edge_fwd, st4, blocked, Verdict.DROP_BLOCKLIST,
+             lambda: edge(blocked, ecfg, st4)),
+        ]
+        print(f"{'path':24} {'gross_ns':>9} {'net_ns':>8} {'model_ns':>10} {'model/C':>9}")
+        results: dict[str, float] = {}
+        for name, fwd, st, frame, verdict, model in paths:
+            if fwd is edge_fwd:
+                fwd.load_state(st)
+            action, out = fwd.test_run(frame)
+            expect = model()
+            if (XdpAction(action), out) != (expect.action, expect.packet) or (
+                expect.verdict != verdict
+            ):
+                print(f"{name}: C and model disagree, not timing", file=sys.stderr)
+                return 1
+            tx = kernel_ns(tx_fd, frame, args.runs)
+            gross = kernel_ns(fwd.prog_fd, frame, args.runs)
+            py = model_ns(model, max(200, args.runs // 50))
+            results[name] = gross - tx
+            print(f"{name:24} {gross:9.0f} {gross - tx:8.0f} {py:10.0f} {py / gross:8.0f}x")
+            print(f"{'  xdp_tx baseline':24} {tx:9.0f}")
+        print(f"xdp_edge_encap_v4_net_ns: {results['edge_encap_v4']:.0f}")
+    finally:
+        base.close()
+        for fwd in (edge_fwd, server_fwd):
+            fwd.unpin()
+            fwd.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
