@@ -293,3 +293,23 @@ def test_stale_status_is_fail_static() -> None:
     state = engine()
     feed(state, 1.0, {"a": 9.0, "b": 2.0, "c": 2.0})
     assert decide(state, Tick(), 1000.0)[1] == []
+
+
+def test_counters_keep_received_traffic_out_of_native_demand() -> None:
+    state = engine()
+    # b measures 9 of 10 cores, but a third of what it processes is a's traffic forwarded in:
+    # its native demand is 6, under target, so b must not shed (it would re-forward a's load).
+    for at, local, received in [(0.0, 0, 0), (10.0, 20_000, 10_000)]:
+        decide(state, stats_for("b", at, local=local, received=received), at)
+    events = by_source(feed(state, 10.0, {"a": 6.0, "b": 9.0, "c": 2.0}))
+    assert state.native["b"][0] == pytest.approx(6.0)
+    assert "b" not in events
+
+
+def stats_for(pop: str, at: float, local: int, received: int) -> DataplaneStats:
+    return DataplaneStats(
+        pop=pop,
+        node=f"{pop}-edge1",
+        at=at,
+        tiers=[TierCounters(tier=0, local=local, received_from_peer=received)],
+    )
