@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 logging.getLogger("scapy").setLevel(logging.ERROR)
@@ -28,7 +29,6 @@ from services.forwarder.layout import Flag, Verdict, XdpAction  # noqa: E402
 from services.forwarder.loader import Forwarder, Role  # noqa: E402
 from services.forwarder.model import (  # noqa: E402
     BucketEntry,
-    NodeConfig,
     Outcome,
     TableState,
     edge,
@@ -51,8 +51,8 @@ def model_ns(fn: Callable[[], Outcome], runs: int) -> float:
     return statistics.median(samples)
 
 
-def full_state(entry: BucketEntry, buckets: int, **kw: object) -> TableState:
-    st = P.state(None, **kw)  # type: ignore[arg-type]
+def full_state(entry: BucketEntry, buckets: int, **kw: Any) -> TableState:
+    st = P.state(None, **kw)
     st.bucket_bits = buckets.bit_length() - 1
     st.table = {(t, i): entry for t in (0, 1) for i in range(buckets)}
     return st
@@ -69,9 +69,17 @@ def main() -> int:
     try:
         tx_fd = base.program_fds()["popshift_xdp_tx"]
         s4, s6 = ia.ip_address(P.SERVER4), ia.ip_address(P.SERVER6)
-        st4 = full_state(BucketEntry(primary=s4, secondary=ia.ip_address(P.REMOTE4),
-                                     inter_pop=True, away=True, secondary_pop=7),
-                         edge_fwd.buckets, blocklist={ia.ip_network("203.0.113.0/24")})
+        st4 = full_state(
+            BucketEntry(
+                primary=s4,
+                secondary=ia.ip_address(P.REMOTE4),
+                inter_pop=True,
+                away=True,
+                secondary_pop=7,
+            ),
+            edge_fwd.buckets,
+            blocklist={ia.ip_network("203.0.113.0/24")},
+        )
         st6 = full_state(BucketEntry(primary=s6), edge_fwd.buckets)
         server_st = P.state(None)
         server_fwd.configure(P.SERVER_CFG)
@@ -81,20 +89,55 @@ def main() -> int:
         syn6 = bytes(P.client(v6=True, payload=bytes(64)))
         blocked = bytes(P.client(src="203.0.113.9", payload=bytes(64)))
         local = bytes(P.gue(P.client(flags="A", payload=bytes(64))))
-        second = bytes(P.gue(P.client(flags="A", payload=bytes(64)), flags=Flag.HAS_SECONDARY,
-                             secondary=P.SERVER2_4))
+        second = bytes(
+            P.gue(
+                P.client(flags="A", payload=bytes(64)),
+                flags=Flag.HAS_SECONDARY,
+                secondary=P.SERVER2_4,
+            )
+        )
         ecfg, scfg = P.EDGE_CFG, P.SERVER_CFG
         paths: list[tuple[str, Forwarder, TableState, bytes, Verdict, Callable[[], Outcome]]] = [
-            ("edge_encap_v4", edge_fwd, st4, syn4, Verdict.FWD_INTRA,
-             lambda: edge(syn4, ecfg, st4)),
-            ("edge_encap_v6", edge_fwd, st6, syn6, Verdict.FWD_INTRA,
-             lambda: edge(syn6, ecfg, st6)),
-            ("server_local", server_fwd, server_st, local, Verdict.LOCAL,
-             lambda: server(local, scfg, server_st)),
-            ("server_second_chance", server_fwd, server_st, second, Verdict.SECOND_CHANCE,
-             lambda: server(second, scfg, server_st)),
-            ("edge_drop_blocklist", edge_fwd, st4, blocked, Verdict.DROP_BLOCKLIST,
-             lambda: edge(blocked, ecfg, st4)),
+            (
+                "edge_encap_v4",
+                edge_fwd,
+                st4,
+                syn4,
+                Verdict.FWD_INTRA,
+                lambda: edge(syn4, ecfg, st4),
+            ),
+            (
+                "edge_encap_v6",
+                edge_fwd,
+                st6,
+                syn6,
+                Verdict.FWD_INTRA,
+                lambda: edge(syn6, ecfg, st6),
+            ),
+            (
+                "server_local",
+                server_fwd,
+                server_st,
+                local,
+                Verdict.LOCAL,
+                lambda: server(local, scfg, server_st),
+            ),
+            (
+                "server_second_chance",
+                server_fwd,
+                server_st,
+                second,
+                Verdict.SECOND_CHANCE,
+                lambda: server(second, scfg, server_st),
+            ),
+            (
+                "edge_drop_blocklist",
+                edge_fwd,
+                st4,
+                blocked,
+                Verdict.DROP_BLOCKLIST,
+                lambda: edge(blocked, ecfg, st4),
+            ),
         ]
         print(f"{'path':24} {'gross_ns':>9} {'net_ns':>8} {'model_ns':>10} {'model/C':>9}")
         results: dict[str, float] = {}

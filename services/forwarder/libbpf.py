@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import os
 from pathlib import Path
+from typing import Any
 
 _lib = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
 
@@ -56,7 +57,11 @@ class TestRunOpts(ctypes.Structure):
 class BatchOpts(ctypes.Structure):
     """struct bpf_map_batch_opts."""
 
-    _fields_ = [("sz", ctypes.c_size_t), ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("elem_flags", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+    ]
 
 
 class MapInfo(ctypes.Structure):
@@ -158,7 +163,9 @@ class BpfObject:
             prog = _lib.bpf_object__next_program(obj, prog)
         _lib.bpf_object__load(obj)
         _lib.bpf_object__close(obj)
-        return "\n".join(f"--- {name} ---\n{buf.value.decode(errors='replace')}" for name, buf in bufs)
+        return "\n".join(
+            f"--- {name} ---\n{buf.value.decode(errors='replace')}" for name, buf in bufs
+        )
 
     def program_fds(self) -> dict[str, int]:
         out = {}
@@ -242,7 +249,8 @@ def map_keys(fd: int, key_type: type[ctypes.Structure]) -> list[bytes]:
     cur = None
     nxt = key_type()
     while True:
-        rc = _lib.bpf_map_get_next_key(fd, None if cur is None else ctypes.byref(cur), ctypes.byref(nxt))
+        prev = None if cur is None else ctypes.byref(cur)
+        rc = _lib.bpf_map_get_next_key(fd, prev, ctypes.byref(nxt))
         if rc < 0:
             err = ctypes.get_errno() or -rc
             if err == 2:
@@ -252,7 +260,9 @@ def map_keys(fd: int, key_type: type[ctypes.Structure]) -> list[bytes]:
         cur = key_type.from_buffer_copy(bytes(nxt))
 
 
-def map_update_batch(fd: int, keys: ctypes.Array[ctypes.c_uint32], values: ctypes.Array[ctypes.Structure]) -> None:
+def map_update_batch(
+    fd: int, keys: ctypes.Array[ctypes.c_uint32], values: ctypes.Array[Any]
+) -> None:
     """One syscall for many elements (BPF_MAP_UPDATE_BATCH)."""
     count = c_uint32(len(keys))
     opts = BatchOpts(sz=ctypes.sizeof(BatchOpts))

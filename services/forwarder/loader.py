@@ -45,7 +45,14 @@ from services.forwarder.model import BucketEntry, NodeConfig, TableState
 DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/popshift")
 LOCK_DIR = Path("/run/lock")
 MAP_NAMES = (
-    "config_map", "table_map", "tier_map", "vip_host_map", "vip_map", "blocklist_map", "peer_map", "counter_map",
+    "config_map",
+    "table_map",
+    "tier_map",
+    "vip_host_map",
+    "vip_map",
+    "blocklist_map",
+    "peer_map",
+    "counter_map",
 )
 CLONE_NEWNET = 0x40000000
 R = TypeVar("R")
@@ -117,8 +124,15 @@ def _mount_bpffs(root: Path) -> None:
 class Forwarder:
     """One pinned edge or server program and its maps."""
 
-    def __init__(self, role: Role, name: str, prog_fd: int, maps: dict[str, int],
-                 pin_dir: Path, adopted: bool) -> None:
+    def __init__(
+        self,
+        role: Role,
+        name: str,
+        prog_fd: int,
+        maps: dict[str, int],
+        pin_dir: Path,
+        adopted: bool,
+    ) -> None:
         self.role = role
         self.name = name
         self.prog_fd = prog_fd
@@ -130,8 +144,14 @@ class Forwarder:
         self._cpus = libbpf.possible_cpus()
 
     @classmethod
-    def open(cls, role: Role, name: str, *, pin_root: Path = DEFAULT_PIN_ROOT,
-             defines: Mapping[str, int] | None = None) -> Forwarder:
+    def open(
+        cls,
+        role: Role,
+        name: str,
+        *,
+        pin_root: Path = DEFAULT_PIN_ROOT,
+        defines: Mapping[str, int] | None = None,
+    ) -> Forwarder:
         """Adopt the pinned program `name`, or load, pin and return a new one."""
         _mount_bpffs(pin_root)
         pin_dir = pin_root / name
@@ -170,8 +190,9 @@ class Forwarder:
 
     def attach(self, ifname: str, netns: str | None = None, flags: int = 0) -> None:
         """Attach through netlink: the attachment survives this process."""
-        in_netns(netns, lambda: libbpf.xdp_attach(socket.if_nametoindex(ifname), self.prog_fd,
-                                                  flags))
+        in_netns(
+            netns, lambda: libbpf.xdp_attach(socket.if_nametoindex(ifname), self.prog_fd, flags)
+        )
 
     def attached_here(self, ifname: str, netns: str | None = None) -> bool:
         ours = libbpf.prog_id(self.prog_fd)
@@ -195,7 +216,7 @@ class Forwarder:
         value = TierCfg(flags=TierFlag.HASH_ADDRS if addrs_only else 0)
         libbpf.map_update(self.maps["tier_map"], ctypes.c_uint32(tier), value)
 
-    def _replace_lpm(self, name: str, entries: Mapping[IpNetwork, ctypes.Structure]) -> None:
+    def _replace_lpm(self, name: str, entries: Mapping[IpNetwork, Any]) -> None:
         """Make an LPM map hold exactly `entries`: add or update first, then delete the rest."""
         fd = self.maps[name]
         wanted = {bytes(lpm_key(net)): value for net, value in entries.items()}
@@ -208,7 +229,8 @@ class Forwarder:
     def set_vips(self, vips: Mapping[IpNetwork, int]) -> None:
         """Host VIPs go to the exact-match map (the fast path), prefixes to the trie."""
         host = {n: t for n, t in vips.items() if n.prefixlen == n.max_prefixlen}
-        self._replace_lpm("vip_map", {n: VipValue(tier=t) for n, t in vips.items() if n not in host})
+        prefixes = {n: VipValue(tier=t) for n, t in vips.items() if n not in host}
+        self._replace_lpm("vip_map", prefixes)
         fd = self.maps["vip_host_map"]
         wanted = {addr16(n.network_address): t for n, t in host.items()}
         for raw, tier in wanted.items():
@@ -255,9 +277,7 @@ class Forwarder:
         self.set_peers(st.peers)
         for tier in range(self.tiers):
             self.set_tier_hash(tier, bool(st.tier_flags.get(tier, 0) & TierFlag.HASH_ADDRS))
-            self.apply_table_diff(
-                tier, {i: st.table.get((tier, i)) for i in range(self.buckets)}
-            )
+            self.apply_table_diff(tier, {i: st.table.get((tier, i)) for i in range(self.buckets)})
 
     def read_counters(self) -> dict[int | None, dict[Verdict, Count]]:
         """Per tier (None = no tier known) and verdict, summed over CPUs."""

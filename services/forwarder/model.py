@@ -89,8 +89,10 @@ class NodeConfig:
 
 
 def _ip(value: Any) -> IpAddress:
-    return value if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address) else (
-        ipaddress.ip_address(str(value))
+    return (
+        value
+        if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address)
+        else (ipaddress.ip_address(str(value)))
     )
 
 
@@ -192,8 +194,16 @@ class Gue:
 
     def pack(self) -> bytes:
         return GUE_STRUCT.pack(
-            self.ver_c_hlen, self.proto, self.flags, self.priv_version, self.priv_flags,
-            self.hop_index, self.hop_count, self.landing_pop, self.secondary_pop, self.tier,
+            self.ver_c_hlen,
+            self.proto,
+            self.flags,
+            self.priv_version,
+            self.priv_flags,
+            self.hop_index,
+            self.hop_count,
+            self.landing_pop,
+            self.secondary_pop,
+            self.tier,
             self.secondary,
         )
 
@@ -315,8 +325,15 @@ def _mix(a: int, b: int, c: int) -> tuple[int, int, int]:
 
 
 def _final(a: int, b: int, c: int) -> int:
-    for x, y, s in (("c", "b", 14), ("a", "c", 11), ("b", "a", 25), ("c", "b", 16),
-                    ("a", "c", 4), ("b", "a", 14), ("c", "b", 24)):
+    for x, y, s in (
+        ("c", "b", 14),
+        ("a", "c", 11),
+        ("b", "a", 25),
+        ("c", "b", 16),
+        ("a", "c", 4),
+        ("b", "a", 14),
+        ("c", "b", 24),
+    ):
         v = {"a": a, "b": b, "c": c}
         v[x] = ((v[x] ^ v[y]) - _rol(v[y], s)) & _M32
         a, b, c = v["a"], v["b"], v["c"]
@@ -368,8 +385,16 @@ def _str(addr: bytes) -> str:
     return str(v6.ipv4_mapped) if is_mapped4(addr) and v6.ipv4_mapped else str(v6)
 
 
-def encapsulate(pkt: bytes, removed: int, cfg: NodeConfig, dst: bytes, gue: Gue, sport: int,
-                inner_v6: bool, tos: int) -> bytes:
+def encapsulate(
+    pkt: bytes,
+    removed: int,
+    cfg: NodeConfig,
+    dst: bytes,
+    gue: Gue,
+    sport: int,
+    inner_v6: bool,
+    tos: int,
+) -> bytes:
     """encap_push() + static transmit(): new outer headers in front of pkt[14 + removed:]."""
     inner = pkt[ETH_HLEN + removed :]
     body = Raw(gue.pack() + inner)
@@ -377,13 +402,31 @@ def encapsulate(pkt: bytes, removed: int, cfg: NodeConfig, dst: bytes, gue: Gue,
     ingress_mac = pkt[0:6]
     outer: Any
     if is_mapped4(dst):
-        outer = IP(version=4, ihl=5, tos=tos, len=20 + 8 + GUE_LEN + len(inner), id=0, flags="DF",
-                   frag=0, ttl=OUTER_TTL, proto=IPPROTO_UDP,
-                   src=_str(cfg.self_addr(False)) if cfg.self4 else "0.0.0.0", dst=_str(dst))
+        outer = IP(
+            version=4,
+            ihl=5,
+            tos=tos,
+            len=20 + 8 + GUE_LEN + len(inner),
+            id=0,
+            flags="DF",
+            frag=0,
+            ttl=OUTER_TTL,
+            proto=IPPROTO_UDP,
+            src=_str(cfg.self_addr(False)) if cfg.self4 else "0.0.0.0",
+            dst=_str(dst),
+        )
         etype = ETH_P_IP
     else:
-        outer = IPv6(version=6, tc=tos, fl=sport, plen=8 + GUE_LEN + len(inner),
-                     nh=IPPROTO_UDP, hlim=OUTER_TTL, src=_str(cfg.self_addr(True)), dst=_str(dst))
+        outer = IPv6(
+            version=6,
+            tc=tos,
+            fl=sport,
+            plen=8 + GUE_LEN + len(inner),
+            nh=IPPROTO_UDP,
+            hlim=OUTER_TTL,
+            src=_str(cfg.self_addr(True)),
+            dst=_str(dst),
+        )
         etype = ETH_P_IPV6
     eth = Ether(dst=cfg.nexthop_mac, src=ingress_mac, type=etype)
     return bytes(eth / outer / udp / body)
@@ -400,12 +443,29 @@ def icmp_too_big(pkt: bytes, p: Parsed, mtu: int) -> bytes:
     eth = Ether(dst=pkt[6:12], src=pkt[0:6], type=ETH_P_IPV6 if p.v6 else ETH_P_IP)
     if p.v6:
         quote = pkt[ETH_HLEN : ETH_HLEN + ICMP6_QUOTE]
-        ip6 = IPv6(tc=0, fl=0, plen=8 + ICMP6_QUOTE, nh=58, hlim=OUTER_TTL, src=_str(p.dst),
-                   dst=_str(p.src))
+        ip6 = IPv6(
+            tc=0,
+            fl=0,
+            plen=8 + ICMP6_QUOTE,
+            nh=58,
+            hlim=OUTER_TTL,
+            src=_str(p.dst),
+            dst=_str(p.src),
+        )
         return bytes(eth / ip6 / ICMPv6PacketTooBig(mtu=mtu & _M32) / Raw(quote))
     quote = pkt[ETH_HLEN : ETH_HLEN + ICMP4_QUOTE]
-    ip = IP(ihl=5, tos=0, len=20 + 8 + ICMP4_QUOTE, id=0, flags=0, frag=0, ttl=OUTER_TTL,
-            proto=1, src=_str(p.dst), dst=_str(p.src))
+    ip = IP(
+        ihl=5,
+        tos=0,
+        len=20 + 8 + ICMP4_QUOTE,
+        id=0,
+        flags=0,
+        frag=0,
+        ttl=OUTER_TTL,
+        proto=1,
+        src=_str(p.dst),
+        dst=_str(p.src),
+    )
     return bytes(eth / ip / ICMP(type=3, code=4, unused=0, nexthopmtu=mtu & 0xFFFF) / Raw(quote))
 
 
@@ -413,9 +473,16 @@ def _gue(flags: int, entry: BucketEntry, landing_pop: int, tier: int) -> Gue:
     """fill_gue() of the edge: the secondary travels only when the flags say it exists."""
     has = bool(flags & Flag.HAS_SECONDARY)
     return Gue(
-        ver_c_hlen=GUE_HLEN_WORDS, proto=0, flags=0, priv_version=GUE_PRIV_VERSION,
-        priv_flags=flags, hop_index=0, hop_count=1 if has else 0, landing_pop=landing_pop,
-        secondary_pop=entry.secondary_pop if has else 0, tier=tier,
+        ver_c_hlen=GUE_HLEN_WORDS,
+        proto=0,
+        flags=0,
+        priv_version=GUE_PRIV_VERSION,
+        priv_flags=flags,
+        hop_index=0,
+        hop_count=1 if has else 0,
+        landing_pop=landing_pop,
+        secondary_pop=entry.secondary_pop if has else 0,
+        tier=tier,
         secondary=addr16(entry.secondary) if has else bytes(16),
     )
 
@@ -424,8 +491,17 @@ def _with_proto(g: Gue, inner_v6: bool) -> Gue:
     return Gue(**{**g.__dict__, "proto": IPPROTO_IPV6 if inner_v6 else IPPROTO_IPIP})
 
 
-def _forward(pkt: bytes, cfg: NodeConfig, removed: int, dst: bytes, g: Gue, sport: int,
-             inner: Parsed, verdict: Verdict, tier: int) -> Outcome:
+def _forward(
+    pkt: bytes,
+    cfg: NodeConfig,
+    removed: int,
+    dst: bytes,
+    g: Gue,
+    sport: int,
+    inner: Parsed,
+    verdict: Verdict,
+    tier: int,
+) -> Outcome:
     out = encapsulate(pkt, removed, cfg, dst, _with_proto(g, inner.v6), sport, inner.v6, inner.tos)
     return Outcome(XdpAction.TX, verdict, tier, out)
 
@@ -462,8 +538,11 @@ def edge(pkt: bytes, cfg: NodeConfig, st: TableState) -> Outcome:
     if lpm(dict.fromkeys(st.blocklist, True), p.src):
         return _done(pkt, Verdict.DROP_BLOCKLIST, None, drop)
     l4 = parse_l4(pkt, p)
-    if l4 == Parse.OK and p.proto == IPPROTO_UDP and p.dport == GUE_PORT and (
-        p.dst == cfg.self_addr(v6)
+    if (
+        l4 == Parse.OK
+        and p.proto == IPPROTO_UDP
+        and p.dport == GUE_PORT
+        and (p.dst == cfg.self_addr(v6))
     ):
         return _receive_from_peer(pkt, cfg, st, p)
     tier = lpm(st.vips, p.dst)
@@ -515,7 +594,8 @@ def _receive_from_peer(pkt: bytes, cfg: NodeConfig, st: TableState, outer: Parse
     if _too_big(cfg, inner.l3_len, dst):
         return _done(pkt, Verdict.DROP_TOO_BIG, tier, drop)
     removed = inner.l3_off - ETH_HLEN
-    return _forward(pkt, cfg, removed, dst, new, entropy_port(h), inner, Verdict.RECEIVED_PEER, tier)
+    sport = entropy_port(h)
+    return _forward(pkt, cfg, removed, dst, new, sport, inner, Verdict.RECEIVED_PEER, tier)
 
 
 OwnsFlow = Callable[[Parsed], bool]
@@ -536,8 +616,12 @@ def server(pkt: bytes, cfg: NodeConfig, st: TableState, owns: OwnsFlow = no_sock
     rc, p = parse_l3(pkt, ETH_HLEN, v6)
     if rc != Parse.OK:
         return _done(pkt, Verdict.DROP_MALFORMED, None, drop)
-    if (parse_l4(pkt, p) != Parse.OK or p.proto != IPPROTO_UDP or p.dport != GUE_PORT
-            or p.dst != cfg.self_addr(v6)):
+    if (
+        parse_l4(pkt, p) != Parse.OK
+        or p.proto != IPPROTO_UDP
+        or p.dport != GUE_PORT
+        or p.dst != cfg.self_addr(v6)
+    ):
         return _done(pkt, Verdict.PASS_NOT_OURS, None, pas)
     peer = lpm(st.peers, p.src)
     if peer is None:
@@ -569,8 +653,13 @@ def server(pkt: bytes, cfg: NodeConfig, st: TableState, owns: OwnsFlow = no_sock
         verdict = Verdict.SECOND_CHANCE
     else:
         verdict = Verdict.FWD_INTER if g.priv_flags & Flag.INTER_POP else Verdict.FWD_INTRA
-    new = Gue(**{**g.__dict__, "hop_index": g.hop_index + 1,
-                 "priv_flags": g.priv_flags & ~Flag.HAS_SECONDARY})
+    new = Gue(
+        **{
+            **g.__dict__,
+            "hop_index": g.hop_index + 1,
+            "priv_flags": g.priv_flags & ~Flag.HAS_SECONDARY,
+        }
+    )
     if _too_big(cfg, inner.l3_len, g.secondary):
         return _done(pkt, Verdict.DROP_TOO_BIG, tier, drop)
     removed = inner.l3_off - ETH_HLEN

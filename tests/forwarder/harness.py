@@ -16,8 +16,9 @@ from services.forwarder.model import (
 from services.forwarder.model import server as server_model
 
 
-def _counted(before: dict[int | None, dict[Verdict, Count]],
-             after: dict[int | None, dict[Verdict, Count]]) -> list[tuple[int | None, Verdict]]:
+def _counted(
+    before: dict[int | None, dict[Verdict, Count]], after: dict[int | None, dict[Verdict, Count]]
+) -> list[tuple[int | None, Verdict]]:
     return [(t, v) for t in after for v in after[t] if after[t][v].packets != before[t][v].packets]
 
 
@@ -26,8 +27,14 @@ def prepare(fwd: Forwarder, cfg: NodeConfig, st: TableState) -> None:
     fwd.load_state(st)
 
 
-def run_both(fwd: Forwarder, cfg: NodeConfig, st: TableState, frame: bytes,
-             owns: OwnsFlow = no_sockets, count: bool = True) -> Outcome:
+def run_both(
+    fwd: Forwarder,
+    cfg: NodeConfig,
+    st: TableState,
+    frame: bytes,
+    owns: OwnsFlow = no_sockets,
+    count: bool = True,
+) -> Outcome:
     """Assert the C program and the model agree on action, counter and output bytes.
 
     BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header (EINVAL), so those are

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress as ia
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP
@@ -37,8 +38,9 @@ A, B = XdpAction, Verdict
 S4, S6 = ia.ip_address(P.SERVER4), ia.ip_address(P.SERVER6)
 SIMPLE4 = BucketEntry(primary=S4)
 SIMPLE6 = BucketEntry(primary=S6)
-AWAY_INTER = BucketEntry(primary=S4, secondary=ia.ip_address(P.REMOTE4), inter_pop=True,
-                         away=True, secondary_pop=7)
+AWAY_INTER = BucketEntry(
+    primary=S4, secondary=ia.ip_address(P.REMOTE4), inter_pop=True, away=True, secondary_pop=7
+)
 AWAY_INTRA = BucketEntry(primary=S4, secondary=ia.ip_address(P.SERVER2_4), away=True)
 
 
@@ -49,21 +51,41 @@ def _sport(frame: Packet, st: TableState, tier: int) -> int:
     return entropy_port(model_hash(p, tier, st))
 
 
-def encapsulated(frame: Packet, st: TableState, *, dst: str, tier: int, entry: BucketEntry,
-                 flags: int | None = None, landing: int = P.POP, src_mac: str = P.EDGE_MAC,
-                 removed_inner: bytes | None = None, sport: int | None = None,
-                 outer_src: str | None = None, hop_index: int = 0,
-                 hop_count: int | None = None) -> bytes:
+def encapsulated(
+    frame: Packet,
+    st: TableState,
+    *,
+    dst: str,
+    tier: int,
+    entry: BucketEntry,
+    flags: int | None = None,
+    landing: int = P.POP,
+    src_mac: str = P.EDGE_MAC,
+    removed_inner: bytes | None = None,
+    sport: int | None = None,
+    outer_src: str | None = None,
+    hop_index: int = 0,
+    hop_count: int | None = None,
+) -> bytes:
     """The frame an edge or server sends: written out field by field."""
     inner = removed_inner if removed_inner is not None else bytes(frame)[14:]
     inner_v6 = inner[0] >> 4 == 6
     tos = ((inner[0] & 0xF) << 4 | inner[1] >> 4) if inner_v6 else inner[1]
     f = (entry.flags & 0x0F) if flags is None else flags
     has = bool(f & Flag.HAS_SECONDARY)
-    g = Gue(7, 41 if inner_v6 else 4, 0, 1, f, hop_index,
-            (1 if has else 0) if hop_count is None else hop_count, landing,
-            entry.secondary_pop if has or hop_index else 0, tier,
-            addr16(entry.secondary) if has or hop_index else bytes(16))
+    g = Gue(
+        7,
+        41 if inner_v6 else 4,
+        0,
+        1,
+        f,
+        hop_index,
+        (1 if has else 0) if hop_count is None else hop_count,
+        landing,
+        entry.secondary_pop if has or hop_index else 0,
+        tier,
+        addr16(entry.secondary) if has or hop_index else bytes(16),
+    )
     port = _sport(frame, st, tier) if sport is None else sport
     udp = UDP(sport=port, dport=GUE_PORT, chksum=0)
     if ":" in dst:
@@ -77,7 +99,7 @@ def encapsulated(frame: Packet, st: TableState, *, dst: str, tier: int, entry: B
 def delivered(frame: Packet) -> bytes:
     """What local delivery leaves: the outer Ethernet addresses in front of the inner packet."""
     raw = bytes(frame)
-    inner = raw[14 + 20 + 8 + 32:] if raw[12:14] == b"\x08\x00" else raw[14 + 40 + 8 + 32:]
+    inner = raw[14 + 20 + 8 + 32 :] if raw[12:14] == b"\x08\x00" else raw[14 + 40 + 8 + 32 :]
     etype = b"\x86\xdd" if inner[0] >> 4 == 6 else b"\x08\x00"
     return raw[:12] + etype + inner
 
@@ -90,7 +112,7 @@ class Case:
     st: TableState
     action: XdpAction
     verdict: Verdict
-    expected: Callable[[], bytes] | None = None   # None: the input comes back unchanged
+    expected: Callable[[], bytes] | None = None  # None: the input comes back unchanged
     cfg: NodeConfig | None = None
 
 
@@ -107,45 +129,132 @@ def _edge_cases() -> list[Case]:
     peer_in = P.gue(P.client(), outer_src=P.PEER_POP_EDGE4, outer_dst=P.EDGE4, landing_pop=8)
     blocked = P.state(SIMPLE4, blocklist={ia.ip_network("198.51.100.0/24")})
     return [
-        Case("edge: IPv4 TCP SYN to the VIP -> GUE over IPv4 to the primary", Role.EDGE, syn4,
-             st4, A.TX, B.FWD_INTRA,
-             lambda: encapsulated(syn4, st4, dst=P.SERVER4, tier=0, entry=SIMPLE4)),
-        Case("edge: IPv6 UDP to the VIP -> GUE over IPv6", Role.EDGE, udp6, st6, A.TX,
-             B.FWD_INTRA, lambda: encapsulated(udp6, st6, dst=P.SERVER6, tier=1, entry=SIMPLE6)),
-        Case("edge: IPv6 inner, IPv4 outer", Role.EDGE, syn6_to4, st4, A.TX, B.FWD_INTRA,
-             lambda: encapsulated(syn6_to4, st4, dst=P.SERVER4, tier=1, entry=SIMPLE4)),
-        Case("edge: secondary, flags and landing PoP travel in the GUE private data", Role.EDGE,
-             syn4, st_sec, A.TX, B.FWD_INTRA,
-             lambda: encapsulated(syn4, st_sec, dst=P.SERVER4, tier=0, entry=AWAY_INTER)),
-        Case("edge: tier hashing source and destination only", Role.EDGE, syn4, addrs, A.TX,
-             B.FWD_INTRA,
-             lambda: encapsulated(syn4, addrs, dst=P.SERVER4, tier=0, entry=SIMPLE4)),
-        Case("edge: blocklisted source dropped before anything else", Role.EDGE, syn4, blocked,
-             A.DROP, B.DROP_BLOCKLIST),
-        Case("edge: not a VIP -> the stack", Role.EDGE, P.client(dst="203.0.113.1"), st4,
-             A.PASS, B.PASS_NOT_OURS),
-        Case("edge: empty bucket dropped", Role.EDGE, syn4, P.state(None), A.DROP,
-             B.DROP_NO_BUCKET),
-        Case("edge: too big IPv4 with DF -> ICMP fragmentation needed", Role.EDGE, big4, st4,
-             A.TX, B.TOO_BIG_ICMP, lambda: bytes(
-                 Ether(src=P.EDGE_MAC, dst=P.CLIENT_MAC)
-                 / IP(src=P.VIP4, dst=P.CLIENT4, id=0, ttl=64, flags=0)
-                 / ICMP(type=3, code=4, nexthopmtu=1440) / Raw(bytes(big4)[14:42]))),
-        Case("edge: too big IPv6 -> ICMPv6 packet too big", Role.EDGE, big6, st4, A.TX,
-             B.TOO_BIG_ICMP, lambda: bytes(
-                 Ether(src=P.EDGE_MAC, dst=P.CLIENT_MAC)
-                 / IPv6(src=P.VIP6, dst=P.CLIENT6, hlim=64)
-                 / ICMPv6PacketTooBig(mtu=1440) / Raw(bytes(big6)[14:62]))),
-        Case("edge: too big IPv4 without DF -> dropped and counted", Role.EDGE, big4_nodf, st4,
-             A.DROP, B.DROP_TOO_BIG),
-        Case("receiving PoP: GUE from a peer PoP -> local primary, inter-PoP secondary removed",
-             Role.EDGE, peer_in, st_sec, A.TX, B.RECEIVED_PEER,
-             lambda: encapsulated(P.client(), st_sec, dst=P.SERVER4, tier=0, entry=AWAY_INTER,
-                                  flags=Flag.FROM_PEER, landing=8,
-                                  src_mac="02:00:00:00:00:04")),
-        Case("receiving PoP: GUE from a local (non-peer) source dropped", Role.EDGE,
-             P.gue(P.client(), outer_src=P.SERVER4, outer_dst=P.EDGE4), st4, A.DROP,
-             B.DROP_GUE_UNKNOWN_SRC),
+        Case(
+            "edge: IPv4 TCP SYN to the VIP -> GUE over IPv4 to the primary",
+            Role.EDGE,
+            syn4,
+            st4,
+            A.TX,
+            B.FWD_INTRA,
+            lambda: encapsulated(syn4, st4, dst=P.SERVER4, tier=0, entry=SIMPLE4),
+        ),
+        Case(
+            "edge: IPv6 UDP to the VIP -> GUE over IPv6",
+            Role.EDGE,
+            udp6,
+            st6,
+            A.TX,
+            B.FWD_INTRA,
+            lambda: encapsulated(udp6, st6, dst=P.SERVER6, tier=1, entry=SIMPLE6),
+        ),
+        Case(
+            "edge: IPv6 inner, IPv4 outer",
+            Role.EDGE,
+            syn6_to4,
+            st4,
+            A.TX,
+            B.FWD_INTRA,
+            lambda: encapsulated(syn6_to4, st4, dst=P.SERVER4, tier=1, entry=SIMPLE4),
+        ),
+        Case(
+            "edge: secondary, flags and landing PoP travel in the GUE private data",
+            Role.EDGE,
+            syn4,
+            st_sec,
+            A.TX,
+            B.FWD_INTRA,
+            lambda: encapsulated(syn4, st_sec, dst=P.SERVER4, tier=0, entry=AWAY_INTER),
+        ),
+        Case(
+            "edge: tier hashing source and destination only",
+            Role.EDGE,
+            syn4,
+            addrs,
+            A.TX,
+            B.FWD_INTRA,
+            lambda: encapsulated(syn4, addrs, dst=P.SERVER4, tier=0, entry=SIMPLE4),
+        ),
+        Case(
+            "edge: blocklisted source dropped before anything else",
+            Role.EDGE,
+            syn4,
+            blocked,
+            A.DROP,
+            B.DROP_BLOCKLIST,
+        ),
+        Case(
+            "edge: not a VIP -> the stack",
+            Role.EDGE,
+            P.client(dst="203.0.113.1"),
+            st4,
+            A.PASS,
+            B.PASS_NOT_OURS,
+        ),
+        Case(
+            "edge: empty bucket dropped", Role.EDGE, syn4, P.state(None), A.DROP, B.DROP_NO_BUCKET
+        ),
+        Case(
+            "edge: too big IPv4 with DF -> ICMP fragmentation needed",
+            Role.EDGE,
+            big4,
+            st4,
+            A.TX,
+            B.TOO_BIG_ICMP,
+            lambda: bytes(
+                Ether(src=P.EDGE_MAC, dst=P.CLIENT_MAC)
+                / IP(src=P.VIP4, dst=P.CLIENT4, id=0, ttl=64, flags=0)
+                / ICMP(type=3, code=4, nexthopmtu=1440)
+                / Raw(bytes(big4)[14:42])
+            ),
+        ),
+        Case(
+            "edge: too big IPv6 -> ICMPv6 packet too big",
+            Role.EDGE,
+            big6,
+            st4,
+            A.TX,
+            B.TOO_BIG_ICMP,
+            lambda: bytes(
+                Ether(src=P.EDGE_MAC, dst=P.CLIENT_MAC)
+                / IPv6(src=P.VIP6, dst=P.CLIENT6, hlim=64)
+                / ICMPv6PacketTooBig(mtu=1440)
+                / Raw(bytes(big6)[14:62])
+            ),
+        ),
+        Case(
+            "edge: too big IPv4 without DF -> dropped and counted",
+            Role.EDGE,
+            big4_nodf,
+            st4,
+            A.DROP,
+            B.DROP_TOO_BIG,
+        ),
+        Case(
+            "receiving PoP: GUE from a peer PoP -> local primary, inter-PoP secondary removed",
+            Role.EDGE,
+            peer_in,
+            st_sec,
+            A.TX,
+            B.RECEIVED_PEER,
+            lambda: encapsulated(
+                P.client(),
+                st_sec,
+                dst=P.SERVER4,
+                tier=0,
+                entry=AWAY_INTER,
+                flags=Flag.FROM_PEER,
+                landing=8,
+                src_mac="02:00:00:00:00:04",
+            ),
+        ),
+        Case(
+            "receiving PoP: GUE from a local (non-peer) source dropped",
+            Role.EDGE,
+            P.gue(P.client(), outer_src=P.SERVER4, outer_dst=P.EDGE4),
+            st4,
+            A.DROP,
+            B.DROP_GUE_UNKNOWN_SRC,
+        ),
     ]
 
 
@@ -154,58 +263,162 @@ def _server_cases() -> list[Case]:
     ack4, ack6 = P.client(flags="A"), P.client(v6=True, flags="A")
     udp4 = P.client(proto="udp")
     st = P.state(None)
-    sec_inter = {"flags": AWAY_INTER.flags & 0xF, "secondary": P.REMOTE4, "secondary_pop": 7}
-    back_intra = {"flags": Flag.HAS_SECONDARY, "secondary": P.SERVER2_4}
-    away_intra = {"flags": AWAY_INTRA.flags & 0xF, "secondary": P.SERVER2_4}
+    sec_inter: dict[str, Any] = {
+        "flags": AWAY_INTER.flags & 0xF,
+        "secondary": P.REMOTE4,
+        "secondary_pop": 7,
+    }
+    back_intra: dict[str, Any] = {"flags": Flag.HAS_SECONDARY, "secondary": P.SERVER2_4}
+    away_intra: dict[str, Any] = {"flags": AWAY_INTRA.flags & 0xF, "secondary": P.SERVER2_4}
 
     def fwd(inner: Packet, entry: BucketEntry, sec: str, flags: int) -> Callable[[], bytes]:
         return lambda: encapsulated(
-            inner, st, dst=sec, tier=0, entry=entry, flags=flags, sport=50000,
-            outer_src=P.SERVER4, src_mac="02:00:00:00:00:04", hop_index=1, hop_count=1)
+            inner,
+            st,
+            dst=sec,
+            tier=0,
+            entry=entry,
+            flags=flags,
+            sport=50000,
+            outer_src=P.SERVER4,
+            src_mac="02:00:00:00:00:04",
+            hop_index=1,
+            hop_count=1,
+        )
 
     cases = [
-        Case("server: SYN without secondary -> local", Role.SERVER, P.gue(syn4), st, A.PASS,
-             B.LOCAL, lambda: delivered(P.gue(syn4))),
-        Case("server: IPv6 SYN, direction back -> local", Role.SERVER,
-             P.gue(syn6, **back_intra), st, A.PASS, B.LOCAL,
-             lambda: delivered(P.gue(syn6, **back_intra))),
-        Case("server: SYN, direction away, inter-PoP -> secondary PoP", Role.SERVER,
-             P.gue(syn4, **sec_inter), st, A.TX, B.FWD_INTER,
-             fwd(syn4, AWAY_INTER, P.REMOTE4, (AWAY_INTER.flags & 0xF) & ~Flag.HAS_SECONDARY)),
-        Case("server: SYN, direction away, intra-PoP -> second server", Role.SERVER,
-             P.gue(syn4, **away_intra), st, A.TX, B.FWD_INTRA,
-             fwd(syn4, AWAY_INTRA, P.SERVER2_4, Flag.AWAY)),
-        Case("server: ACK without a local socket -> second chance", Role.SERVER,
-             P.gue(ack4, **back_intra), st, A.TX, B.SECOND_CHANCE,
-             fwd(ack4, AWAY_INTRA, P.SERVER2_4, 0)),
-        Case("server: IPv6 ACK without socket -> second chance", Role.SERVER,
-             P.gue(ack6, **sec_inter), st, A.TX, B.SECOND_CHANCE,
-             fwd(ack6, AWAY_INTER, P.REMOTE4, (AWAY_INTER.flags & 0xF) & ~Flag.HAS_SECONDARY)),
-        Case("server: UDP without connected socket follows direction away", Role.SERVER,
-             P.gue(udp4, **sec_inter), st, A.TX, B.FWD_INTER,
-             fwd(udp4, AWAY_INTER, P.REMOTE4, (AWAY_INTER.flags & 0xF) & ~Flag.HAS_SECONDARY)),
-        Case("server: UDP, direction back -> local", Role.SERVER, P.gue(udp4, **back_intra), st,
-             A.PASS, B.LOCAL, lambda: delivered(P.gue(udp4, **back_intra))),
-        Case("server: from another PoP -> local, never forwarded again", Role.SERVER,
-             P.gue(ack4, outer_src=P.REMOTE4, **sec_inter), st, A.PASS, B.RECEIVED_PEER,
-             lambda: delivered(P.gue(ack4, outer_src=P.REMOTE4, **sec_inter))),
-        Case("server: hops exhausted -> local", Role.SERVER,
-             P.gue(ack4, hop_index=1, hop_count=1, **back_intra), st, A.PASS,
-             B.LOCAL_HOPS_EXHAUSTED,
-             lambda: delivered(P.gue(ack4, hop_index=1, hop_count=1, **back_intra))),
-        Case("server: secondary is this server -> local", Role.SERVER,
-             P.gue(ack4, flags=Flag.HAS_SECONDARY, secondary=P.SERVER4), st, A.PASS,
-             B.LOCAL_SELF_SECONDARY,
-             lambda: delivered(P.gue(ack4, flags=Flag.HAS_SECONDARY, secondary=P.SERVER4))),
-        Case("server: GUE over IPv6 outer", Role.SERVER,
-             P.gue(syn4, outer_src=P.EDGE6, outer_dst=P.SERVER6), st, A.PASS, B.LOCAL,
-             lambda: delivered(P.gue(syn4, outer_src=P.EDGE6, outer_dst=P.SERVER6))),
-        Case("server: GUE from an unknown source dropped", Role.SERVER,
-             P.gue(syn4, outer_src="192.168.50.1"), st, A.DROP, B.DROP_GUE_UNKNOWN_SRC),
-        Case("server: bad GUE version dropped", Role.SERVER, P.gue(syn4, ver_c_hlen=0x47), st,
-             A.DROP, B.DROP_GUE_BAD),
-        Case("server: plain traffic to the server -> the stack", Role.SERVER,
-             P.client(dst=P.SERVER4), st, A.PASS, B.PASS_NOT_OURS),
+        Case(
+            "server: SYN without secondary -> local",
+            Role.SERVER,
+            P.gue(syn4),
+            st,
+            A.PASS,
+            B.LOCAL,
+            lambda: delivered(P.gue(syn4)),
+        ),
+        Case(
+            "server: IPv6 SYN, direction back -> local",
+            Role.SERVER,
+            P.gue(syn6, **back_intra),
+            st,
+            A.PASS,
+            B.LOCAL,
+            lambda: delivered(P.gue(syn6, **back_intra)),
+        ),
+        Case(
+            "server: SYN, direction away, inter-PoP -> secondary PoP",
+            Role.SERVER,
+            P.gue(syn4, **sec_inter),
+            st,
+            A.TX,
+            B.FWD_INTER,
+            fwd(syn4, AWAY_INTER, P.REMOTE4, (AWAY_INTER.flags & 0xF) & ~Flag.HAS_SECONDARY),
+        ),
+        Case(
+            "server: SYN, direction away, intra-PoP -> second server",
+            Role.SERVER,
+            P.gue(syn4, **away_intra),
+            st,
+            A.TX,
+            B.FWD_INTRA,
+            fwd(syn4, AWAY_INTRA, P.SERVER2_4, Flag.AWAY),
+        ),
+        Case(
+            "server: ACK without a local socket -> second chance",
+            Role.SERVER,
+            P.gue(ack4, **back_intra),
+            st,
+            A.TX,
+            B.SECOND_CHANCE,
+            fwd(ack4, AWAY_INTRA, P.SERVER2_4, 0),
+        ),
+        Case(
+            "server: IPv6 ACK without socket -> second chance",
+            Role.SERVER,
+            P.gue(ack6, **sec_inter),
+            st,
+            A.TX,
+            B.SECOND_CHANCE,
+            fwd(ack6, AWAY_INTER, P.REMOTE4, (AWAY_INTER.flags & 0xF) & ~Flag.HAS_SECONDARY),
+        ),
+        Case(
+            "server: UDP without connected socket follows direction away",
+            Role.SERVER,
+            P.gue(udp4, **sec_inter),
+            st,
+            A.TX,
+            B.FWD_INTER,
+            fwd(udp4, AWAY_INTER, P.REMOTE4, (AWAY_INTER.flags & 0xF) & ~Flag.HAS_SECONDARY),
+        ),
+        Case(
+            "server: UDP, direction back -> local",
+            Role.SERVER,
+            P.gue(udp4, **back_intra),
+            st,
+            A.PASS,
+            B.LOCAL,
+            lambda: delivered(P.gue(udp4, **back_intra)),
+        ),
+        Case(
+            "server: from another PoP -> local, never forwarded again",
+            Role.SERVER,
+            P.gue(ack4, outer_src=P.REMOTE4, **sec_inter),
+            st,
+            A.PASS,
+            B.RECEIVED_PEER,
+            lambda: delivered(P.gue(ack4, outer_src=P.REMOTE4, **sec_inter)),
+        ),
+        Case(
+            "server: hops exhausted -> local",
+            Role.SERVER,
+            P.gue(ack4, hop_index=1, hop_count=1, **back_intra),
+            st,
+            A.PASS,
+            B.LOCAL_HOPS_EXHAUSTED,
+            lambda: delivered(P.gue(ack4, hop_index=1, hop_count=1, **back_intra)),
+        ),
+        Case(
+            "server: secondary is this server -> local",
+            Role.SERVER,
+            P.gue(ack4, flags=Flag.HAS_SECONDARY, secondary=P.SERVER4),
+            st,
+            A.PASS,
+            B.LOCAL_SELF_SECONDARY,
+            lambda: delivered(P.gue(ack4, flags=Flag.HAS_SECONDARY, secondary=P.SERVER4)),
+        ),
+        Case(
+            "server: GUE over IPv6 outer",
+            Role.SERVER,
+            P.gue(syn4, outer_src=P.EDGE6, outer_dst=P.SERVER6),
+            st,
+            A.PASS,
+            B.LOCAL,
+            lambda: delivered(P.gue(syn4, outer_src=P.EDGE6, outer_dst=P.SERVER6)),
+        ),
+        Case(
+            "server: GUE from an unknown source dropped",
+            Role.SERVER,
+            P.gue(syn4, outer_src="192.168.50.1"),
+            st,
+            A.DROP,
+            B.DROP_GUE_UNKNOWN_SRC,
+        ),
+        Case(
+            "server: bad GUE version dropped",
+            Role.SERVER,
+            P.gue(syn4, ver_c_hlen=0x47),
+            st,
+            A.DROP,
+            B.DROP_GUE_BAD,
+        ),
+        Case(
+            "server: plain traffic to the server -> the stack",
+            Role.SERVER,
+            P.client(dst=P.SERVER4),
+            st,
+            A.PASS,
+            B.PASS_NOT_OURS,
+        ),
     ]
     return cases
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress as ia
+from typing import Any
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP
@@ -24,8 +25,20 @@ ST = P.state(ENTRY)
 
 def _boundaries(frame: bytes, v6: bool) -> list[int]:
     l3 = 40 if v6 else 20
-    return sorted({0, 6, 13, 14, 14 + l3 // 2, 14 + l3 - 1, 14 + l3, 14 + l3 + 10,
-                   14 + l3 + 19, len(frame) - 1})
+    return sorted(
+        {
+            0,
+            6,
+            13,
+            14,
+            14 + l3 // 2,
+            14 + l3 - 1,
+            14 + l3,
+            14 + l3 + 10,
+            14 + l3 + 19,
+            len(frame) - 1,
+        }
+    )
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
@@ -80,40 +93,72 @@ def _bad_ihl() -> bytes:
     return bytes(raw)
 
 
-EDGE_HOSTILE = {
+EDGE_HOSTILE: dict[str, tuple[Any, Verdict, XdpAction]] = {
     "bad IHL": (_bad_ihl(), Verdict.DROP_MALFORMED, XdpAction.DROP),
     "IPv4 options are carried": (
         Ether(src=P.CLIENT_MAC, dst=P.EDGE_MAC)
-        / IP(src=P.CLIENT4, dst=P.VIP4, options=b"\x01\x01\x01\x00") / TCP(flags="S"),
-        Verdict.FWD_INTRA, XdpAction.TX),
+        / IP(src=P.CLIENT4, dst=P.VIP4, options=b"\x01\x01\x01\x00")
+        / TCP(flags="S"),
+        Verdict.FWD_INTRA,
+        XdpAction.TX,
+    ),
     "IPv6 extension header": (
         Ether(src=P.CLIENT_MAC, dst=P.EDGE_MAC)
-        / IPv6(src=P.CLIENT6, dst=P.VIP6) / IPv6ExtHdrHopByHop() / TCP(flags="S"),
-        Verdict.PASS_UNSUPPORTED, XdpAction.PASS),
+        / IPv6(src=P.CLIENT6, dst=P.VIP6)
+        / IPv6ExtHdrHopByHop()
+        / TCP(flags="S"),
+        Verdict.PASS_UNSUPPORTED,
+        XdpAction.PASS,
+    ),
     "IPv4 first fragment": (
         Ether(src=P.CLIENT_MAC, dst=P.EDGE_MAC)
-        / IP(src=P.CLIENT4, dst=P.VIP4, flags="MF") / TCP(flags="S"),
-        Verdict.PASS_UNSUPPORTED, XdpAction.PASS),
+        / IP(src=P.CLIENT4, dst=P.VIP4, flags="MF")
+        / TCP(flags="S"),
+        Verdict.PASS_UNSUPPORTED,
+        XdpAction.PASS,
+    ),
     "IPv4 later fragment": (
-        Ether(src=P.CLIENT_MAC, dst=P.EDGE_MAC) / IP(src=P.CLIENT4, dst=P.VIP4, frag=10)
-        / bytes(16), Verdict.PASS_UNSUPPORTED, XdpAction.PASS),
+        Ether(src=P.CLIENT_MAC, dst=P.EDGE_MAC)
+        / IP(src=P.CLIENT4, dst=P.VIP4, frag=10)
+        / bytes(16),
+        Verdict.PASS_UNSUPPORTED,
+        XdpAction.PASS,
+    ),
     "ICMP echo to the VIP": (
         Ether(src=P.CLIENT_MAC, dst=P.EDGE_MAC) / IP(src=P.CLIENT4, dst=P.VIP4) / ICMP(),
-        Verdict.PASS_UNSUPPORTED, XdpAction.PASS),
-    "ARP (non-IP)": (Ether(src=P.CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(),
-                     Verdict.PASS_NOT_OURS, XdpAction.PASS),
-    "VLAN-tagged": (Ether(src=P.CLIENT_MAC, dst=P.EDGE_MAC) / Dot1Q(vlan=5)
-                    / IP(src=P.CLIENT4, dst=P.VIP4) / TCP(flags="S"),
-                    Verdict.PASS_NOT_OURS, XdpAction.PASS),
+        Verdict.PASS_UNSUPPORTED,
+        XdpAction.PASS,
+    ),
+    "ARP (non-IP)": (
+        Ether(src=P.CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(),
+        Verdict.PASS_NOT_OURS,
+        XdpAction.PASS,
+    ),
+    "VLAN-tagged": (
+        Ether(src=P.CLIENT_MAC, dst=P.EDGE_MAC)
+        / Dot1Q(vlan=5)
+        / IP(src=P.CLIENT4, dst=P.VIP4)
+        / TCP(flags="S"),
+        Verdict.PASS_NOT_OURS,
+        XdpAction.PASS,
+    ),
     "TCP data offset below 5": (
-        Ether(src=P.CLIENT_MAC, dst=P.EDGE_MAC) / IP(src=P.CLIENT4, dst=P.VIP4)
-        / TCP(flags="S", dataofs=4), Verdict.DROP_MALFORMED, XdpAction.DROP),
+        Ether(src=P.CLIENT_MAC, dst=P.EDGE_MAC)
+        / IP(src=P.CLIENT4, dst=P.VIP4)
+        / TCP(flags="S", dataofs=4),
+        Verdict.DROP_MALFORMED,
+        XdpAction.DROP,
+    ),
     "GUE to the edge from an unknown source": (
         P.gue(P.client(), outer_src="192.168.9.9", outer_dst=P.EDGE4),
-        Verdict.DROP_GUE_UNKNOWN_SRC, XdpAction.DROP),
+        Verdict.DROP_GUE_UNKNOWN_SRC,
+        XdpAction.DROP,
+    ),
     "GUE from a peer PoP with a bad version": (
         P.gue(P.client(), outer_src=P.PEER_POP_EDGE4, outer_dst=P.EDGE4, priv_version=9),
-        Verdict.DROP_GUE_BAD, XdpAction.DROP),
+        Verdict.DROP_GUE_BAD,
+        XdpAction.DROP,
+    ),
 }
 
 
@@ -123,7 +168,7 @@ def test_edge_hostile(name: str, edge_fwd: Forwarder) -> None:
     _edge_case(frame if isinstance(frame, Packet) else Ether(frame), verdict, action, edge_fwd)
 
 
-SERVER_HOSTILE = {
+SERVER_HOSTILE: dict[str, tuple[dict[str, Any], Verdict]] = {
     "GUE from an unknown source": ({"outer_src": "192.168.9.9"}, Verdict.DROP_GUE_UNKNOWN_SRC),
     "bad GUE version bits": ({"ver_c_hlen": 0x47}, Verdict.DROP_GUE_BAD),
     "GUE control bit": ({"ver_c_hlen": 0x27}, Verdict.DROP_GUE_BAD),
@@ -134,13 +179,19 @@ SERVER_HOSTILE = {
     "hop count beyond MAX_HOPS": ({"hop_count": 9}, Verdict.DROP_GUE_BAD),
     "tier out of range": ({"tier": 200}, Verdict.DROP_GUE_BAD),
     "from-peer and inter-PoP together": (
-        {"priv_flags": Flag.FROM_PEER | Flag.INTER_POP}, Verdict.DROP_GUE_BAD),
+        {"priv_flags": Flag.FROM_PEER | Flag.INTER_POP},
+        Verdict.DROP_GUE_BAD,
+    ),
     "inner protocol not IP": ({"proto": 17}, Verdict.DROP_GUE_BAD),
     "inner version does not match proto": ({"proto": 41}, Verdict.DROP_MALFORMED),
-    "hop count exceeded": ({"flags": Flag.HAS_SECONDARY, "secondary": P.SERVER2_4,
-                            "hop_index": 1, "hop_count": 1}, Verdict.LOCAL_HOPS_EXHAUSTED),
-    "secondary is the node itself": ({"flags": Flag.HAS_SECONDARY, "secondary": P.SERVER4},
-                                     Verdict.LOCAL_SELF_SECONDARY),
+    "hop count exceeded": (
+        {"flags": Flag.HAS_SECONDARY, "secondary": P.SERVER2_4, "hop_index": 1, "hop_count": 1},
+        Verdict.LOCAL_HOPS_EXHAUSTED,
+    ),
+    "secondary is the node itself": (
+        {"flags": Flag.HAS_SECONDARY, "secondary": P.SERVER4},
+        Verdict.LOCAL_SELF_SECONDARY,
+    ),
     "inner ICMP delivered to the stack": ({"inner": "icmp"}, Verdict.LOCAL),
 }
 

@@ -29,7 +29,9 @@ def netns() -> Iterator[str]:
     require_root()
     name = f"psl{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
-    subprocess.run(["ip", "-n", name, "link", "add", "d0", "type", "veth", "peer", "name", "d1"], check=True)
+    subprocess.run(
+        ["ip", "-n", name, "link", "add", "d0", "type", "veth", "peer", "name", "d1"], check=True
+    )
     subprocess.run(["ip", "-n", name, "link", "set", "d0", "up"], check=True)
     try:
         yield name
@@ -46,8 +48,14 @@ def _bucket(fwd: Forwarder, tier: int, index: int) -> Bucket:
 def test_table_entry_diff_lands_in_the_map(edge_fwd: Forwarder) -> None:
     from schemas.messages import TableEntry
 
-    entry = TableEntry(primary="10.0.1.1", secondary="fd07::1", inter_pop=True,
-                       direction="away", secondary_pop=7, modified_at=1.0)
+    entry = TableEntry(
+        primary="10.0.1.1",
+        secondary="fd07::1",
+        inter_pop=True,
+        direction="away",
+        secondary_pop=7,
+        modified_at=1.0,
+    )
     edge_fwd.apply_table_diff(2, {3: entry, 4: None})
     b = _bucket(edge_fwd, 2, 3)
     assert bytes(b.primary) == addr16(ia.ip_address("10.0.1.1"))
@@ -82,8 +90,9 @@ def test_restarted_process_adopts_pinned_program_still_attached(netns: str) -> N
         f.apply_table_diff(1, {{5: None}})
         print(f.adopted)
     """)
-    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, check=True, capture_output=True, text=True
+    )
     assert out.stdout.strip() == "False"
     fwd = Forwarder.open(Role.SERVER, name, defines=TEST_DEFINES)
     try:
@@ -100,7 +109,8 @@ def test_restarted_process_adopts_pinned_program_still_attached(netns: str) -> N
 def test_verifier_failure_carries_its_log(tmp_path: Path) -> None:
     require_root()
     src = tmp_path / "bad.bpf.c"
-    src.write_text(textwrap.dedent("""
+    src.write_text(
+        textwrap.dedent("""
         #include <linux/bpf.h>
         #include <bpf/bpf_helpers.h>
         SEC("xdp") int bad(struct xdp_md *ctx) {
@@ -108,12 +118,15 @@ def test_verifier_failure_carries_its_log(tmp_path: Path) -> None:
             return p[100];  /* no bounds check */
         }
         char LICENSE[] SEC("license") = "GPL";
-    """))
+    """)
+    )
     from services.forwarder.build import _arch_include
 
     obj = tmp_path / "bad.o"
-    subprocess.run(["clang", "-O2", "-g", "-target", "bpf", *_arch_include(), "-c", str(src),
-                    "-o", str(obj)], check=True)
+    subprocess.run(
+        ["clang", "-O2", "-g", "-target", "bpf", *_arch_include(), "-c", str(src), "-o", str(obj)],
+        check=True,
+    )
     with pytest.raises(libbpf.BpfError) as err:
         libbpf.BpfObject(obj)
     assert "invalid access to packet" in err.value.log

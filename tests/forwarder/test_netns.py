@@ -49,15 +49,22 @@ def _delete_stale(prefix: str) -> None:
 
 def _host(ns: str, dev: str, addr: str, gw: str) -> None:
     for opt in ("tx", "rx", "gso", "tso", "gro"):
-        subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-K", dev, opt, "off"],
-                       capture_output=True, check=False)
+        subprocess.run(
+            ["ip", "netns", "exec", ns, "ethtool", "-K", dev, opt, "off"],
+            capture_output=True,
+            check=False,
+        )
     sh("ip", "-n", ns, "addr", "add", addr, "dev", dev)
     sh("ip", "-n", ns, "link", "set", dev, "up")
     sh("ip", "-n", ns, "link", "set", "lo", "up")
     sh("ip", "-n", ns, "route", "add", "default", "via", gw)
-    for key, value in (("net.ipv4.conf.all.rp_filter", "0"), (f"net.ipv4.conf.{dev}.rp_filter",
-                       "0"), ("net.ipv4.ip_forward", "1"), ("net.ipv4.conf.all.arp_ignore", "1"),
-                       ("net.ipv4.conf.all.arp_announce", "2")):
+    for key, value in (
+        ("net.ipv4.conf.all.rp_filter", "0"),
+        (f"net.ipv4.conf.{dev}.rp_filter", "0"),
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv4.conf.all.arp_ignore", "1"),
+        ("net.ipv4.conf.all.arp_announce", "2"),
+    ):
         sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"{key}={value}")
 
 
@@ -80,17 +87,53 @@ def lab() -> Iterator[Lab]:
         for ns in (lab.client, lab.edge, lab.s1, lab.s2):
             sh("ip", "netns", "add", ns)
         for i, peer in ((0, lab.client), (1, lab.s1), (2, lab.s2)):
-            sh("ip", "-n", lab.edge, "link", "add", f"e{i}", "type", "veth", "peer", "name",
-               "x0", "netns", peer)
-            subprocess.run(["ip", "netns", "exec", lab.edge, "ethtool", "-K", f"e{i}", "tx",
-                            "off", "rx", "off", "gso", "off", "tso", "off", "gro", "off"],
-                           capture_output=True, check=False)
+            sh(
+                "ip",
+                "-n",
+                lab.edge,
+                "link",
+                "add",
+                f"e{i}",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "x0",
+                "netns",
+                peer,
+            )
+            subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    lab.edge,
+                    "ethtool",
+                    "-K",
+                    f"e{i}",
+                    "tx",
+                    "off",
+                    "rx",
+                    "off",
+                    "gso",
+                    "off",
+                    "tso",
+                    "off",
+                    "gro",
+                    "off",
+                ],
+                capture_output=True,
+                check=False,
+            )
             sh("ip", "-n", lab.edge, "addr", "add", f"10.100.{i + 1}.1/24", "dev", f"e{i}")
             sh("ip", "-n", lab.edge, "link", "set", f"e{i}", "up")
             _host(peer, "x0", f"10.100.{i + 1}.2/24", f"10.100.{i + 1}.1")
         sh("ip", "-n", lab.edge, "link", "set", "lo", "up")
-        for key in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
-                    "net.ipv4.conf.default.rp_filter=0"):
+        for key in (
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+        ):
             sh("ip", "netns", "exec", lab.edge, "sysctl", "-qw", key)
         for i in range(3):
             sh("ip", "netns", "exec", lab.edge, "sysctl", "-qw", f"net.ipv4.conf.e{i}.rp_filter=0")
@@ -142,8 +185,7 @@ def _ask(sock: socket.socket) -> bytes:
 
 def test_tcp_through_edge_and_second_chance(lab: Lab) -> None:
     edge = Forwarder.open(Role.EDGE, f"{lab.edge}", defines=TEST_DEFINES)
-    servers = {ns: Forwarder.open(Role.SERVER, ns, defines=TEST_DEFINES) for ns in (lab.s1,
-                                                                                    lab.s2)}
+    servers = {ns: Forwarder.open(Role.SERVER, ns, defines=TEST_DEFINES) for ns in (lab.s1, lab.s2)}
     stop = threading.Event()
     serving: list[tuple[socket.socket, threading.Thread]] = []
     conns: list[socket.socket] = []
@@ -152,9 +194,13 @@ def test_tcp_through_edge_and_second_chance(lab: Lab) -> None:
     try:
         edge.configure(NodeConfig(pop_id=1, self4=ia.IPv4Address("10.100.1.1"), fib=True))
         buckets = range(edge.buckets)
-        edge.load_state(TableState(bucket_bits=TEST_DEFINES["BUCKET_BITS"],
-                                   vips={ia.ip_network(f"{VIP}/32"): 0},
-                                   table={(0, i): BucketEntry(primary=s1) for i in buckets}))
+        edge.load_state(
+            TableState(
+                bucket_bits=TEST_DEFINES["BUCKET_BITS"],
+                vips={ia.ip_network(f"{VIP}/32"): 0},
+                table={(0, i): BucketEntry(primary=s1) for i in buckets},
+            )
+        )
         for i in range(3):
             edge.attach(f"e{i}", netns=lab.edge)
         for ns, addr in ((lab.s1, s1), (lab.s2, s2)):

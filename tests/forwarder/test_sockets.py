@@ -45,15 +45,17 @@ def _run(fwd: Forwarder, inner: object, owns: object) -> Verdict:
     return run_both(fwd, P.SERVER_CFG, st, frame, owns=owns).verdict  # type: ignore[arg-type]
 
 
-def test_established_tcp_socket_keeps_the_flow_local(server_fwd: Forwarder,
-                                                     tcp_pair: tuple[int, int, object]) -> None:
+def test_established_tcp_socket_keeps_the_flow_local(
+    server_fwd: Forwarder, tcp_pair: tuple[int, int, object]
+) -> None:
     cport, sport, _ = tcp_pair
     inner = P.client(src=LO, dst=LO, sport=cport, dport=sport, flags="A")
     assert _run(server_fwd, inner, owned_by(sport)) == Verdict.LOCAL
 
 
-def test_listener_alone_does_not_own_an_ack(server_fwd: Forwarder,
-                                            tcp_pair: tuple[int, int, object]) -> None:
+def test_listener_alone_does_not_own_an_ack(
+    server_fwd: Forwarder, tcp_pair: tuple[int, int, object]
+) -> None:
     _, sport, _ = tcp_pair
     inner = P.client(src=LO, dst=LO, sport=1, dport=sport, flags="A")
     assert _run(server_fwd, inner, lambda p: False) == Verdict.SECOND_CHANCE
@@ -65,8 +67,9 @@ def test_connected_udp_socket_owns_the_flow(server_fwd: Forwarder) -> None:
         a.bind((LO, 0))
         b.bind((LO, 0))
         b.connect(a.getsockname())
-        inner = P.client(proto="udp", src=LO, dst=LO, sport=a.getsockname()[1],
-                         dport=b.getsockname()[1])
+        inner = P.client(
+            proto="udp", src=LO, dst=LO, sport=a.getsockname()[1], dport=b.getsockname()[1]
+        )
         port = b.getsockname()[1]
         assert _run(server_fwd, inner, owned_by(port)) == Verdict.LOCAL
     finally:
@@ -83,4 +86,3 @@ def test_unconnected_udp_socket_does_not_own(server_fwd: Forwarder) -> None:
         assert verdict == Verdict.LOCAL  # initial (UDP) packet, direction back
     finally:
         a.close()
-
