@@ -56,7 +56,7 @@ class EngineConfig:
     stats_max_age_s: float = 30.0
     effect_lag_s: float = 5.0
     hop_cost_ms: float = 1.0
-    max_candidates: int | None = 32
+    max_candidates: int | None = 16
     tier_mix: Mapping[int, float] = field(default_factory=dict)
     damping: DampingConfig = field(default_factory=DampingConfig)
 

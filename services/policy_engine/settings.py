@@ -60,7 +60,7 @@ class PolicySettings(PipelineSettings):
         description="Cost of a forwarding hop on top of its latency, so nothing moves in vain.",
     )
     policy_max_candidates: int | None = Field(
-        32,
+        16,
         ge=1,
         description="Receivers kept per sender (the nearest within the tier's bound); None = all.",
     )

@@ -86,7 +86,7 @@ class Problem:
     pinned: Mapping[tuple[int, str, str], float] = field(default_factory=dict)
     forbidden: frozenset[tuple[str, str]] = frozenset()
     hop_cost_ms: float = 1.0
-    max_candidates: int | None = 32
+    max_candidates: int | None = 16
 
     def __post_init__(self) -> None:
         n = len(self.pops)
