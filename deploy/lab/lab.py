@@ -1,0 +1,480 @@
+"""The live lab: anycast PoPs, clients and an internet as network namespaces joined by veths.
+
+`lab_topology.py` says what exists (as data); this module makes it so, one function per
+step, with `ip`, `tc`, `ethtool` and `sysctl`, and tears it down again. Every namespace name
+starts with the lab prefix (`ps-`); `up` first removes whatever a crashed run left (processes
+in those namespaces, the namespaces, the lab's BPF pins), so `up` and `down` are idempotent.
+
+    python deploy/lab/lab.py up [--dataplane routing|xdp]    # build (rebuild) the lab
+    python deploy/lab/lab.py status [--json]
+    python deploy/lab/lab.py exec client-a -- python -m services.labapp.loadgen whoami \\
+        --target 10.200.1.1
+    python deploy/lab/lab.py down
+
+Tests use the same steps through `Lab` (`up`, `down`, `run`, `spawn`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from lab_topology import DEFAULT_PREFIX, HTTP_PORT, Role, Topology, XdpRole, build
+
+from popshift.network import NetworkConfig, load_network
+from popshift.settings import Settings
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+DEFAULT_NETWORK = REPO / "deploy" / "config" / "network.yaml"
+DEFAULT_STATE = Path(os.environ.get("POPSHIFT_LAB_STATE", "/run/popshift-lab"))
+
+
+class LabError(RuntimeError):
+    """A lab command failed; the message has the command and its stderr."""
+
+
+class DataPlane(StrEnum):
+    ROUTING = "routing"  # plain routes: edge -> one server; proves topology, service and DSR
+    XDP = "xdp"  # the forwarder's programs attached at the topology's XDP hooks
+
+
+def sh(*cmd: str, check: bool = True, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        raise LabError(f"{' '.join(cmd)}: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+def python(module: str, *args: str) -> list[str]:
+    """The command line of one of the repo's Python programs, for run() and spawn()."""
+    return [sys.executable, "-m", module, *args]
+
+
+# -- teardown --------------------------------------------------------------------------------
+
+
+def lab_namespaces(prefix: str) -> list[str]:
+    """Every namespace named with the lab prefix, whether this run created it or a crashed one."""
+    out = sh("ip", "netns", "list").stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith(prefix)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def stop_processes(namespaces: Sequence[str], grace_s: float = 3.0) -> None:
+    """SIGTERM every process living in the lab's namespaces (only those), SIGKILL stragglers."""
+    pids = [
+        int(pid)
+        for ns in namespaces
+        for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split()
+    ]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace_s
+        while (pids := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not pids:
+            return
+
+
+def remove_namespaces(namespaces: Sequence[str]) -> None:
+    """Deleting a namespace deletes its veths, and so their peers in the other namespaces."""
+    for ns in namespaces:
+        sh("ip", "netns", "del", ns, check=False)
+
+
+def remove_pins(topo: Topology) -> None:
+    shutil.rmtree(topo.pin_root(), ignore_errors=True)
+
+
+# -- build, one function per step ------------------------------------------------------------
+
+
+def create_namespaces(topo: Topology) -> None:
+    for h in topo.hosts:
+        sh("ip", "netns", "add", topo.netns(h.name))
+        sh("ip", "-n", topo.netns(h.name), "link", "set", "dev", "lo", "up")
+
+
+def set_sysctls(topo: Topology) -> None:
+    """Before any link exists, so that every interface inherits the `default` values."""
+    for h in topo.hosts:
+        sh("ip", "netns", "exec", topo.netns(h.name), "sysctl", "-q", "-w",
+           *(f"{k}={v}" for k, v in h.sysctls()))  # fmt: skip
+
+
+def create_bridges(topo: Topology) -> None:
+    for br in topo.bridges:
+        ns = topo.netns(br.host)
+        sh("ip", "-n", ns, "link", "add", br.name, "mtu", str(br.mtu), "type", "bridge",
+           "stp_state", "0")  # fmt: skip
+
+
+def create_links(topo: Topology) -> None:
+    """veth pairs created straight inside their namespaces: nothing ever lands in the host's."""
+    for link in topo.links:
+        a, b = link.a, link.b
+        mtu = str(link.mtu)
+        peer = ("peer", "name", b.ifname, "netns", topo.netns(b.host), "mtu", mtu)
+        sh("ip", "-n", topo.netns(a.host), "link", "add", "name", a.ifname, "mtu", mtu,
+           "type", "veth", *peer)  # fmt: skip
+        for end in (a, b):
+            if end.bridge:
+                sh("ip", "-n", topo.netns(end.host), "link", "set", "dev", end.ifname, "master",
+                   end.bridge)  # fmt: skip
+
+
+def disable_offloads(topo: Topology) -> None:
+    """XDP sees packets whose checksums are not final when veth offloads are on (SPEC 8)."""
+    for end in topo.ends():
+        sh("ip", "netns", "exec", topo.netns(end.host), "ethtool", "-K", end.ifname,
+           "tx", "off", "rx", "off", "gso", "off", "tso", "off", "gro", "off")  # fmt: skip
+
+
+def assign_addresses(topo: Topology) -> None:
+    """Link and bridge addresses, and on every server the VIPs on loopback (DSR)."""
+    for end in topo.ends():
+        if end.addr:
+            sh("ip", "-n", topo.netns(end.host), "addr", "add", end.addr, "dev", end.ifname)
+    for br in topo.bridges:
+        sh("ip", "-n", topo.netns(br.host), "addr", "add", br.addr, "dev", br.name)
+    for h in topo.by_role(Role.SERVER):
+        for v in topo.vips:
+            sh("ip", "-n", topo.netns(h.name), "addr", "add", f"{v.addr}/32", "dev", "lo")
+
+
+def bring_up(topo: Topology) -> None:
+    for br in topo.bridges:
+        sh("ip", "-n", topo.netns(br.host), "link", "set", "dev", br.name, "up")
+    for end in topo.ends():
+        sh("ip", "-n", topo.netns(end.host), "link", "set", "dev", end.ifname, "up")
+
+
+def add_routes(topo: Topology) -> None:
+    """Static routes, and the anycast catchments as one policy table per client region."""
+    for r in topo.routes:
+        table = ["table", str(r.table)] if r.table else []
+        sh("ip", "-n", topo.netns(r.host), "route", "add", r.dst, "via", r.via, *table)
+    for rule in topo.rules:
+        sh("ip", "-n", topo.netns(rule.host), "rule", "add", "iif", rule.iif,
+           "table", str(rule.table), "pref", str(rule.pref))  # fmt: skip
+
+
+def netem_available(topo: Topology) -> bool:
+    """Probe sch_netem on a wire's interface (some kernels are built without it)."""
+    if not topo.wires:
+        return False
+    w = topo.wires[0]
+    probe = sh("tc", "-n", topo.netns(w.host), "qdisc", "add", "dev", w.a, "root", "netem",
+               "delay", "1ms", check=False)  # fmt: skip
+    if probe.returncode != 0:
+        return False
+    sh("tc", "-n", topo.netns(w.host), "qdisc", "del", "dev", w.a, "root")
+    return True
+
+
+# -- the lab ---------------------------------------------------------------------------------
+
+
+class Lab:
+    """The lab as tests and the CLI drive it. `up` always rebuilds from nothing."""
+
+    def __init__(
+        self,
+        topology: Topology | None = None,
+        network: NetworkConfig | None = None,
+        dataplane: DataPlane = DataPlane.ROUTING,
+        state_dir: Path = DEFAULT_STATE,
+    ) -> None:
+        self.network = network or load_network(DEFAULT_NETWORK)
+        self.topo = topology or build(self.network)
+        self.dataplane = dataplane
+        self.state_dir = state_dir
+        self.delay_mode = ""
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def up(self) -> None:
+        self.down()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            create_namespaces(self.topo)
+            set_sysctls(self.topo)
+            create_bridges(self.topo)
+            create_links(self.topo)
+            disable_offloads(self.topo)
+            assign_addresses(self.topo)
+            bring_up(self.topo)
+            self.add_delays()
+            add_routes(self.topo)
+            self.start_services()
+            self.attach_dataplane()
+            self.wait_ready()
+        except BaseException:
+            self.down()
+            raise
+        self._save_state()
+
+    def down(self) -> None:
+        """Stop the lab's processes, delete its namespaces and pins. Safe to call any time."""
+        namespaces = lab_namespaces(self.topo.prefix)
+        stop_processes(namespaces)
+        for proc in self._procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        self._procs.clear()
+        remove_namespaces(namespaces)
+        remove_pins(self.topo)
+        (self.state_dir / "lab.json").unlink(missing_ok=True)
+
+    def __enter__(self) -> Lab:
+        self.up()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.down()
+
+    # -- steps that start processes --------------------------------------------------------
+
+    def add_delays(self) -> None:
+        """Inter-PoP latency: netem on the wire host's ports, else the userspace relay."""
+        if netem_available(self.topo):
+            self.delay_mode = "netem"
+            for w in self.topo.wires:
+                ns = self.topo.netns(w.host)
+                sh("ip", "-n", ns, "link", "add", "br", "type", "bridge", "stp_state", "0")
+                for port in (w.a, w.b):
+                    sh("ip", "-n", ns, "link", "set", "dev", port, "master", "br")
+                    sh("tc", "-n", ns, "qdisc", "add", "dev", port, "root", "netem",
+                       "delay", f"{w.delay_ms}ms")  # fmt: skip
+                sh("ip", "-n", ns, "link", "set", "dev", "br", "up")
+            return
+        self.delay_mode = "relay"
+        for w in self.topo.wires:
+            for port in (w.a, w.b):
+                sh("ip", "-n", self.topo.netns(w.host), "link", "set", "dev", port, "promisc", "on")
+            args = ("--a", w.a, "--b", w.b, "--delay-ms", str(w.delay_ms))
+            relay = [sys.executable, str(HERE / "lab_delay.py"), *args]
+            self.spawn(w.host, relay, log_name="delay")
+
+    def start_services(self) -> None:
+        """The lab HTTP server on every compute server, listening on all addresses (VIPs)."""
+        for h in self.topo.by_role(Role.SERVER):
+            pop, server = self.topo.server_identity(h.name)
+            args = ("--pop", pop, "--server", server, "--port", str(HTTP_PORT))
+            self.spawn(h.name, python("services.labapp.server", *args), log_name="http")
+
+    def attach_dataplane(self) -> None:
+        """THE XDP HOOK: `xdp_edge` on every edge's eth0, `xdp_server` on every server's eth0.
+
+        Routing mode leaves the edge's plain route (VIPs -> first server) in charge.
+        """
+        if self.dataplane is DataPlane.XDP:
+            import lab_dataplane
+
+            lab_dataplane.attach(self.topo, self.network)
+
+    def wait_ready(self, timeout_s: float = 20.0) -> None:
+        """Every server's HTTP service answers on the VIP, asked from inside its namespace."""
+        vip = str(self.topo.vip())
+        whoami = python("services.labapp.loadgen", "whoami", "--target", vip, "--timeout", "1")
+        pending = [h.name for h in self.topo.by_role(Role.SERVER)]
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            probes = {
+                host: subprocess.Popen(
+                    ["ip", "netns", "exec", self.topo.netns(host), *whoami],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    cwd=REPO,
+                )
+                for host in pending
+            }
+            pending = [host for host, proc in probes.items() if proc.wait() != 0]
+            if pending and time.monotonic() > deadline:
+                raise LabError(f"HTTP service not answering on {pending}")
+            time.sleep(0.1 if pending else 0.0)
+
+    # -- using the lab ---------------------------------------------------------------------
+
+    def run(
+        self, host: str, cmd: Sequence[str], check: bool = False, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside `host`'s namespace and wait for it (output captured)."""
+        proc = subprocess.run(
+            ["ip", "netns", "exec", self.topo.netns(host), *cmd],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise LabError(f"{host}: {' '.join(cmd)}: {proc.stderr.strip()}")
+        return proc
+
+    def spawn(
+        self, host: str, cmd: Sequence[str], log_name: str = "", **popen: Any
+    ) -> subprocess.Popen[bytes]:
+        """Start a command inside `host`'s namespace; `down` stops it.
+
+        With `log_name`, output goes to `<state_dir>/<host>.<log_name>.log`; otherwise as the
+        Popen keyword arguments say (e.g. stdout=subprocess.PIPE).
+        """
+        if log_name:
+            log = open(self.state_dir / f"{host}.{log_name}.log", "ab")  # noqa: SIM115
+            popen = {"stdout": log, "stderr": subprocess.STDOUT, **popen}
+        popen.setdefault("stdin", subprocess.DEVNULL)
+        popen.setdefault("start_new_session", True)  # survives `lab.py up` exiting
+        try:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.topo.netns(host), *cmd], cwd=REPO, **popen
+            )
+        finally:
+            if log_name:
+                log.close()
+        self._procs.append(proc)
+        return proc
+
+    def link_stats(self, host: str, ifname: str) -> dict[str, int]:
+        """rx/tx packets and bytes of one interface (`ip -s link`)."""
+        out = sh("ip", "-n", self.topo.netns(host), "-s", "-j", "link", "show", "dev", ifname)
+        stats = json.loads(out.stdout)[0]["stats64"]
+        return {
+            "rx_packets": stats["rx"]["packets"],
+            "rx_bytes": stats["rx"]["bytes"],
+            "tx_packets": stats["tx"]["packets"],
+            "tx_bytes": stats["tx"]["bytes"],
+        }
+
+    def xdp_prog(self, host: str, ifname: str) -> int:
+        """The id of the XDP program attached to an interface, 0 if none."""
+        out = sh("ip", "-n", self.topo.netns(host), "-j", "link", "show", "dev", ifname)
+        info = json.loads(out.stdout)[0]
+        return int(info.get("xdp", {}).get("prog", {}).get("id", 0))
+
+    def status(self) -> dict[str, Any]:
+        present = set(lab_namespaces(self.topo.prefix))
+        hosts = {}
+        for h in self.topo.hosts:
+            ns = self.topo.netns(h.name)
+            entry: dict[str, Any] = {"role": h.role.value, "pop": h.pop, "up": ns in present}
+            if ns in present:
+                entry["pids"] = len(sh("ip", "netns", "pids", ns, check=False).stdout.split())
+                entry["xdp"] = {
+                    x.ifname: self.xdp_prog(h.name, x.ifname)
+                    for x in self.topo.xdp
+                    if x.host == h.name and x.role is not XdpRole.PASS
+                }
+            hosts[h.name] = entry
+        return {
+            "prefix": self.topo.prefix,
+            "state": self._load_state(),
+            "vips": {v.tier_name: str(v.addr) for v in self.topo.vips},
+            "catchments": dict(self.topo.catchments),
+            "pops": {
+                p.name: {
+                    "ingress": str(p.ingress),
+                    "edge": p.edge,
+                    "servers": dict(zip(p.servers, map(str, p.server_addrs), strict=True)),
+                }
+                for p in self.topo.pops
+            },
+            "wires_ms": {w.host: w.delay_ms for w in self.topo.wires},
+            "hosts": hosts,
+        }
+
+    def _save_state(self) -> None:
+        state = {"dataplane": self.dataplane.value, "delay": self.delay_mode}
+        (self.state_dir / "lab.json").write_text(json.dumps(state) + "\n")
+
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads((self.state_dir / "lab.json").read_text()))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+
+# -- command line ----------------------------------------------------------------------------
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    print(f"lab {status['prefix']}*  state={status['state'] or 'down'}")
+    print(f"VIPs {status['vips']}  catchments {status['catchments']}  wires {status['wires_ms']}")
+    for name, h in status["hosts"].items():
+        extra = ""
+        if h["up"]:
+            extra = f"pids={h['pids']}" + "".join(
+                f" xdp[{i}]={pid or '-'}" for i, pid in h["xdp"].items()
+            )
+        print(f"  {name:12} {h['role']:8} {'up' if h['up'] else 'DOWN':5} {extra}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="popshift network-namespace lab")
+    parser.add_argument("--network", type=Path, default=DEFAULT_NETWORK)
+    parser.add_argument("--servers", type=int, default=2, help="compute servers per PoP")
+    parser.add_argument("--latency-scale", type=float, default=1.0)
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX)
+    parser.add_argument("--table-bits", type=int, default=Settings().table_bits,
+                        help="log2 buckets per table (POPSHIFT_TABLE_BITS)")  # fmt: skip
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="(re)build the lab")
+    up.add_argument("--dataplane", type=DataPlane, default=DataPlane.ROUTING,
+                    choices=list(DataPlane))  # fmt: skip
+    sub.add_parser("down", help="tear everything down (also after a crash)")
+    st = sub.add_parser("status")
+    st.add_argument("--json", action="store_true")
+    ex = sub.add_parser("exec", help="run a command in a lab host: exec HOST -- CMD...")
+    ex.add_argument("host")
+    ex.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+
+    net = load_network(args.network)
+    topo = build(net, args.servers, args.latency_scale, prefix=args.prefix,
+                 table_bits=args.table_bits)  # fmt: skip
+    lab = Lab(topo, net, getattr(args, "dataplane", DataPlane.ROUTING))
+    if args.cmd == "up":
+        lab.up()
+        _print_status(lab.status())
+    elif args.cmd == "down":
+        lab.down()
+    elif args.cmd == "status":
+        status = lab.status()
+        print(json.dumps(status, indent=2)) if args.json else _print_status(status)
+    else:
+        command = args.command[1:] if args.command[:1] == ["--"] else args.command
+        if not command:
+            parser.error("exec needs a command after --")
+        os.chdir(REPO)
+        os.execvp("ip", ["ip", "netns", "exec", topo.netns(args.host), *command])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
