@@ -193,6 +193,7 @@ def _pop_load(name: str, pop: _Pop, now: float) -> PopLoad:
         # it is the ingest's hottest loop (one ServerLoad per server per second).
         servers.append(
             ServerLoad.model_construct(
+                schema_version=1,  # given, so that pydantic does not look up the default
                 server=s.name,
                 address=s.address,
                 capacity_cores=s.capacity_cores,
