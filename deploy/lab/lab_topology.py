@@ -230,7 +230,7 @@ class Topology:
             yield link.b
 
     def vip(self, tier_name: str | None = None) -> ipaddress.IPv4Address:
-        """The VIP of a tier (default: the first forwardable-looking one, i.e. the first VIP)."""
+        """The VIP of a tier (default: the first tier's)."""
         for v in self.vips:
             if tier_name is None or v.tier_name == tier_name:
                 return v.addr

@@ -8,6 +8,7 @@ Runs on each compute server of the lab, listening on the anycast VIP (on loopbac
   connection that the data plane moved to another server breaks visibly (reset or timeout).
 - `GET /stream?interval=0.1&count=N` (no Upgrade) -> a chunked response of JSON lines, one every
   `interval` seconds, `count` of them (0 = until the client goes away).
+- `GET /blob?bytes=N` -> N bytes (up to 64 MiB): a download whose return path can be measured.
 - `GET /healthz` -> `ok`.
 
 Stdlib asyncio only: the lab must not depend on a framework's connection handling when it is
@@ -78,6 +79,7 @@ async def _push(writer: asyncio.StreamWriter, me: Identity, query: dict[str, lis
 
 
 _JSON = {"Content-Type": "application/json"}
+MAX_BLOB = 64 << 20
 _JSONL = {"Content-Type": "application/x-ndjson"}
 
 
@@ -101,6 +103,10 @@ async def _serve_one(
             )
         )
         writer.write(wire.response(200, _JSON, body))
+        return True
+    if url.path == "/blob":
+        size = min(max(int(parse_qs(url.query).get("bytes", ["0"])[0]), 0), MAX_BLOB)
+        writer.write(wire.response(200, {"Content-Type": "application/octet-stream"}, bytes(size)))
         return True
     if url.path == "/healthz":
         writer.write(wire.response(200, {"Content-Type": "text/plain"}, b"ok\n"))
@@ -128,7 +134,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, me:
             await writer.drain()
             if not keep or head.header("connection").lower() == "close":
                 break
-    except wire.ProtocolError:
+    except ValueError:  # a ProtocolError, or a query parameter that is not a number
         writer.write(wire.response(400, {"Connection": "close"}))
     except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
         pass  # the client went away; nothing to answer
