@@ -6,6 +6,7 @@ through the second chance at the new primary."""
 from __future__ import annotations
 
 import ipaddress as ia
+import os
 import socket
 import subprocess
 import threading
@@ -13,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -40,10 +42,13 @@ class Lab:
     s2: str
 
 
-def _delete_stale(prefix: str) -> None:
+def _delete_stale() -> None:
+    """Remove namespaces an earlier, killed run of this test left (their pid is gone)."""
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     for line in names.splitlines():
-        if line.startswith(prefix):
+        parts = line.split()[0].split("-")
+        mine = len(parts) == 4 and parts[0] == "psn" and parts[1].isdigit()
+        if mine and not Path(f"/proc/{parts[1]}").exists():
             subprocess.run(["ip", "netns", "del", line.split()[0]], check=False)
 
 
@@ -81,8 +86,8 @@ def _warm_neighbours(ns: str, addrs: list[str]) -> None:
 def lab() -> Iterator[Lab]:
     require_root()
     tag = uuid.uuid4().hex[:6]
-    _delete_stale("psn")
-    lab = Lab(*(f"psn{tag}{n}" for n in ("c", "e", "1", "2")))
+    _delete_stale()
+    lab = Lab(*(f"psn-{os.getpid()}-{tag}-{n}" for n in ("c", "e", "1", "2")))
     try:
         for ns in (lab.client, lab.edge, lab.s1, lab.s2):
             sh("ip", "netns", "add", ns)
@@ -184,8 +189,11 @@ def _ask(sock: socket.socket) -> bytes:
 
 
 def test_tcp_through_edge_and_second_chance(lab: Lab) -> None:
-    edge = Forwarder.open(Role.EDGE, f"{lab.edge}", defines=TEST_DEFINES)
-    servers = {ns: Forwarder.open(Role.SERVER, ns, defines=TEST_DEFINES) for ns in (lab.s1, lab.s2)}
+    edge = Forwarder.open(Role.EDGE, lab.edge.replace("-", "_"), defines=TEST_DEFINES)
+    servers = {
+        ns: Forwarder.open(Role.SERVER, ns.replace("-", "_"), defines=TEST_DEFINES)
+        for ns in (lab.s1, lab.s2)
+    }
     stop = threading.Event()
     serving: list[tuple[socket.socket, threading.Thread]] = []
     conns: list[socket.socket] = []
