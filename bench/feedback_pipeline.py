@@ -188,7 +188,7 @@ class LagProbe:
         for m in msgs:
             if m.error() is not None or m.key() not in self.pops:
                 continue
-            doc = json.loads(m.value())
+            doc = json.loads(m.value() or b"{}")
             key = (doc["pop"], doc["at"])
             if m.topic() == self.load_topic:
                 fresh = []

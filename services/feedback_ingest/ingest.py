@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
+from confluent_kafka import KafkaError, KafkaException
+
 from popshift import topics
 from popshift.bus import Received, RejectMessage, TypedConsumer, TypedProducer, create_topics
 from popshift.network import load_network
@@ -90,9 +92,17 @@ class Ingest:
         next_log = self.clock() + log_every_s
         while not stop.is_set():
             wait = min(0.2, max(0.0, next_tick - self.clock()))
-            self.consumer.poll_batch(
-                self.handle, timeout=wait, max_messages=self.settings.ingest_batch
-            )
+            try:
+                self.consumer.poll_batch(
+                    self.handle, timeout=wait, max_messages=self.settings.ingest_batch
+                )
+            except KafkaException as exc:
+                if not transient(exc):
+                    raise
+                # The broker is away or a topic's metadata is not there yet: keep publishing
+                # liveness (servers time out) and retry; offsets are committed only on handling.
+                log.warning("ingest: %s", exc)
+                stop.wait(0.5)
             now = self.clock()
             if now >= next_tick:
                 self.publish(now)
@@ -105,6 +115,14 @@ class Ingest:
     def close(self) -> None:
         self.consumer.close()
         self.producer.flush()
+
+
+def transient(exc: KafkaException) -> bool:
+    """Errors a long-running consumer waits out instead of dying on."""
+    err = exc.args[0] if exc.args else None
+    return isinstance(err, KafkaError) and (
+        err.retriable() or err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

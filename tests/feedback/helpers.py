@@ -11,8 +11,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from popshift.bus import Received, TypedConsumer
 from popshift.topics import Topic
+from services.feedback_ingest.ingest import transient
 from tests.conftest import REPO
 
 
@@ -24,7 +27,11 @@ class TopicReader:
         self.messages: list[Received] = []
 
     def poll(self, timeout: float = 0.2) -> list[Received]:
-        self.consumer.poll_batch(self.messages.append, timeout=timeout, max_messages=5000)
+        try:
+            self.consumer.poll_batch(self.messages.append, timeout=timeout, max_messages=5000)
+        except KafkaException as exc:
+            if not transient(exc):  # a topic just created may not be in metadata yet
+                raise
         return self.messages
 
     def wait_for(
