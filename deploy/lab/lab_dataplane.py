@@ -42,6 +42,36 @@ def local_table(servers: tuple[ipaddress.IPv4Address, ...], buckets: int) -> dic
     return {b: BucketEntry(primary=servers[b % len(servers)]) for b in range(buckets)}
 
 
+def redirect(topo: Topology, pop: str, tier: int, to: str | None, share: float = 1.0) -> int:
+    """Until the table writer owns the edges' tables: send `share` of `pop`'s new connections
+    of `tier` to PoP `to`, and return how many buckets point away.
+
+    Primaries stay as they are, so established connections keep their server; the other
+    buckets keep `to` as secondary with direction back (draining: connections already living
+    in `to` still reach it by second chance). `to=None` makes every bucket local again.
+    """
+    src = topo.pop(pop)
+    hook = next(h for h in topo.xdp if h.host == src.edge)
+    fwd = _open(topo, hook)
+    try:
+        away = round(min(max(share, 0.0), 1.0) * fwd.buckets) if to else 0
+        table = local_table(src.server_addrs, fwd.buckets)
+        if to is not None:
+            dst = topo.pop(to)
+            for b, entry in table.items():
+                table[b] = BucketEntry(
+                    primary=entry.primary,
+                    secondary=dst.ingress,
+                    inter_pop=True,
+                    away=b < away,
+                    secondary_pop=dst.id,
+                )
+        fwd.apply_table_diff(tier, table)
+        return away
+    finally:
+        fwd.close()
+
+
 def _attach_fd(ifname: str, fd: int) -> None:
     libbpf.xdp_attach(socket.if_nametoindex(ifname), fd, 0)
 

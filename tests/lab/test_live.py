@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import pytest
 from lab import DataPlane, Lab, lab_namespaces, python
@@ -140,3 +141,30 @@ def test_inter_pop_latency_follows_the_matrix(xdp_lab: Lab, src: str, dst: str) 
     )
     expected = 2 * one_way * xdp_lab.topo.latency_scale
     assert expected <= got < expected + 15.0, f"{src}->{dst}: rtt {got:.1f} ms, want ~{expected}"
+
+
+def test_forwarding_moves_new_connections_and_keeps_established_ones(xdp_lab: Lab) -> None:
+    """PoP a hands all new connections of a tier to PoP b (GUE over the a-b wire); the long
+    connections that already live in a keep their server with zero errors (second chance).
+    """
+    import lab_dataplane
+
+    topo = xdp_lab.topo
+    tier = topo.vips[0].tier
+    out = xdp_lab.state_dir / "moving.jsonl"
+    cmd = python("services.labapp.loadgen", "run", "--target", str(topo.vip()), "--rate", "0",
+                 "--long", "3", "--duration", "4", "--no-reconnect", "--out", str(out))  # fmt: skip
+    longs = xdp_lab.spawn("client-a", cmd, stdout=subprocess.PIPE)
+    try:
+        time.sleep(1.0)
+        assert lab_dataplane.redirect(topo, "a", tier, "b") == 2**topo.table_bits
+        moved = [whoami(xdp_lab, "client-a") for _ in range(5)]
+        assert {m["pop"] for m in moved} == {"b"}
+        stdout, _ = longs.communicate(timeout=30)
+    finally:
+        lab_dataplane.redirect(topo, "a", tier, None)
+    summary = json.loads(stdout)
+    records = [Record.from_json(line) for line in out.read_text().splitlines()]
+    assert summary["failed"] == 0, records
+    assert {(r.pop, r.servers_seen) for r in records} == {("a", 1)}
+    assert whoami(xdp_lab, "client-a")["pop"] == "a"
