@@ -58,6 +58,7 @@ class _Server:
     reported_at: float  # the sender's clock: published as ServerLoad.last_seen (freshness)
     reported_healthy: bool = True
     down: bool = False
+    published: ServerLoad | None = None  # built once per report (records are replaced on update)
 
     @property
     def healthy(self) -> bool:
@@ -189,10 +190,10 @@ def _pop_load(name: str, pop: _Pop, now: float) -> PopLoad:
     p95_weighted = p95_weight = 0.0
     ok_weighted = probes = 0.0
     for s in sorted(pop.servers.values(), key=lambda r: r.name):
-        # Already validated on the way in and computed from finite values: skip re-validation,
-        # it is the ingest's hottest loop (one ServerLoad per server per second).
-        servers.append(
-            ServerLoad.model_construct(
+        if s.published is None or s.published.healthy != s.healthy:
+            # Validated on the way in and computed from finite values: not re-validated, it is
+            # the ingest's hottest loop (one ServerLoad per server per report).
+            s.published = ServerLoad.model_construct(
                 schema_version=1,  # given, so that pydantic does not look up the default
                 server=s.name,
                 address=s.address,
@@ -202,7 +203,7 @@ def _pop_load(name: str, pop: _Pop, now: float) -> PopLoad:
                 last_seen=s.reported_at,
                 qos=s.qos,
             )
-        )
+        servers.append(s.published)
         if not s.healthy:
             continue
         capacity += s.capacity_cores
