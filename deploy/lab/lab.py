@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -25,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
@@ -41,6 +42,7 @@ REPO = HERE.parents[1]
 
 DEFAULT_NETWORK = REPO / "deploy" / "config" / "network.yaml"
 DEFAULT_STATE = Path(os.environ.get("POPSHIFT_LAB_STATE", "/run/popshift-lab"))
+LOCK_DIR = Path("/run/lock")
 
 
 class LabError(RuntimeError):
@@ -207,8 +209,10 @@ class Lab:
         network: NetworkConfig | None = None,
         dataplane: DataPlane = DataPlane.ROUTING,
         state_dir: Path = DEFAULT_STATE,
+        network_file: Path = DEFAULT_NETWORK,
     ) -> None:
-        self.network = network or load_network(DEFAULT_NETWORK)
+        self.network_file = network_file
+        self.network = network or load_network(network_file)
         self.topo = topology or build(self.network)
         self.dataplane = dataplane
         self.state_dir = state_dir
@@ -217,29 +221,46 @@ class Lab:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One `up` or `down` of a lab (prefix) at a time, across processes."""
+        LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        with open(LOCK_DIR / f"popshift-lab-{self.topo.prefix.strip('-')}.lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
     def up(self) -> None:
-        self.down()
+        """Remove whatever an earlier (or crashed) run left, then build the lab and wait for it."""
+        with self._locked():
+            self._teardown()
+            try:
+                self._build()
+            except BaseException:
+                self._teardown()
+                raise
+            self._save_state()
+
+    def _build(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            create_namespaces(self.topo)
-            set_sysctls(self.topo)
-            create_bridges(self.topo)
-            create_links(self.topo)
-            disable_offloads(self.topo)
-            assign_addresses(self.topo)
-            bring_up(self.topo)
-            self.add_delays()
-            add_routes(self.topo)
-            self.start_services()
-            self.attach_dataplane()
-            self.wait_ready()
-        except BaseException:
-            self.down()
-            raise
-        self._save_state()
+        create_namespaces(self.topo)
+        set_sysctls(self.topo)
+        create_bridges(self.topo)
+        create_links(self.topo)
+        disable_offloads(self.topo)
+        assign_addresses(self.topo)
+        bring_up(self.topo)
+        self.add_delays()
+        add_routes(self.topo)
+        self.start_services()
+        self.attach_dataplane()
+        self.wait_ready()
 
     def down(self) -> None:
         """Stop the lab's processes, delete its namespaces and pins. Safe to call any time."""
+        with self._locked():
+            self._teardown()
+
+    def _teardown(self) -> None:
         namespaces = lab_namespaces(self.topo.prefix)
         stop_processes(namespaces)
         for proc in self._procs:
@@ -248,7 +269,7 @@ class Lab:
         self._procs.clear()
         remove_namespaces(namespaces)
         remove_pins(self.topo)
-        (self.state_dir / "lab.json").unlink(missing_ok=True)
+        self._state_file().unlink(missing_ok=True)
 
     def __enter__(self) -> Lab:
         self.up()
@@ -409,15 +430,34 @@ class Lab:
             "hosts": hosts,
         }
 
+    def _state_file(self) -> Path:
+        return state_file(self.state_dir, self.topo.prefix)
+
     def _save_state(self) -> None:
-        state = {"dataplane": self.dataplane.value, "delay": self.delay_mode}
-        (self.state_dir / "lab.json").write_text(json.dumps(state) + "\n")
+        """How this lab was built, so that `status`, `exec` and `redirect` rebuild the same."""
+        state = {
+            "dataplane": self.dataplane.value,
+            "delay": self.delay_mode,
+            "network": str(self.network_file),
+            "servers": len(self.topo.pops[0].servers),
+            "latency_scale": self.topo.latency_scale,
+            "table_bits": self.topo.table_bits,
+        }
+        self._state_file().write_text(json.dumps(state) + "\n")
 
     def _load_state(self) -> dict[str, Any]:
-        try:
-            return dict(json.loads((self.state_dir / "lab.json").read_text()))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
+        return load_state(self.state_dir, self.topo.prefix)
+
+
+def state_file(state_dir: Path, prefix: str) -> Path:
+    return state_dir / f"{prefix}lab.json"
+
+
+def load_state(state_dir: Path, prefix: str) -> dict[str, Any]:
+    try:
+        return dict(json.loads(state_file(state_dir, prefix).read_text()))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
 
 
 # -- command line ----------------------------------------------------------------------------
@@ -445,25 +485,42 @@ def main(argv: list[str] | None = None) -> int:
                         help="log2 buckets per table (POPSHIFT_TABLE_BITS)")  # fmt: skip
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="(re)build the lab")
-    up.add_argument("--dataplane", type=DataPlane, default=DataPlane.ROUTING,
+    up.add_argument("--dataplane", type=DataPlane, default=DataPlane.XDP,
                     choices=list(DataPlane))  # fmt: skip
     sub.add_parser("down", help="tear everything down (also after a crash)")
     st = sub.add_parser("status")
     st.add_argument("--json", action="store_true")
+    rd = sub.add_parser("redirect", help="send a share of a PoP's new connections elsewhere")
+    rd.add_argument("pop")
+    rd.add_argument("--to", help="the PoP taking them; omit to make every bucket local again")
+    rd.add_argument("--share", type=float, default=1.0)
+    rd.add_argument("--tier", help="tier name (default: the first tier)")
     ex = sub.add_parser("exec", help="run a command in a lab host: exec HOST -- CMD...")
     ex.add_argument("host")
     ex.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
 
+    if args.cmd != "up":  # act on the lab as it was built
+        saved = load_state(DEFAULT_STATE, args.prefix)
+        args.network = Path(saved.get("network", args.network))
+        args.servers = saved.get("servers", args.servers)
+        args.latency_scale = saved.get("latency_scale", args.latency_scale)
+        args.table_bits = saved.get("table_bits", args.table_bits)
     net = load_network(args.network)
     topo = build(net, args.servers, args.latency_scale, prefix=args.prefix,
                  table_bits=args.table_bits)  # fmt: skip
-    lab = Lab(topo, net, getattr(args, "dataplane", DataPlane.ROUTING))
+    lab = Lab(topo, net, getattr(args, "dataplane", DataPlane.XDP), network_file=args.network)
     if args.cmd == "up":
         lab.up()
         _print_status(lab.status())
     elif args.cmd == "down":
         lab.down()
+    elif args.cmd == "redirect":
+        import lab_dataplane
+
+        tier = next(v.tier for v in topo.vips if args.tier in (None, v.tier_name))
+        away = lab_dataplane.redirect(topo, args.pop, tier, args.to, args.share)
+        print(f"{args.pop} tier {tier}: {away} of {2**topo.table_bits} buckets away to {args.to}")
     elif args.cmd == "status":
         status = lab.status()
         print(json.dumps(status, indent=2)) if args.json else _print_status(status)
