@@ -321,11 +321,17 @@ class Lab:
             lab_dataplane.attach(self.topo, self.network)
 
     def wait_ready(self, timeout_s: float = 20.0) -> None:
-        """Every server's HTTP service answers on the VIP, asked from inside its namespace."""
+        """Every server answers on the VIP from inside its namespace, then every client region
+        gets an answer through the internet, its PoP's edge and the data plane.
+        """
+        deadline = time.monotonic() + timeout_s
+        self._probe([h.name for h in self.topo.by_role(Role.SERVER)], deadline)
+        self._probe([h.name for h in self.topo.by_role(Role.CLIENT)], deadline)
+
+    def _probe(self, hosts: list[str], deadline: float) -> None:
         vip = str(self.topo.vip())
         whoami = python("services.labapp.loadgen", "whoami", "--target", vip, "--timeout", "1")
-        pending = [h.name for h in self.topo.by_role(Role.SERVER)]
-        deadline = time.monotonic() + timeout_s
+        pending = hosts
         while pending:
             probes = {
                 host: subprocess.Popen(
@@ -338,7 +344,7 @@ class Lab:
             }
             pending = [host for host, proc in probes.items() if proc.wait() != 0]
             if pending and time.monotonic() > deadline:
-                raise LabError(f"HTTP service not answering on {pending}")
+                raise LabError(f"no answer from the VIP {vip} in {pending}")
             time.sleep(0.1 if pending else 0.0)
 
     # -- using the lab ---------------------------------------------------------------------
