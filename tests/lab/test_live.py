@@ -168,3 +168,9 @@ def test_forwarding_moves_new_connections_and_keeps_established_ones(xdp_lab: La
     assert summary["failed"] == 0, records
     assert {(r.pop, r.servers_seen) for r in records} == {("a", 1)}
     assert whoami(xdp_lab, "client-a")["pop"] == "a"
+
+
+def test_burner_runs_inside_a_server(xdp_lab: Lab) -> None:
+    burn = python("services.labapp.burner", "--procs", "2", "--seconds", "0.3")
+    out = xdp_lab.run("a-s1", burn, check=True).stdout
+    assert out.startswith("burner: 2 procs")
