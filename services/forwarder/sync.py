@@ -1,0 +1,645 @@
+"""Forwarder sync: keep one node's BPF table maps equal to its PoP's current tables in Redis.
+
+Run: ``python -m services.forwarder.sync --pop a --node a-edge1 [--pin-dir DIR]``.
+
+Why its own process: the XDP program forwards with whatever its pinned maps hold, so the control
+loop that feeds them may crash, restart or lose Redis while packets keep flowing on the last good
+table (fail static, SPEC section 7). Per tier, a table-updates.v1 notice (fast path) or the poll
+of the ``current`` keys (fallback, works without Kafka) finds a version other than the one the
+maps hold; its blob is fetched in one GET, turned into the exact bytes the map holds
+(:func:`map_image`) and compared with what the maps hold; only the buckets that differ are
+written, in batch syscalls. "What the maps hold" is what this process last wrote, or, after a
+restart and every ``sync_reconcile_s``, what it reads back from the maps: the first apply of a
+restarted sync is therefore a reconcile that writes only the buckets that differ.
+
+The pure core (version tracking, images and diffs, backoff, counters to messages) does no I/O;
+the adapters (:class:`RedisTables`, :class:`LoaderMaps`, :class:`SyncService`) stay thin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import ipaddress
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import redis
+from confluent_kafka import KafkaException
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from popshift import topics
+from popshift.bus import DeliveryFailed, Received, TypedConsumer, TypedProducer, create_topics
+from schemas.messages import MAX_TIERS, DataplaneStats, TableUpdate, TierCounters
+from services.feedback_ingest.process import install_stop_signals, setup_logging
+from services.forwarder import libbpf
+from services.forwarder.layout import BUCKET_BITS, Verdict, addr16
+from services.forwarder.layout import Bucket as MapBucket
+from services.forwarder.loader import DEFAULT_PIN_ROOT, Count, Forwarder, Role
+from services.forwarder.model import BucketEntry
+from services.forwarder.sync_settings import SyncSettings
+from services.table_writer.codec import (
+    FLAG_AWAY,
+    FLAG_INTER_POP,
+    NO_ADDRESS,
+    BadTableBlob,
+    Header,
+    decode_records,
+)
+from services.table_writer.store import current_key, version_key
+
+log = logging.getLogger("popshift.forwarder.sync")
+
+Image = npt.NDArray[Any]
+"""A tier's buckets exactly as the BPF array holds them (dtype :data:`BUCKET_DTYPE`)."""
+BUCKET_DTYPE = np.dtype(MapBucket)
+Counters = Mapping[int | None, Mapping[Verdict, Count]]
+
+# --------------------------------------------------------------------------------------------
+# Pure core: table blob -> map bytes, diffs, version tracking, backoff, counters -> messages.
+# --------------------------------------------------------------------------------------------
+
+
+def _flag_table() -> npt.NDArray[np.uint8]:
+    """Map flags per (has secondary, codec flags), from BucketEntry.flags: one definition."""
+    any_ip = ipaddress.ip_address("0.0.0.1")
+    lut = np.zeros(8, dtype=np.uint8)
+    for i in range(8):
+        lut[i] = BucketEntry(
+            primary=any_ip,
+            secondary=any_ip if i & 4 else None,
+            inter_pop=bool(i & FLAG_INTER_POP),
+            away=bool(i & FLAG_AWAY),
+        ).flags
+    return lut
+
+
+_FLAGS = _flag_table()
+_CODEC_FLAGS = FLAG_INTER_POP | FLAG_AWAY
+
+
+class Refused(Exception):
+    """A table version this node must not apply; the maps keep what they hold."""
+
+
+def _addresses(header: Header) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    try:
+        return [ipaddress.ip_address(a) for a in header.addresses]
+    except ValueError as exc:
+        raise Refused(f"bad address in header: {exc}") from exc
+
+
+def map_image(header: Header, records: npt.NDArray[Any]) -> Image:
+    """The bytes the BPF array must hold for this table: vectorised, a few ms at N=16."""
+    ips = _addresses(header)
+    n_addr = len(ips)
+    table = np.zeros((n_addr + 1, 16), dtype=np.uint8)  # the extra last row: no address
+    for k, ip in enumerate(ips):
+        table[k] = np.frombuffer(addr16(ip), np.uint8)
+    primary = records["primary"].astype(np.intp)
+    secondary = records["secondary"].astype(np.intp)
+    has_secondary = secondary != NO_ADDRESS
+    if primary.size and (
+        primary.max() >= n_addr or secondary[has_secondary].max(initial=0) >= n_addr
+    ):
+        raise Refused(f"address index beyond the header's {n_addr} addresses")
+    secondary[~has_secondary] = n_addr
+    image = np.zeros(len(records), dtype=BUCKET_DTYPE)
+    image["primary"] = table[primary]
+    image["secondary"] = table[secondary]
+    image["secondary_pop"] = records["secondary_pop"]
+    image["flags"] = _FLAGS[
+        (has_secondary.astype(np.intp) << 2) | (records["flags"] & _CODEC_FLAGS)
+    ]
+    return image
+
+
+def changed(held: Image, wanted: Image) -> npt.NDArray[np.intp]:
+    """Indices of the buckets whose bytes differ (compared as 64-bit words)."""
+    words = BUCKET_DTYPE.itemsize // 8
+    a = held.view(np.uint64).reshape(-1, words)
+    b = wanted.view(np.uint64).reshape(-1, words)
+    return np.flatnonzero((a != b).any(axis=1))
+
+
+def entries(
+    header: Header, records: npt.NDArray[Any], indices: Iterable[int]
+) -> dict[int, BucketEntry]:
+    """The loader's entries for ``indices`` (only the changed buckets are ever built)."""
+    ips = _addresses(header)
+    out: dict[int, BucketEntry] = {}
+    for i in indices:
+        p, s, pop, flags, _pad, _at = records[i].tolist()
+        out[int(i)] = BucketEntry(
+            primary=ips[p],
+            secondary=None if s == NO_ADDRESS else ips[s],
+            inter_pop=bool(flags & FLAG_INTER_POP),
+            away=bool(flags & FLAG_AWAY),
+            secondary_pop=pop,
+        )
+    return out
+
+
+@dataclass
+class TierState:
+    version: int = 0
+    """The Redis version the maps hold (0: none known, e.g. just started)."""
+    image: Image | None = None
+    """What the maps hold, as last written or read back; None: read the maps before a diff."""
+    refused: int = 0
+    """The last version refused (bad blob, wrong size); not fetched again."""
+
+
+@dataclass
+class SyncState:
+    """What one node knows of its maps and of Redis; rebuilt from both after a restart."""
+
+    pop: str
+    bits: int
+    tiers: dict[int, TierState]
+    applied: int = 0
+    buckets_written: int = 0
+    refused: int = 0
+    notices: int = 0
+    redis_failures: int = 0
+    map_failures: int = 0
+
+
+def new_state(pop: str, bits: int, tiers: int) -> SyncState:
+    return SyncState(pop=pop, bits=bits, tiers={t: TierState() for t in range(tiers)})
+
+
+def on_notice(state: SyncState, update: TableUpdate) -> bool:
+    """True when a notice announces a version newer than the maps hold: read Redis now."""
+    if update.pop != state.pop or update.tier not in state.tiers:
+        return False
+    state.notices += 1
+    tier = state.tiers[update.tier]
+    return update.version > tier.version and update.version != tier.refused
+
+
+def to_fetch(state: SyncState, currents: Mapping[int, int]) -> list[int]:
+    """Tiers whose current version differs from what the maps hold.
+
+    A lower version is followed too (Redis lost its data and a writer started again); no
+    table at all (0) leaves the maps as they are: the last good table keeps forwarding.
+    """
+    out = []
+    for tier, version in sorted(currents.items()):
+        t = state.tiers.get(tier)
+        if t is not None and version > 0 and version not in (t.version, t.refused):
+            out.append(tier)
+    return out
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One tier's new version and the buckets to write to reach it."""
+
+    tier: int
+    version: int
+    header: Header
+    records: npt.NDArray[Any]
+    image: Image
+    indices: npt.NDArray[np.intp]
+
+
+def plan(state: SyncState, tier: int, version: int, blob: bytes, held: Image) -> Plan:
+    """Decode, check and diff one fetched version; raises :class:`Refused` (and remembers it)."""
+    try:
+        try:
+            header, records = decode_records(blob)
+        except BadTableBlob as exc:
+            raise Refused(str(exc)) from exc
+        if (header.pop, header.tier, header.version) != (state.pop, tier, version):
+            raise Refused(
+                f"blob is {header.pop}/{header.tier}/v{header.version}, "
+                f"wanted {state.pop}/{tier}/v{version}"
+            )
+        if header.bits != state.bits:
+            raise Refused(f"table has 2^{header.bits} buckets, the maps 2^{state.bits}")
+        image = map_image(header, records)
+    except Refused:
+        state.tiers[tier].refused = version
+        state.refused += 1
+        raise
+    return Plan(tier, version, header, records, image, changed(held, image))
+
+
+def commit(state: SyncState, p: Plan) -> None:
+    """The maps now hold ``p``'s version."""
+    t = state.tiers[p.tier]
+    t.version, t.image = p.version, p.image
+    state.applied += 1
+    state.buckets_written += len(p.indices)
+
+
+def lost(state: SyncState, tier: int) -> None:
+    """A map write failed part-way: what the maps hold is unknown until read back."""
+    state.tiers[tier] = TierState(refused=state.tiers[tier].refused)
+    state.map_failures += 1
+
+
+def forget(state: SyncState) -> None:
+    """Read back every tier's maps and Redis table on the next round (periodic reconcile)."""
+    for tier, t in state.tiers.items():
+        state.tiers[tier] = TierState(refused=t.refused)
+
+
+@dataclass
+class Backoff:
+    """Exponential wait between attempts at a dependency that is down."""
+
+    initial_s: float
+    max_s: float
+    failures: int = 0
+    next_at: float = 0.0
+
+    def ready(self, now: float) -> bool:
+        return now >= self.next_at
+
+    def failed(self, now: float) -> float:
+        delay = min(self.max_s, self.initial_s * 2.0 ** min(self.failures, 32))
+        self.failures += 1
+        self.next_at = now + delay
+        return delay
+
+    def succeeded(self) -> int:
+        """Reset; returns how many failures in a row came before."""
+        failures, self.failures, self.next_at = self.failures, 0, 0.0
+        return failures
+
+
+LOCAL = (Verdict.LOCAL, Verdict.LOCAL_HOPS_EXHAUSTED, Verdict.LOCAL_SELF_SECONDARY)
+DROPPED = (*(v for v in Verdict if v.name.startswith("DROP_")), Verdict.TOO_BIG_ICMP)
+
+
+def tier_counters(tier: int, counts: Mapping[Verdict, Count]) -> TierCounters:
+    """One counter row as the message: processed here (local), forwarded, received, dropped.
+
+    The data plane counts packets, not connections, so the new-connection fields stay 0;
+    PASS_* verdicts (the kernel stack decides) are not reported.
+    """
+
+    def packets(*verdicts: Verdict) -> int:
+        return sum(counts[v].packets for v in verdicts if v in counts)
+
+    return TierCounters(
+        tier=tier,
+        local=packets(*LOCAL),
+        intra_pop_forward=packets(Verdict.FWD_INTRA),
+        inter_pop_forward=packets(Verdict.FWD_INTER),
+        second_chance_forward=packets(Verdict.SECOND_CHANCE),
+        received_from_peer=packets(Verdict.RECEIVED_PEER),
+        dropped={v.name.lower(): packets(v) for v in DROPPED},
+    )
+
+
+def dataplane_stats(pop: str, node: str, at: float, counters: Counters) -> DataplaneStats:
+    """dataplane-stats.v1 from read_counters().
+
+    Packets the program could not assign a tier (bad frames, blocklisted sources) are
+    reported under the tier id the C side uses for them, NO_TIER = the number of tiers, when
+    the message has room for it; their forwarding counts are always 0.
+    """
+    tiers = sorted(t for t in counters if t is not None)
+    rows = [tier_counters(t, counters[t]) for t in tiers]
+    no_tier = (max(tiers) + 1) if tiers else 0
+    if None in counters and no_tier < MAX_TIERS and len(rows) < MAX_TIERS:
+        rows.append(tier_counters(no_tier, counters[None]))
+    return DataplaneStats(pop=pop, node=node, at=at, tiers=rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Adapters: Redis, BPF maps, Kafka, and the loop.
+# --------------------------------------------------------------------------------------------
+
+
+class TableMaps(Protocol):
+    """The BPF side the sync needs: the table geometry, writes, read-back and counters."""
+
+    buckets: int
+    tiers: int
+
+    def write(self, tier: int, diff: Mapping[int, BucketEntry]) -> None: ...
+
+    def read(self, tier: int) -> Image: ...
+
+    def counters(self) -> Counters: ...
+
+
+class LoaderMaps:
+    """:class:`TableMaps` on a pinned program, through the forwarder's loader."""
+
+    def __init__(self, fwd: Forwarder, batch_size: int = 16384) -> None:
+        self.fwd = fwd
+        self.buckets = fwd.buckets
+        self.tiers = fwd.tiers
+        self.batch_size = batch_size
+
+    def write(self, tier: int, diff: Mapping[int, BucketEntry]) -> None:
+        items = sorted(diff.items())
+        for start in range(0, len(items), self.batch_size):
+            self.fwd.apply_table_diff(tier, dict(items[start : start + self.batch_size]))
+
+    def read(self, tier: int) -> Image:
+        """One lookup per bucket (the loader has no batch read): ~0.25 s at N=16."""
+        image = np.zeros(self.buckets, dtype=BUCKET_DTYPE)
+        rows = (MapBucket * self.buckets).from_buffer(image)
+        fd, base = self.fwd.maps["table_map"], tier * self.buckets
+        for i in range(self.buckets):
+            libbpf.map_lookup(fd, ctypes.c_uint32(base + i), rows[i])
+        return image
+
+    def counters(self) -> Counters:
+        return self.fwd.read_counters()
+
+
+class RedisTables:
+    """Reads the table writer's keys (store.py's layout): all tiers' pointers in one MGET."""
+
+    def __init__(self, client: redis.Redis[bytes], pop: str, prefix: str) -> None:
+        self.client = client
+        self.pop = pop
+        self.prefix = prefix
+
+    def currents(self, tiers: Sequence[int]) -> dict[int, int]:
+        raw = self.client.mget([current_key(self.pop, t, self.prefix) for t in tiers])
+        return {t: int(v) if v is not None else 0 for t, v in zip(tiers, raw, strict=True)}
+
+    def blob(self, tier: int, version: int) -> bytes | None:
+        raw = self.client.get(version_key(self.pop, tier, version, self.prefix))
+        return None if raw is None else bytes(raw)
+
+
+class SyncService:
+    """The loop: notices and polls in, map writes and stats out. Every I/O object is injected."""
+
+    def __init__(
+        self,
+        settings: SyncSettings,
+        maps: TableMaps,
+        client: redis.Redis[bytes],
+        *,
+        pop: str,
+        node: str,
+        consumer: TypedConsumer | None = None,
+        producer: TypedProducer | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.maps = maps
+        self.node = node
+        self.tables = RedisTables(client, pop, settings.table_key_prefix)
+        bits = maps.buckets.bit_length() - 1
+        self.state = new_state(pop, bits, maps.tiers)
+        self.backoff = Backoff(settings.sync_backoff_initial_s, settings.sync_backoff_max_s)
+        self.consumer = consumer
+        self.producer = producer
+        self.stats_topic = settings.topic(topics.DATAPLANE_STATS)
+        self.clock = clock
+        self.timings: dict[str, float] = {}
+        """Seconds spent in each part of the last apply (the benchmark reads them)."""
+        self.published = 0
+        self._check_now = True
+        self._next_reconcile = clock() + settings.sync_reconcile_s
+
+    @property
+    def pop(self) -> str:
+        return self.state.pop
+
+    def handle(self, received: Received) -> None:
+        if isinstance(received.value, TableUpdate) and on_notice(self.state, received.value):
+            self._check_now = True
+
+    def sync(self) -> int:
+        """Bring every tier to Redis's current version; returns how many versions were applied.
+
+        A Redis error leaves the maps as they are and backs off; a refused table is logged and
+        kept out; a failed map write is read back and reconciled on the next round.
+        """
+        now = self.clock()
+        self._check_now = False
+        if now >= self._next_reconcile:
+            forget(self.state)
+            self._next_reconcile = now + self.settings.sync_reconcile_s
+        if not self.backoff.ready(now):
+            return 0
+        applied = 0
+        try:
+            currents = self.tables.currents(sorted(self.state.tiers))
+            for tier in to_fetch(self.state, currents):
+                applied += self._apply(tier, currents[tier])
+        except redis.RedisError as exc:
+            self.state.redis_failures += 1
+            delay = self.backoff.failed(self.clock())
+            log.warning(
+                "%s: Redis unreachable (failure %d), keeping the maps, retry in %.1fs: %s",
+                self.pop,
+                self.backoff.failures,
+                delay,
+                exc,
+            )
+            return applied
+        failures = self.backoff.succeeded()
+        if failures:
+            log.info("%s: Redis back after %d failed attempts", self.pop, failures)
+        return applied
+
+    def _apply(self, tier: int, version: int) -> int:
+        t0 = time.perf_counter()
+        blob = self.tables.blob(tier, version)
+        if blob is None:
+            return 0  # replaced (and expired) since the pointer was read: the next round
+        t1 = time.perf_counter()
+        held = self.state.tiers[tier].image
+        reconcile = held is None
+        try:
+            if held is None:
+                held = self.maps.read(tier)
+            t2 = time.perf_counter()
+            try:
+                p = plan(self.state, tier, version, blob, held)
+            except Refused as exc:
+                log.error(
+                    "%s tier %d v%d REFUSED, keeping the maps: %s", self.pop, tier, version, exc
+                )
+                return 0
+            t3 = time.perf_counter()
+            self.maps.write(tier, entries(p.header, p.records, p.indices.tolist()))
+        except OSError as exc:  # BpfError: what the maps hold is now unknown
+            lost(self.state, tier)
+            log.error("%s tier %d: map write failed, will read back: %s", self.pop, tier, exc)
+            return 0
+        t4 = time.perf_counter()
+        commit(self.state, p)
+        self.timings = {
+            "redis_read_s": t1 - t0,
+            "map_read_s": t2 - t1,
+            "decode_diff_s": t3 - t2,
+            "map_write_s": t4 - t3,
+        }
+        log.info(
+            "%s tier %d: v%d %s, %d buckets written in %.1f ms",
+            self.pop,
+            tier,
+            version,
+            "reconciled" if reconcile else "applied",
+            len(p.indices),
+            (t4 - t0) * 1000.0,
+        )
+        return 1
+
+    def publish_stats(self) -> DataplaneStats | None:
+        """Counters to dataplane-stats.v1; never blocks on Kafka (the client queues)."""
+        try:
+            stats = dataplane_stats(self.pop, self.node, self.clock(), self.maps.counters())
+        except OSError as exc:
+            log.error("%s: reading counters failed: %s", self.pop, exc)
+            return None
+        if self.producer is not None:
+            self.producer.send(self.stats_topic, self.pop, stats)
+            self.producer.poll(0)
+            self.published += 1
+        return stats
+
+    def run(self, stop: threading.Event) -> None:
+        poll_s = self.settings.sync_poll_s
+        stats_s = self.settings.sync_stats_interval_s
+        next_poll = next_stats = self.clock()
+        while not stop.is_set():
+            now = self.clock()
+            if self._check_now or now >= next_poll:
+                self.sync()
+                next_poll = max(next_poll + poll_s, self.clock())
+            if now >= next_stats:
+                self.publish_stats()
+                next_stats = max(next_stats + stats_s, self.clock())
+            wait = max(0.0, min(next_poll, next_stats, self.backoff.next_at or next_poll) - now)
+            wait = min(wait, 0.1)
+            if self.consumer is None:
+                stop.wait(wait)
+                continue
+            try:
+                self.consumer.poll_batch(self.handle, timeout=wait, max_messages=1)
+            except KafkaException as exc:  # the poll keeps the tables moving meanwhile
+                log.warning("%s: Kafka: %s", self.pop, exc)
+                stop.wait(wait)
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            with contextlib.suppress(KafkaException):
+                self.consumer.close()
+        if self.producer is not None:
+            try:
+                self.producer.flush(5.0)
+            except DeliveryFailed as exc:  # stats are periodic: the next node start sends more
+                log.warning("%s: stats not delivered: %s", self.pop, exc)
+
+
+def parse_args(argv: Sequence[str] | None) -> SyncSettings:
+    parser = argparse.ArgumentParser(description="Feed one node's BPF maps from Redis tables.")
+    parser.add_argument("--pop", help="this node's PoP (POPSHIFT_SYNC_POP)")
+    parser.add_argument("--node", help="this node's name (POPSHIFT_SYNC_NODE)")
+    parser.add_argument("--pin-dir", help="bpffs pin directory (POPSHIFT_SYNC_PIN_DIR)")
+    args = parser.parse_args(argv)
+    given = {"sync_pop": args.pop, "sync_node": args.node, "sync_pin_dir": args.pin_dir}
+    return SyncSettings(**{k: v for k, v in given.items() if v is not None})
+
+
+def redis_client(settings: SyncSettings) -> redis.Redis[bytes]:
+    """Short timeouts and no client-side retries: redis-py's default retries a dead server
+    with backoff for seconds inside one call, while the loop has its own backoff and stats to
+    publish meanwhile."""
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.sync_redis_timeout_s,
+        socket_connect_timeout=settings.sync_redis_timeout_s,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def open_maps(settings: SyncSettings) -> Forwarder:
+    """Adopt the node's pinned program (or load and pin one with the configured table size)."""
+    bits = settings.table_bits
+    defines = None if bits == BUCKET_BITS else {"BUCKET_BITS": bits}
+    return Forwarder.open(
+        Role(settings.sync_role),
+        settings.program,
+        pin_root=Path(settings.sync_pin_dir or DEFAULT_PIN_ROOT),
+        defines=defines,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m services.forwarder.sync``."""
+    setup_logging()
+    settings = parse_args(argv)
+    pop, node = settings.sync_pop, settings.sync_node
+    if not pop or not node:
+        log.error("which PoP and node? pass --pop and --node (or POPSHIFT_SYNC_POP/NODE)")
+        return 2
+    fwd = open_maps(settings)
+    client = redis_client(settings)
+    consumer = producer = None
+    if settings.sync_kafka:
+        updates = settings.topic(topics.TABLE_UPDATES)
+        try:
+            create_topics(
+                settings.kafka_bootstrap,
+                [updates, settings.topic(topics.DATAPLANE_STATS)],
+                settings.topic_partitions,
+                timeout=5.0,
+            )
+        except KafkaException as exc:
+            log.warning("Kafka not reachable (%s): polling Redis until it is", exc)
+        producer = TypedProducer(settings.kafka_bootstrap)
+        consumer = TypedConsumer(
+            settings.kafka_bootstrap,
+            f"{settings.sync_group_prefix}-{pop}-{node}",
+            [updates],
+            max_message_bytes=settings.max_message_bytes,
+            dead_letter_producer=producer,
+            # Redis is read in full at start, so notices from before it are not needed.
+            extra_config={"auto.offset.reset": "latest"},
+        )
+    service = SyncService(
+        settings,
+        LoaderMaps(fwd, settings.sync_batch_size),
+        client,
+        pop=pop,
+        node=node,
+        consumer=consumer,
+        producer=producer,
+    )
+    stop = threading.Event()
+    install_stop_signals(stop)
+    log.info(
+        "sync %s/%s: maps of %s (%d tiers x %d buckets, %s)",
+        pop,
+        node,
+        fwd.pin_dir,
+        fwd.tiers,
+        fwd.buckets,
+        "adopted" if fwd.adopted else "loaded",
+    )
+    try:
+        service.run(stop)
+    finally:
+        service.close()
+        fwd.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
