@@ -263,13 +263,14 @@ class Lab:
     def _teardown(self) -> None:
         namespaces = lab_namespaces(self.topo.prefix)
         stop_processes(namespaces)
-        for proc in self._procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-        self._procs.clear()
+        self._reap()
         remove_namespaces(namespaces)
         remove_pins(self.topo)
         self._state_file().unlink(missing_ok=True)
+
+    def _reap(self) -> None:
+        """Collect the exit status of our children that have ended (no zombies, no warnings)."""
+        self._procs = [p for p in self._procs if p.poll() is None]
 
     def __enter__(self) -> Lab:
         self.up()
@@ -304,11 +305,19 @@ class Lab:
             self.spawn(w.host, relay, log_name="delay")
 
     def start_services(self) -> None:
-        """The lab HTTP server on every compute server, listening on all addresses (VIPs)."""
         for h in self.topo.by_role(Role.SERVER):
-            pop, server = self.topo.server_identity(h.name)
-            args = ("--pop", pop, "--server", server, "--port", str(HTTP_PORT))
-            self.spawn(h.name, python("services.labapp.server", *args), log_name="http")
+            self.start_service(h.name)
+
+    def start_service(self, host: str) -> subprocess.Popen[bytes]:
+        """The lab HTTP server on a compute server, listening on all addresses (the VIPs)."""
+        pop, server = self.topo.server_identity(host)
+        args = ("--pop", pop, "--server", server, "--port", str(HTTP_PORT))
+        return self.spawn(host, python("services.labapp.server", *args), log_name="http")
+
+    def stop_service(self, host: str) -> None:
+        """Stop every process in a server's namespace (its HTTP server): a server failing."""
+        stop_processes([self.topo.netns(host)])
+        self._reap()
 
     def attach_dataplane(self) -> None:
         """THE XDP HOOK: `xdp_edge` on every edge's eth0, `xdp_server` on every server's eth0.

@@ -154,9 +154,16 @@ async def start(me: Identity, host: str, port: int) -> asyncio.Server:
 
 
 async def serve(me: Identity, host: str, port: int) -> None:
-    """Serve until cancelled; asyncio.run cancels the open connections' handlers on exit."""
-    async with await start(me, host, port) as server:
+    """Serve until cancelled; asyncio.run then cancels the open connections' handlers.
+
+    Not `async with server`: its exit waits for every connection to end, and a long-lived
+    echo connection never does, so SIGTERM would hang until SIGKILL.
+    """
+    server = await start(me, host, port)
+    try:
         await server.serve_forever()
+    finally:
+        server.close()
 
 
 async def _main(args: argparse.Namespace) -> None:

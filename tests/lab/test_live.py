@@ -174,3 +174,31 @@ def test_burner_runs_inside_a_server(xdp_lab: Lab) -> None:
     burn = python("services.labapp.burner", "--procs", "2", "--seconds", "0.3")
     out = xdp_lab.run("a-s1", burn, check=True).stdout
     assert out.startswith("burner: 2 procs")
+
+
+def test_loadgen_records_a_pop_that_stops_serving(xdp_lab: Lab) -> None:
+    """Servers gone: long connections end (eof/reset), new connections are refused."""
+    pop = xdp_lab.topo.pop("c")
+    out = xdp_lab.state_dir / "failing.jsonl"
+    cmd = python("services.labapp.loadgen", "run", "--target", str(xdp_lab.topo.vip()),
+                 "--rate", "20", "--long", "2", "--duration", "3", "--no-reconnect",
+                 "--timeout", "1", "--out", str(out))  # fmt: skip
+    run = xdp_lab.spawn(pop.client, cmd, stdout=subprocess.PIPE)
+    try:
+        time.sleep(1.0)
+        for server in pop.servers:
+            xdp_lab.stop_service(server)
+        stdout, _ = run.communicate(timeout=30)
+    finally:
+        for server in pop.servers:
+            xdp_lab.start_service(server)
+        xdp_lab.wait_ready()
+    summary = json.loads(stdout)
+    records = [Record.from_json(line) for line in out.read_text().splitlines()]
+    assert summary["long"]["failed"] == 2
+    assert set(summary["long"]["by_outcome"]) <= {"eof", "reset"}
+    short = summary["short"]
+    assert short["total"] == 60
+    assert short["ok"] >= 10
+    assert short["by_outcome"].get("refused", 0) >= 20, short
+    assert summary["failed"] == sum(1 for r in records if r.outcome.value != "ok")
