@@ -32,6 +32,7 @@ class Demand:
     def __init__(self, world: World, scenario: Scenario) -> None:
         self._world = world
         self._start_h = scenario.start_utc_h
+        self._diurnal = scenario.diurnal
         tiers = world.tiers
         # Cores per region at peak -> connections per second per tier: cores / (cost x lifetime).
         self._per_tier = np.array(
@@ -61,8 +62,9 @@ class Demand:
     def multiplier(self, now: float) -> FloatArray:
         """Diurnal x noise x flash crowds, per region."""
         self._advance_noise(now)
-        hour = local_hour(self._start_h + now / 3600.0, self._world.region_lon)
-        m = diurnal(hour) * np.exp(self._noise)
+        m = np.exp(self._noise)
+        if self._diurnal:
+            m = m * diurnal(local_hour(self._start_h + now / 3600.0, self._world.region_lon))
         for e, inside in self._crowds:
             f = crowd_factor(e, now)
             if f != 1.0:

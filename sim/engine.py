@@ -52,7 +52,12 @@ class Engine:
             steerable=np.array([float(t.forwardable) for t in tiers]),
         )
         self.demand = Demand(world, scenario)
-        self.metrics = Metrics(world.n_pops, world.n_tiers, scenario.overload_utilisation)
+        self.metrics = Metrics(
+            world.n_pops,
+            world.n_tiers,
+            scenario.overload_utilisation,
+            work_per_connection=np.array([t.mean_lifetime_s for t in tiers]) * self.cost,
+        )
         self.rng = np.random.default_rng([scenario.seed, 0xB6F])
         self.alive = np.ones(world.n_pops, dtype=bool)
         self.cap_factor = np.ones(world.n_pops)
@@ -247,6 +252,7 @@ class Engine:
         ev = 0
         report_every = max(1, round(600.0 / dt))
         c, m = self.cohorts, self.metrics
+        c.warm_start(self.demand.rates(0.0), self.catchment, dt)
         for k in range(n_ticks):
             now = k * dt
             while ev < len(self.events) and self.events[ev][0] <= now:
@@ -294,6 +300,7 @@ class Engine:
     def _account(self, dt: float, dns_frac: FloatArray | None) -> None:
         """Counters the controller reads, and the latency paid by moved new connections."""
         c, m, cost = self.cohorts, self.metrics, self.cost
+        m.arrived(self.rates.sum(axis=0) * dt)
         self.c_landed += c.landed_arrivals
         if c.arc_n.size:
             out, rec = c.forwarded_out(), c.received()

@@ -63,11 +63,16 @@ class Metrics:
     overload_utilisation: float
     overload_pop_s: float = 0.0
     peak_utilisation: float = 0.0
-    moved_arrivals: float = 0.0
+    moved_work: float = 0.0
+    arrived_work: float = 0.0
     buckets_changed: int = 0
     policy_changes: int = 0
 
+    work_per_connection: FloatArray | None = None  # core-seconds, per tier
+
     def __post_init__(self) -> None:
+        if self.work_per_connection is None:
+            self.work_per_connection = np.ones(self.n_tiers)
         self.lat_hist = np.zeros((self.n_tiers, LAT_BINS))
         self.sample_t: list[float] = []
         self.sample_u: list[FloatArray] = []
@@ -87,11 +92,21 @@ class Metrics:
         self.sample_t.append(now)
         self.sample_u.append(util.astype(np.float32))
 
+    def arrived(self, per_tier: FloatArray) -> None:
+        """New connections this tick, per tier (the denominator of the forwarded share)."""
+        assert self.work_per_connection is not None
+        self.arrived_work += float(per_tier @ self.work_per_connection)
+
     def moved(self, tier: IntArray, added_ms: FloatArray, count: FloatArray) -> None:
-        """``count`` new connections of ``tier`` processed ``added_ms`` further than anycast."""
+        """``count`` new connections of ``tier`` processed ``added_ms`` further than anycast.
+
+        The forwarded share is by work (core-seconds: what the traffic costs), the latency
+        percentiles by connection (what users feel).
+        """
         if count.size == 0:
             return
-        self.moved_arrivals += float(count.sum())
+        assert self.work_per_connection is not None
+        self.moved_work += float(count @ self.work_per_connection[tier])
         flat = tier * LAT_BINS + latency_bin(added_ms)
         self.lat_hist += np.bincount(
             flat, weights=count, minlength=self.n_tiers * LAT_BINS
@@ -118,7 +133,7 @@ class Metrics:
             "lost_to_failure": float(ledger.lost.sum()),
             "done": float(ledger.done.sum()),
             "active_end": float(active.sum()),
-            "forwarded_share": self.moved_arrivals / arrived if arrived > 0 else 0.0,
+            "forwarded_share": self.moved_work / self.arrived_work if self.arrived_work else 0.0,
             "table_churn_buckets": float(self.buckets_changed),
             "policy_changes_per_h": self.policy_changes / hours if hours > 0 else 0.0,
             "oscillations": float(self.oscillations.count),

@@ -25,9 +25,12 @@ class WorldSpec(_Strict):
     pops: int = Field(300, ge=2, le=2000)
     regions: int = Field(3000, ge=2, le=30_000, description="client regions (= BGP prefixes)")
     min_separation_km: float = Field(100.0, ge=0.0)
+    coverage_pops: float = Field(
+        0.15, ge=0.0, lt=1.0, description="share of PoPs placed for coverage, not population"
+    )
     capacity_ratio: float = Field(100.0, ge=1.0, description="largest / smallest PoP capacity")
-    headroom_median: float = Field(1.35, gt=0.0, description="capacity / catchment peak demand")
-    headroom_sigma: float = Field(0.25, ge=0.0, description="lognormal spread of that ratio")
+    headroom_median: float = Field(1.8, gt=0.0, description="capacity / catchment peak demand")
+    headroom_sigma: float = Field(0.3, ge=0.0, description="lognormal spread of that ratio")
     cores_per_server: float = Field(64.0, gt=0.0)
     route_inflation: float = Field(2.0, ge=1.0)
     total_peak_cores: float = Field(1_000_000.0, gt=0.0)
@@ -103,6 +106,7 @@ class Scenario(_Strict):
     duration_s: float = Field(gt=0.0)
     tick_s: float = Field(1.0, gt=0.0)
     sample_s: float = Field(10.0, gt=0.0, description="utilisation samples for p99 and plots")
+    diurnal: bool = Field(True, description="false: flat demand at its peak (hand-checked tests)")
     overload_utilisation: float = Field(1.0, gt=0.0, description="a PoP above this is overloaded")
     world: WorldSpec = WorldSpec()
     tiers: list[TierSpec] = Field(min_length=1, max_length=16)

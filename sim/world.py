@@ -160,20 +160,34 @@ def geonames_cities() -> tuple[City, ...]:
     return tuple(c for c in cities if c.population > 0)
 
 
-def _place_pops(cities: list[City], n: int, min_sep_km: float) -> list[int]:
-    """Heaviest cities first, skipping any closer than ``min_sep_km`` to a PoP already placed."""
+def _place_pops(cities: list[City], n: int, min_sep_km: float, coverage: float) -> list[int]:
+    """Most PoPs where the users are, a few where nobody else is.
+
+    Heaviest cities first, skipping any closer than ``min_sep_km`` to a PoP already placed, for
+    ``1 - coverage`` of the PoPs; the rest go, one by one, to the city farthest from every PoP
+    (small sites in remote markets: what gives real networks their ~100x spread of PoP sizes).
+    """
     lat = np.array([c.lat for c in cities])
     lon = np.array([c.lon for c in cities])
     chosen: list[int] = []
-    near = np.zeros(len(cities), dtype=bool)
+    dist = np.full(len(cities), np.inf)
+    heavy = n - round(n * coverage)
     for i in range(len(cities)):
-        if near[i]:
+        if len(chosen) == heavy:
+            break
+        if dist[i] < min_sep_km:
             continue
         chosen.append(i)
-        if len(chosen) == n:
-            return chosen
-        near |= great_circle_km(lat[i], lon[i], lat, lon) < min_sep_km
-    raise ValueError(f"only {len(chosen)} PoPs fit {min_sep_km} km apart in {len(cities)} cities")
+        dist = np.minimum(dist, great_circle_km(lat[i], lon[i], lat, lon))
+    while len(chosen) < n:
+        i = int(np.argmax(dist))
+        if dist[i] < min_sep_km:
+            break
+        chosen.append(i)
+        dist = np.minimum(dist, great_circle_km(lat[i], lon[i], lat, lon))
+    if len(chosen) < n:
+        raise ValueError(f"only {len(chosen)} PoPs fit {min_sep_km} km apart")
+    return chosen
 
 
 def _unique_names(cities: list[City]) -> list[str]:
@@ -199,7 +213,7 @@ def build_world(scenario: Scenario) -> World:
         regions = all_cities[: max(spec.regions, spec.pops)]
     else:
         atlas = list(geonames_cities())
-        pop_idx = _place_pops(atlas, spec.pops, spec.min_separation_km)
+        pop_idx = _place_pops(atlas, spec.pops, spec.min_separation_km, spec.coverage_pops)
         # Client regions: the heaviest cities, plus every PoP city.
         top = set(range(min(spec.regions, len(atlas)))) | set(pop_idx)
         regions = [atlas[i] for i in sorted(top)]

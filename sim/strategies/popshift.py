@@ -19,6 +19,7 @@ as it would in production.
 from __future__ import annotations
 
 from collections import deque
+from ipaddress import ip_address
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +38,7 @@ from services.analytics.rules import step as analytics_step
 from services.policy_engine.damping import DampingConfig
 from services.policy_engine.engine import EngineConfig, EngineState, Tick, decide
 from services.table_writer import writer
-from services.table_writer.table import forwarded_counts
+from services.table_writer.table import Server, forwarded_counts, new_table
 from sim.scenario import Scenario
 from sim.strategies.base import Action, Counters, Observation, ShareKey
 from sim.world import World
@@ -137,16 +138,23 @@ class PopshiftStrategy:
         rec = (c.received * 1000.0).astype(np.int64)
         for i in np.flatnonzero(obs.alive):
             out.append(
-                DataplaneStats(
+                DataplaneStats.model_construct(
+                    schema_version=1,
                     pop=self.world.pop_names[i],
                     node="edge",
                     at=obs.now,
                     tiers=[
-                        TierCounters(
+                        TierCounters.model_construct(
+                            schema_version=1,
                             tier=tid,
                             local=int(local[i, k]),
+                            intra_pop_forward=0,
                             inter_pop_forward=int(fwd[i, k]),
+                            second_chance_forward=0,
                             received_from_peer=int(rec[i, k]),
+                            new_connections_local=0,
+                            new_connections_forwarded=0,
+                            dropped={},
                         )
                         for k, tid in enumerate(self.tier_ids)
                     ],
@@ -157,36 +165,57 @@ class PopshiftStrategy:
     # --- table writers --------------------------------------------------------------------------
 
     def _writer(self, pop: int, obs: Observation) -> writer.WriterState:
-        """The PoP's table writer, told its healthy servers (primaries follow capacity)."""
+        """The PoP's table writer, told its healthy servers (primaries follow capacity).
+
+        A writer first seen here adopts day-one tables (as after a restart, from Redis): the
+        network had tables before the simulation started, so building them is not churn.
+        """
+        n = self._healthy(pop, float(obs.capacity[pop]))
         state = self._writers.get(pop)
-        fresh = state is None
+        if state is not None and self._servers.get(pop) == n:
+            return state
+        servers = self._server_list(pop, n)
         if state is None:
             state = writer.new_state(
                 self.network, self.world.pop_names[pop], self.knobs.table_bits, DRAIN_PERIOD_S
             )
+            table = new_table(
+                [Server(str(s.address), s.capacity_cores) for s in servers],
+                self.knobs.table_bits,
+                obs.now,
+            )
+            for tier_id in self.tier_ids:
+                writer.adopt(state, tier_id, list(table), 1, 0, {})
             self._writers[pop] = state
-        n = self._healthy(pop, float(obs.capacity[pop]))
         if self._servers.get(pop) != n and obs.capacity[pop] > 0.0:
             self._servers[pop] = n
-            load = PopLoad(
+            load = PopLoad.model_construct(
+                schema_version=1,
                 pop=self.world.pop_names[pop],
                 at=obs.now,
-                servers=[
-                    ServerLoad(
-                        server=f"s{k}",
-                        address=f"2001:db8:{pop + 1:x}::{k + 1:x}",  # documentation prefix
-                        capacity_cores=self.cores_per_server,
-                        utilisation=0.0,
-                    )
-                    for k in range(n)
-                ],
+                servers=servers,
                 healthy_capacity_cores=n * self.cores_per_server,
                 combined_load_cores=0.0,
+                qos_p95_ms=None,
+                qos_success_rate=None,
             )
-            changed = self._commit(state, writer.on_servers(state, load, obs.now))
-            if not fresh:  # building the first table is not churn: it exists from day one
-                self._churn += changed
+            self._churn += self._commit(state, writer.on_servers(state, load, obs.now))
         return state
+
+    def _server_list(self, pop: int, n: int) -> list[ServerLoad]:
+        return [
+            ServerLoad.model_construct(
+                server=f"s{k}",
+                address=ip_address(f"2001:db8:{pop + 1:x}::{k + 1:x}"),  # documentation prefix
+                capacity_cores=self.cores_per_server,
+                utilisation=0.0,
+                healthy=True,
+                schema_version=1,
+                last_seen=0.0,
+                qos=None,
+            )
+            for k in range(n)
+        ]
 
     def _commit(self, state: writer.WriterState, writes: list[writer.Write]) -> int:
         changed = 0

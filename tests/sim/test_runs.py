@@ -1,0 +1,93 @@
+"""Whole runs: determinism by seed, popshift against none in a failure scenario, the CLI."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from sim.cli import simulate_main
+from sim.engine import run_strategy
+from sim.report import overload_removed_vs_oracle
+from sim.scenario import load_scenario
+from sim.strategies import make_strategy
+from sim.world import build_world, great_circle_km
+from tests.sim.worlds import small_failure, tiny
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_same_seed_same_run_other_seed_other_run() -> None:
+    sc = small_failure(duration_s=1200.0)
+    world = build_world(sc)
+    first = run_strategy(sc, world, make_strategy("popshift", world, sc))
+    again = run_strategy(sc, world, make_strategy("popshift", world, sc))
+    assert again.summary == pytest.approx(first.summary, rel=0, abs=0, nan_ok=True)
+    assert np.array_equal(first.utilisation, again.utilisation)
+    other_sc = small_failure(duration_s=1200.0, seed=6)
+    other_world = build_world(other_sc)
+    other = run_strategy(other_sc, other_world, make_strategy("popshift", other_world, other_sc))
+    assert other.summary != first.summary
+
+
+def test_popshift_beats_none_in_the_failure_scenario_and_breaks_nothing() -> None:
+    sc = small_failure()
+    world = build_world(sc)
+    none = run_strategy(sc, world, make_strategy("none", world, sc))
+    popshift = run_strategy(sc, world, make_strategy("popshift", world, sc))
+    assert popshift.summary["overload_pop_s"] < 0.6 * none.summary["overload_pop_s"]
+    assert popshift.summary["broken"] == 0.0
+    assert popshift.conservation_error < 1e-9
+    for k, tier in enumerate(world.tiers):
+        p99 = popshift.summary[f"added_ms_p99_tier{k}"]
+        assert math.isnan(p99) or p99 <= tier.max_added_latency_ms
+
+
+def test_world_of_real_cities_has_the_promised_spread() -> None:
+    sc = load_scenario(REPO / "scenarios" / "failure-300.yaml")
+    world = build_world(sc)
+    assert world.n_pops == 300
+    assert 80.0 <= world.capacity.max() / world.capacity.min() <= 101.0
+    i, j = world.pop_index("London"), world.pop_index("Paris")
+    km = float(great_circle_km(world.pop_lat[i], world.pop_lon[i], world.pop_lat[j],
+                               world.pop_lon[j]))
+    assert km == pytest.approx(344.0, rel=0.02)
+    assert world.latency_ms[i, j] == pytest.approx(1.0 + km * 2.0 / 200.0)
+    assert world.network_config(0.75).pop("London").id == i + 1
+
+
+def test_cli_prints_the_table_and_q_last_and_writes_its_files(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny(duration_s=600.0).model_dump(mode="json")))
+    out = tmp_path / "out"
+    assert simulate_main(["--scenario", str(path), "--out", str(out), "--seed", "4"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("overload_removed_vs_oracle: ")
+    q = float(lines[-1].split(": ")[1])
+    assert q > 0.5
+    for name in ("summary.csv", "utilisation_over_time.csv", "overload_per_pop.csv",
+                 "report.md", "utilisation.png", "heatmap.png"):
+        assert (out / name).stat().st_size > 0
+    assert "popshift" in (out / "report.md").read_text()
+
+
+def test_q_is_undefined_without_its_three_strategies() -> None:
+    assert math.isnan(overload_removed_vs_oracle([]))
+
+
+@pytest.mark.slow
+def test_failure_300_meets_its_targets() -> None:
+    sc = load_scenario(REPO / "scenarios" / "failure-300.yaml")
+    world = build_world(sc)
+    results = [run_strategy(sc, world, make_strategy(n, world, sc))
+               for n in ("none", "bgp", "popshift", "oracle")]
+    by = {r.strategy: r.summary for r in results}
+    assert overload_removed_vs_oracle(results) >= 0.9
+    assert by["popshift"]["overload_pop_s"] <= 0.1 * by["bgp"]["overload_pop_s"]
+    assert by["popshift"]["broken"] == 0.0
+    for k, tier in enumerate(world.tiers):
+        p99 = by["popshift"][f"added_ms_p99_tier{k}"]
+        assert math.isnan(p99) or p99 <= tier.max_added_latency_ms
