@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sim.world import FloatArray, IntArray
+from sim.world import FloatArray, IntArray, weighted_count
 
 SERVED, FORWARDED = 0, 1
 PRUNE_BELOW = 1e-6
@@ -45,9 +45,7 @@ class Ledger:
 def bincount2(index: IntArray, n_rows: int, n_cols: int, weights: FloatArray) -> FloatArray:
     """Sum ``weights`` (rows of ``n_cols``) into ``n_rows`` rows by ``index``."""
     flat = (index[:, None] * n_cols + np.arange(n_cols)).ravel()
-    return np.bincount(flat, weights=weights.ravel(), minlength=n_rows * n_cols).reshape(
-        n_rows, n_cols
-    )
+    return weighted_count(flat, weights.ravel(), n_rows * n_cols).reshape(n_rows, n_cols)
 
 
 class Cohorts:
@@ -127,19 +125,11 @@ class Cohorts:
         if self.arc_n.size:
             fwd = landed[self.arc_l, self.arc_t] * self.arc_share
             self.arc_arrivals = fwd
-            out = np.bincount(
-                self.arc_l * self.n_tiers + self.arc_t,
-                weights=fwd,
-                minlength=self.n_pops * self.n_tiers,
-            ).reshape(self.n_pops, self.n_tiers)
+            out = self._by_pop_tier(self.arc_l, self.arc_t, fwd)
             dead = ~self.alive[self.arc_p]
             if dead.any():  # forwarded to a PoP that is gone: those connections fail
                 led.lost[FORWARDED] += float(fwd[dead].sum())
-                lost_out = np.bincount(
-                    self.arc_l[dead] * self.n_tiers + self.arc_t[dead],
-                    weights=fwd[dead],
-                    minlength=self.n_pops * self.n_tiers,
-                ).reshape(self.n_pops, self.n_tiers)
+                lost_out = self._by_pop_tier(self.arc_l[dead], self.arc_t[dead], fwd[dead])
                 self.anyc -= new * _ratio(lost_out, landed)[catchment]
                 fwd = np.where(dead, 0.0, fwd)
             self.arc_n += fwd
@@ -150,6 +140,13 @@ class Cohorts:
             self.local += landed
             led.arrived[SERVED] += float(landed.sum())
 
+    def _by_pop_tier(self, pop: IntArray, tier: IntArray, weights: FloatArray) -> FloatArray:
+        """(pops, tiers) sums of per-arc ``weights``."""
+        flat = pop * self.n_tiers + tier
+        return weighted_count(flat, weights, self.n_pops * self.n_tiers).reshape(
+            self.n_pops, self.n_tiers
+        )
+
     # --- views --------------------------------------------------------------------------------
 
     def load(self) -> FloatArray:
@@ -157,26 +154,16 @@ class Cohorts:
         own = (self.local + self.direct) @ self.cost
         if not self.arc_n.size:
             return np.asarray(own)
-        received = np.bincount(
-            self.arc_p, weights=self.arc_n * self.cost[self.arc_t], minlength=self.n_pops
-        )
+        received = weighted_count(self.arc_p, self.arc_n * self.cost[self.arc_t], self.n_pops)
         return np.asarray(own + received)
 
     def forwarded_out(self) -> FloatArray:
         """(pops, tiers) connections that landed in a PoP and live elsewhere."""
-        return np.bincount(
-            self.arc_l * self.n_tiers + self.arc_t,
-            weights=self.arc_n,
-            minlength=self.n_pops * self.n_tiers,
-        ).reshape(self.n_pops, self.n_tiers)
+        return self._by_pop_tier(self.arc_l, self.arc_t, self.arc_n)
 
     def received(self) -> FloatArray:
         """(pops, tiers) connections processed here that landed in another PoP."""
-        return np.bincount(
-            self.arc_p * self.n_tiers + self.arc_t,
-            weights=self.arc_n,
-            minlength=self.n_pops * self.n_tiers,
-        ).reshape(self.n_pops, self.n_tiers)
+        return self._by_pop_tier(self.arc_p, self.arc_t, self.arc_n)
 
     def landed(self) -> FloatArray:
         """(pops, tiers) anycast connections per landing PoP, wherever processed."""
@@ -184,9 +171,7 @@ class Cohorts:
 
     def active(self) -> FloatArray:
         """[served, forwarded] connections alive now."""
-        return np.array(
-            [float(self.local.sum()), float(self.direct.sum() + self.arc_n.sum())]
-        )
+        return np.array([float(self.local.sum()), float(self.direct.sum() + self.arc_n.sum())])
 
     def shares(self) -> dict[tuple[int, int, int], float]:
         return {
@@ -230,7 +215,8 @@ class Cohorts:
         if gone.any():
             self.ledger.done[FORWARDED] += float(self.arc_n[gone].sum())
             keep = ~gone
-            self.arc_l, self.arc_t, self.arc_p = self.arc_l[keep], self.arc_t[keep], self.arc_p[keep]
+            self.arc_l, self.arc_t = self.arc_l[keep], self.arc_t[keep]
+            self.arc_p = self.arc_p[keep]
             self.arc_share, self.arc_n = self.arc_share[keep], self.arc_n[keep]
 
     def drop_regions(self, regions: IntArray, catchment: IntArray, broken: bool) -> float:
@@ -259,11 +245,9 @@ class Cohorts:
         self.drop_regions(np.flatnonzero(catchment == pop), catchment, broken=False)
         inbound = self.arc_p == pop
         if inbound.any():
-            removed = np.bincount(
-                self.arc_l[inbound] * self.n_tiers + self.arc_t[inbound],
-                weights=self.arc_n[inbound],
-                minlength=self.n_pops * self.n_tiers,
-            ).reshape(self.n_pops, self.n_tiers)
+            removed = self._by_pop_tier(
+                self.arc_l[inbound], self.arc_t[inbound], self.arc_n[inbound]
+            )
             self.anyc *= 1.0 - _ratio(removed, self.landed())[catchment]
             self.ledger.lost[FORWARDED] += float(self.arc_n[inbound].sum())
             self.arc_n[inbound] = 0.0

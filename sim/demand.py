@@ -12,8 +12,32 @@ from sim.scenario import FlashCrowd, Scenario
 from sim.world import FloatArray, World, great_circle_km, local_hour
 
 DIURNAL = np.array(
-    [0.62, 0.48, 0.38, 0.31, 0.28, 0.28, 0.32, 0.42, 0.55, 0.63, 0.68, 0.71,
-     0.73, 0.74, 0.75, 0.76, 0.78, 0.82, 0.88, 0.95, 1.00, 0.99, 0.90, 0.76]
+    [
+        0.62,
+        0.48,
+        0.38,
+        0.31,
+        0.28,
+        0.28,
+        0.32,
+        0.42,
+        0.55,
+        0.63,
+        0.68,
+        0.71,
+        0.73,
+        0.74,
+        0.75,
+        0.76,
+        0.78,
+        0.82,
+        0.88,
+        0.95,
+        1.00,
+        0.99,
+        0.90,
+        0.76,
+    ]
 )
 """Relative demand by local hour (peak 1.0 at 20-21 h, trough ~0.28 at 4-5 h): the usual shape
 of eyeball-network traffic, as in public IXP daily graphs."""
@@ -44,8 +68,11 @@ class Demand:
         self._noise = np.zeros(world.n_regions)
         self._block = -1
         self._crowds = [
-            (e, great_circle_km(e.center[0], e.center[1], world.region_lat, world.region_lon)
-             <= e.radius_km)
+            (
+                e,
+                great_circle_km(e.center[0], e.center[1], world.region_lat, world.region_lon)
+                <= e.radius_km,
+            )
             for e in scenario.events
             if isinstance(e, FlashCrowd)
         ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -89,15 +90,15 @@ class Engine:
         out: list[tuple[float, Callable[[], None]]] = []
         for e in self.sc.events:
             if isinstance(e, HalfServers):
-                p, keep = self.world.pop_index(e.pop), 1.0 - e.fraction_lost
-                out.append((e.at_s, lambda p=p, k=keep: self._set_cap(p, k)))
+                p = self.world.pop_index(e.pop)
+                out.append((e.at_s, partial(self._set_cap, p, 1.0 - e.fraction_lost)))
                 if e.until_s is not None:
-                    out.append((e.until_s, lambda p=p: self._set_cap(p, 1.0)))
+                    out.append((e.until_s, partial(self._set_cap, p, 1.0)))
             elif isinstance(e, Dark):
                 p = self.world.pop_index(e.pop)
-                out.append((e.at_s, lambda p=p: self._go_dark(p)))
+                out.append((e.at_s, partial(self._go_dark, p)))
                 if e.until_s is not None:
-                    out.append((e.until_s, lambda p=p: self._come_back(p)))
+                    out.append((e.until_s, partial(self._come_back, p)))
         return out
 
     def _set_cap(self, pop: int, factor: float) -> None:
@@ -129,7 +130,7 @@ class Engine:
                 ok[i, rank[i] == p] = False
         # A prefix withdrawn everywhere stays with its nearest live PoP: never black-holed.
         first = np.where(ok.any(axis=1), ok.argmax(axis=1), self.alive[rank].argmax(axis=1))
-        return rank[np.arange(regions.size), first]
+        return np.asarray(rank[np.arange(regions.size), first], dtype=np.int64)
 
     def _reroute(self, broken: bool, regions: IntArray | None = None) -> None:
         """Recompute catchments (all regions or some); connections of moved regions go."""

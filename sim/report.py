@@ -69,21 +69,27 @@ def write_csv(results: Sequence[RunResult], world: World, out: Path) -> None:
         for r in results:
             for t, row in zip(r.sample_t, r.utilisation, strict=True):
                 live = row[row > 0.0]
-                w.writerow([
-                    r.strategy,
-                    f"{t:.0f}",
-                    f"{live.max() if live.size else 0.0:.4f}",
-                    f"{np.percentile(live, 99) if live.size else 0.0:.4f}",
-                    f"{live.mean() if live.size else 0.0:.4f}",
-                    int((row > 1.0).sum()),
-                ])
+                w.writerow(
+                    [
+                        r.strategy,
+                        f"{t:.0f}",
+                        f"{live.max() if live.size else 0.0:.4f}",
+                        f"{np.percentile(live, 99) if live.size else 0.0:.4f}",
+                        f"{live.mean() if live.size else 0.0:.4f}",
+                        int((row > 1.0).sum()),
+                    ]
+                )
     with open(out / "overload_per_pop.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["pop", "capacity_cores", *[r.strategy for r in results]])
         for i, name in enumerate(world.pop_names):
-            w.writerow([name, f"{world.capacity[i]:.0f}", *[
-                f"{r.overload_per_pop[i]:.0f}" for r in results
-            ]])
+            w.writerow(
+                [
+                    name,
+                    f"{world.capacity[i]:.0f}",
+                    *[f"{r.overload_per_pop[i]:.0f}" for r in results],
+                ]
+            )
 
 
 def write_plots(results: Sequence[RunResult], world: World, out: Path) -> list[str]:
@@ -154,9 +160,7 @@ def write_markdown(
         f"- clock: {scenario.duration_s / 3600:.1f} h from {scenario.start_utc_h:g} h UTC, "
         f"tick {scenario.tick_s:g} s, seed {scenario.seed}",
         f"- tiers: {tiers}",
-        f"- events: {len(scenario.events)} ("
-        + ", ".join(e.kind for e in scenario.events)
-        + ")",
+        f"- events: {len(scenario.events)} (" + ", ".join(e.kind for e in scenario.events) + ")",
         f"- overload: a PoP above {scenario.overload_utilisation:g} x its healthy capacity",
         "",
         "```",

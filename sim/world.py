@@ -122,9 +122,10 @@ class World:
         return NetworkConfig(pops=pops, tiers=tiers, latency_ms=lat)
 
 
-def great_circle_km(lat1: FloatArray, lon1: FloatArray, lat2: FloatArray, lon2: FloatArray) -> (
-    FloatArray
-):
+Coord = FloatArray | float
+
+
+def great_circle_km(lat1: Coord, lon1: Coord, lat2: Coord, lon2: Coord) -> FloatArray:
     """Haversine distance; broadcasts."""
     p1, p2 = np.radians(lat1), np.radians(lat2)
     dp, dl = p2 - p1, np.radians(lon2) - np.radians(lon1)
@@ -149,9 +150,8 @@ def geonames_cities() -> tuple[City, ...]:
             name=str(c["name"]),
             lat=float(c["latitude"]),
             lon=float(c["longitude"]),
-            population=float(c["population"]) * INTERNET_WEIGHT.get(
-                continent.get(c["countrycode"], ""), 0.5
-            ),
+            population=float(c["population"])
+            * INTERNET_WEIGHT.get(continent.get(c["countrycode"], ""), 0.5),
             country=str(c["countrycode"]),
         )
         for c in gc.get_cities().values()
@@ -231,7 +231,7 @@ def build_world(scenario: Scenario) -> World:
     capacity = _capacities(spec, weight, rank[:, 0], len(pop_cities), rng)
     servers = np.maximum(2, np.ceil(capacity / spec.cores_per_server)).astype(np.int64)
     if spec.capacities is None:
-        capacity = servers * spec.cores_per_server
+        capacity = np.asarray(servers * spec.cores_per_server, dtype=np.float64)
     pop_km = great_circle_km(pop_lat[:, None], pop_lon[:, None], pop_lat[None, :], pop_lon[None, :])
     latency = BASE_LATENCY_MS + pop_km * spec.route_inflation / FIBRE_KM_PER_MS
     np.fill_diagonal(latency, 0.0)
@@ -265,11 +265,16 @@ def _capacities(
         if len(spec.capacities) != n:
             raise ValueError(f"world.capacities: need {n} values")
         return np.array(spec.capacities, dtype=np.float64)
-    peak = np.bincount(home, weights=weight, minlength=n) * spec.total_peak_cores
+    peak = weighted_count(home, weight, n) * spec.total_peak_cores
     headroom = spec.headroom_median * np.exp(rng.normal(0.0, spec.headroom_sigma, n))
     cap = peak * headroom
     floor = cap.max() / spec.capacity_ratio
-    return np.maximum(cap, floor)
+    return np.asarray(np.maximum(cap, floor), dtype=np.float64)
+
+
+def weighted_count(index: IntArray, weights: FloatArray, size: int) -> FloatArray:
+    """``np.bincount`` with weights, typed as the floats it returns."""
+    return np.asarray(np.bincount(index, weights=weights, minlength=size), dtype=np.float64)
 
 
 def local_hour(utc_h: float, lon: FloatArray) -> FloatArray:

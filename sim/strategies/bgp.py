@@ -31,8 +31,8 @@ class BgpStrategy:
         mine: dict[int, list[int]] = {}
         for r, p in obs.withdrawn:
             mine.setdefault(p, []).append(r)
-        for p in np.flatnonzero(obs.alive):
-            pop = int(p)
+        for live in np.flatnonzero(obs.alive):
+            pop = int(live)
             if now - self._last.get(pop, -np.inf) < self.holdoff_s:
                 continue
             if util[pop] > self.high:

@@ -48,7 +48,8 @@ class DnsStrategy:
             if util[pop] > self.high:
                 here = np.flatnonzero((obs.catchment == pop) & (obs.dns_target < 0))
                 traffic = np.bincount(self.resolver[here], weights=per_region[here])
-                need = (util[pop] - self.target) / util[pop] * per_region[obs.catchment == pop].sum()
+                landed = per_region[obs.catchment == pop].sum()
+                need = (util[pop] - self.target) / util[pop] * landed
                 for res in np.argsort(-traffic, kind="stable"):
                     if need <= 0.0 or traffic[res] <= 0.0:
                         break

@@ -19,8 +19,8 @@ as it would in production.
 from __future__ import annotations
 
 from collections import deque
-from ipaddress import ip_address
 from dataclasses import dataclass
+from ipaddress import ip_address
 
 import numpy as np
 

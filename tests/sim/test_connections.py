@@ -83,8 +83,10 @@ def test_a_dark_pop_loses_what_landed_and_what_it_processed() -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(
-    st.lists(st.tuples(st.integers(0, 2), st.integers(0, 1), st.integers(0, 2),
-                       st.floats(0.0, 0.5)), max_size=5),
+    st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 1), st.integers(0, 2), st.floats(0.0, 0.5)),
+        max_size=5,
+    ),
     st.integers(0, 3),
     st.booleans(),
 )

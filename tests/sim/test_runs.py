@@ -52,8 +52,9 @@ def test_world_of_real_cities_has_the_promised_spread() -> None:
     assert world.n_pops == 300
     assert 80.0 <= world.capacity.max() / world.capacity.min() <= 101.0
     i, j = world.pop_index("London"), world.pop_index("Paris")
-    km = float(great_circle_km(world.pop_lat[i], world.pop_lon[i], world.pop_lat[j],
-                               world.pop_lon[j]))
+    km = float(
+        great_circle_km(world.pop_lat[i], world.pop_lon[i], world.pop_lat[j], world.pop_lon[j])
+    )
     assert km == pytest.approx(344.0, rel=0.02)
     assert world.latency_ms[i, j] == pytest.approx(1.0 + km * 2.0 / 200.0)
     assert world.network_config(0.75).pop("London").id == i + 1
@@ -68,8 +69,14 @@ def test_cli_prints_the_table_and_q_last_and_writes_its_files(tmp_path: Path, ca
     assert lines[-1].startswith("overload_removed_vs_oracle: ")
     q = float(lines[-1].split(": ")[1])
     assert q > 0.5
-    for name in ("summary.csv", "utilisation_over_time.csv", "overload_per_pop.csv",
-                 "report.md", "utilisation.png", "heatmap.png"):
+    for name in (
+        "summary.csv",
+        "utilisation_over_time.csv",
+        "overload_per_pop.csv",
+        "report.md",
+        "utilisation.png",
+        "heatmap.png",
+    ):
         assert (out / name).stat().st_size > 0
     assert "popshift" in (out / "report.md").read_text()
 
@@ -82,8 +89,10 @@ def test_q_is_undefined_without_its_three_strategies() -> None:
 def test_failure_300_meets_its_targets() -> None:
     sc = load_scenario(REPO / "scenarios" / "failure-300.yaml")
     world = build_world(sc)
-    results = [run_strategy(sc, world, make_strategy(n, world, sc))
-               for n in ("none", "bgp", "popshift", "oracle")]
+    results = [
+        run_strategy(sc, world, make_strategy(n, world, sc))
+        for n in ("none", "bgp", "popshift", "oracle")
+    ]
     by = {r.strategy: r.summary for r in results}
     assert overload_removed_vs_oracle(results) >= 0.9
     assert by["popshift"]["overload_pop_s"] <= 0.1 * by["bgp"]["overload_pop_s"]

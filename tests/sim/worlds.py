@@ -13,12 +13,34 @@ CITIES = [
     ["C", 48.0, 2.0, 400.0, "FR"],
 ]
 TIERS = [
-    {"id": 0, "name": "bulk", "max_added_latency_ms": 60, "priority": 0,
-     "mean_lifetime_s": 60, "cores_per_connection": 0.01, "demand_share": 0.6},
-    {"id": 1, "name": "web", "max_added_latency_ms": 25, "priority": 1,
-     "mean_lifetime_s": 20, "cores_per_connection": 0.002, "demand_share": 0.3},
-    {"id": 2, "name": "realtime", "forwardable": False, "max_added_latency_ms": 0,
-     "priority": 2, "mean_lifetime_s": 30, "cores_per_connection": 0.005, "demand_share": 0.1},
+    {
+        "id": 0,
+        "name": "bulk",
+        "max_added_latency_ms": 60,
+        "priority": 0,
+        "mean_lifetime_s": 60,
+        "cores_per_connection": 0.01,
+        "demand_share": 0.6,
+    },
+    {
+        "id": 1,
+        "name": "web",
+        "max_added_latency_ms": 25,
+        "priority": 1,
+        "mean_lifetime_s": 20,
+        "cores_per_connection": 0.002,
+        "demand_share": 0.3,
+    },
+    {
+        "id": 2,
+        "name": "realtime",
+        "forwardable": False,
+        "max_added_latency_ms": 0,
+        "priority": 2,
+        "mean_lifetime_s": 30,
+        "cores_per_connection": 0.005,
+        "demand_share": 0.1,
+    },
 ]
 
 
@@ -77,8 +99,15 @@ def small_failure(**overrides: Any) -> Scenario:
         "events": [
             {"kind": "half_servers", "pop": "London", "at_s": 300.0},
             {"kind": "dark", "pop": "Paris", "at_s": 1000.0},
-            {"kind": "flash_crowd", "center": [45.46, 9.19], "radius_km": 300.0, "factor": 2.5,
-             "at_s": 1800.0, "ramp_s": 120.0, "duration_s": 900.0},
+            {
+                "kind": "flash_crowd",
+                "center": [45.46, 9.19],
+                "radius_km": 300.0,
+                "factor": 2.5,
+                "at_s": 1800.0,
+                "ramp_s": 120.0,
+                "duration_s": 900.0,
+            },
         ],
         "controller": {"table_bits": 10},
     }
