@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
 
 from popshift.settings import Settings
+
+# Subcommands that are whole programs of their own: name -> (module, function, help).
+# Imported only when chosen, so `popshift settings` does not load faust or scipy.
+DELEGATED: dict[str, tuple[str, str, str]] = {
+    "policy": ("services.policy_engine.cli", "policy_main", "show and override inter-PoP policies"),
+    "policy-engine": ("services.policy_engine.service", "main", "run the policy engine"),
+    "table-writer": ("services.table_writer.service", "main", "run one PoP's table writer"),
+    "agent": ("services.feedback_ingest.agent", "main", "run a compute-server agent"),
+    "ingest": ("services.feedback_ingest.ingest", "main", "run the feedback ingest"),
+    "analytics": ("services.analytics.app", "main", "run the analytics stream job"),
+    "build-bpf": ("services.forwarder.build", "main", "compile the XDP programs"),
+}
 
 
 def _topics_create(args: argparse.Namespace, settings: Settings) -> int:
@@ -53,10 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("settings", help="print the effective settings").set_defaults(
         func=_settings_show
     )
+    for name, (_module, _function, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)  # listed here, run by main()
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        # Hand everything after the name over untouched, `--help` included.
+        module, function, _ = DELEGATED[argv[0]]
+        return int(getattr(importlib.import_module(module), function)(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     return int(args.func(args, Settings()))
 
