@@ -18,6 +18,7 @@ as it would in production.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 from ipaddress import ip_address
@@ -93,6 +94,8 @@ class PopshiftStrategy:
         self.events: list[PolicyEvent] = []
         self.statuses = 0
         self._churn = 0
+        self.wall_s = {"analytics": 0.0, "policy_engine": 0.0, "table_writer": 0.0}
+        """Wall seconds spent in each service's code (and its inputs), for the benchmark."""
 
     # --- analytics ------------------------------------------------------------------------------
 
@@ -138,23 +141,16 @@ class PopshiftStrategy:
         rec = (c.received * 1000.0).astype(np.int64)
         for i in np.flatnonzero(obs.alive):
             out.append(
-                DataplaneStats.model_construct(
-                    schema_version=1,
+                DataplaneStats(
                     pop=self.world.pop_names[i],
                     node="edge",
                     at=obs.now,
                     tiers=[
-                        TierCounters.model_construct(
-                            schema_version=1,
+                        TierCounters(
                             tier=tid,
                             local=int(local[i, k]),
-                            intra_pop_forward=0,
                             inter_pop_forward=int(fwd[i, k]),
-                            second_chance_forward=0,
                             received_from_peer=int(rec[i, k]),
-                            new_connections_local=0,
-                            new_connections_forwarded=0,
-                            dropped={},
                         )
                         for k, tid in enumerate(self.tier_ids)
                     ],
@@ -237,6 +233,8 @@ class PopshiftStrategy:
 
     def step(self, obs: Observation, now: float) -> Action:
         self._churn = 0
+        clock = self.wall_s
+        started = time.perf_counter()
         for status in self._analytics(obs):
             decide(self.engine, status, now)
             self.statuses += 1
@@ -244,18 +242,23 @@ class PopshiftStrategy:
             self._last_stats = now
             for stats in self._stats(obs):
                 decide(self.engine, stats, now)
+        analysed = time.perf_counter()
         _, events = decide(self.engine, Tick(), now)
+        decided = time.perf_counter()
         for pop in list(self._writers):
             if obs.alive[pop]:
                 self._writer(pop, obs)  # primaries follow a change of healthy servers
-        if not events and not self._churn:
-            return Action()
         for ev in events:
             pop = self.pop_index[ev.source]
             state = self._writer(pop, obs)
             self._churn += self._commit(state, writer.on_policy(state, ev, now))
             self._realised(pop, state)
         self.events.extend(events)
+        clock["analytics"] += analysed - started
+        clock["policy_engine"] += decided - analysed
+        clock["table_writer"] += time.perf_counter() - decided
+        if not events and not self._churn:
+            return Action()
         return Action(
             shares=dict(self._shares),
             buckets_changed=self._churn,
