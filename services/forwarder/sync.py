@@ -35,9 +35,8 @@ import numpy as np
 import numpy.typing as npt
 import redis
 from confluent_kafka import KafkaException
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from popshift import redis_client as popshift_redis
 from popshift import topics
 from popshift.bus import DeliveryFailed, Received, TypedConsumer, TypedProducer, create_topics
 from schemas.messages import MAX_TIERS, DataplaneStats, TableUpdate, TierCounters
@@ -561,12 +560,7 @@ def redis_client(settings: SyncSettings) -> redis.Redis[bytes]:
     """Short timeouts and no client-side retries: redis-py's default retries a dead server
     with backoff for seconds inside one call, while the loop has its own backoff and stats to
     publish meanwhile."""
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.sync_redis_timeout_s,
-        socket_connect_timeout=settings.sync_redis_timeout_s,
-        retry=Retry(NoBackoff(), 0),
-    )
+    return popshift_redis.connect(settings.redis_url, settings.sync_redis_timeout_s)
 
 
 def open_maps(settings: SyncSettings) -> Forwarder:

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from popshift import topics
+from popshift import redis_client, topics
 from popshift.network import load_network
 from schemas.messages import PolicyEvent
 from services.policy_engine.overrides import (
@@ -120,7 +120,7 @@ def policy_main(argv: Sequence[str] | None = None, settings: PolicySettings | No
     args = build_parser().parse_args(argv)
     settings = settings or PolicySettings()
     network = load_network(settings.network_file)
-    client: redis.Redis[bytes] = redis.Redis.from_url(settings.redis_url)
+    client: redis.Redis[bytes] = redis_client.connect(settings.redis_url)
     try:
         if args.action == "show":
             events = read_all(settings.kafka_bootstrap, settings.topic(topics.POLICIES))

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import redis
 
-from popshift import topics
+from popshift import redis_client, topics
 from popshift.bus import Received, RejectMessage, TypedConsumer, TypedProducer, create_topics
 from popshift.network import NetworkConfig, load_network
 from schemas.messages import PolicyEvent
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         [settings.topic(t) for t in (topics.POP_STATUS, topics.DATAPLANE_STATS, topics.POLICIES)],
         settings.topic_partitions,
     )
-    client: redis.Redis[bytes] = redis.Redis.from_url(settings.redis_url)
+    client: redis.Redis[bytes] = redis_client.connect(settings.redis_url)
     service = PolicyEngineService(
         settings,
         network,

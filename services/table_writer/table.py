@@ -52,6 +52,7 @@ class Bucket:
 
 
 Table = list[Bucket]
+AWAY = Direction.AWAY  # hot loops over 2^N buckets compare against it directly
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,11 @@ def expire_drains(table: Table, now: float, drain_period_s: float) -> Table:
     """Clear secondaries that have been draining (direction back) for the whole drain period."""
     out = table
     for i, b in enumerate(table):
-        if b.secondary is not None and not b.away and now - b.modified_at >= drain_period_s:
+        if (
+            b.secondary is not None
+            and b.direction is not AWAY
+            and now - b.modified_at >= drain_period_s
+        ):
             if out is table:
                 out = list(table)
             out[i] = Bucket(primary=b.primary, modified_at=now)
@@ -196,7 +201,7 @@ def apply_policy(
     by_id = {p.id: p for p in peers.values()}
     active: dict[int, list[int]] = {}
     for i, b in enumerate(out):
-        if b.away and b.inter_pop:
+        if b.inter_pop and b.direction is AWAY:
             active.setdefault(b.secondary_pop, []).append(i)
     # Shrink first, so that buckets freed by one destination are not the first taken by another.
     for pop_id, idx in active.items():
@@ -225,7 +230,7 @@ def apply_policy(
             )
             return rank, b.modified_at, i
 
-        free = [i for i, b in enumerate(out) if not b.away]
+        free = [i for i, b in enumerate(out) if b.direction is not AWAY]
         for i in sorted(free, key=cost)[:missing]:
             out[i] = Bucket(
                 primary=out[i].primary,
@@ -242,16 +247,21 @@ def forwarded_counts(table: Table) -> dict[int, int]:
     """Buckets sending new connections away, per destination PoP id."""
     counts: dict[int, int] = {}
     for b in table:
-        if b.away and b.inter_pop:
+        if b.inter_pop and b.direction is AWAY:
             counts[b.secondary_pop] = counts.get(b.secondary_pop, 0) + 1
     return counts
 
 
+def changed_buckets(old: Table | None, new: Table) -> list[int]:
+    """Indices of the buckets that differ; cheap because unchanged buckets are the same objects."""
+    if old is None or len(old) != len(new):
+        return list(range(len(new)))
+    return [i for i, (a, b) in enumerate(zip(old, new, strict=True)) if a is not b and a != b]
+
+
 def diff(old: Table | None, new: Table) -> dict[int, TableEntry]:
     """Buckets whose entry changed, with the new entry: what a forwarder writes to its map."""
-    if old is None or len(old) != len(new):
-        return {i: b.entry() for i, b in enumerate(new)}
-    return {i: b.entry() for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b}
+    return {i: new[i].entry() for i in changed_buckets(old, new)}
 
 
 def check_invariants(
@@ -263,11 +273,14 @@ def check_invariants(
     peers: Mapping[str, Peer],
     local_addresses: set[str],
     forwardable: bool = True,
+    buckets: Sequence[int] | None = None,
 ) -> None:
     """Raise :class:`TableInvariantError` listing every rule ``table`` breaks.
 
     ``local_addresses`` are this PoP's server addresses (current and recently removed ones that
-    may still be secondaries).
+    may still be secondaries). ``buckets`` limits the per-bucket rules to those indices: the
+    writer passes the changed ones, since the rest already passed when their table was written.
+    The counts per destination are always checked over the whole table.
     """
     problems: list[str] = []
     size = 1 << bits
@@ -289,7 +302,8 @@ def check_invariants(
     for pop_id, got in counts.items():
         if pop_id not in wanted_ids:
             problems.append(f"{got} buckets forward to PoP id {pop_id} without a share")
-    for i, b in enumerate(table):
+    for i in range(len(table)) if buckets is None else buckets:
+        b = table[i]
         if b.primary not in local_addresses:
             problems.append(f"bucket {i}: primary {b.primary} is not a local server")
         if b.inter_pop:

@@ -11,15 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from popshift.network import NetworkConfig
-from schemas.messages import PolicyAction, PolicyEvent, PopLoad, TableEntry
+from schemas.messages import PolicyAction, PolicyEvent, PopLoad
 from services.table_writer.table import (
     Peer,
     Server,
     Table,
     TableInvariantError,
     apply_policy,
+    changed_buckets,
     check_invariants,
-    diff,
     new_table,
     rebalance_primaries,
 )
@@ -38,7 +38,7 @@ class Write:
     policy_version: int
     table: Table
     shares: dict[str, float]
-    changed: dict[int, TableEntry]
+    changed: list[int]
 
 
 @dataclass
@@ -110,22 +110,30 @@ def _validate(state: WriterState, event: PolicyEvent) -> dict[int, dict[str, flo
     return shares
 
 
-def _writes(state: WriterState, now: float, *, rebalance: bool) -> list[Write]:
-    """Every tier's next table, where it differs from the current one; invariants checked."""
+def _writes(
+    state: WriterState, now: float, *, rebalance: bool, changed_shares_only: bool = False
+) -> list[Write]:
+    """Every tier's next table, where it differs from the current one; invariants checked.
+
+    ``changed_shares_only`` (a policy event) leaves tiers whose shares did not change alone:
+    their drains expire on the next tick, and the policy's own tier is written sooner.
+    """
     if not state.servers:
         return []  # nothing to be primary: keep the last table (fail static)
     writes: list[Write] = []
     for tier, forwardable in sorted(state.forwardable.items()):
         current = state.tables.get(tier)
+        shares = state.shares.get(tier, {})
+        if changed_shares_only and current is not None and current.shares == shares:
+            continue
         if current is None:
             table = new_table(state.servers, state.bits, now)
         elif rebalance:
             table = rebalance_primaries(current.table, state.servers, now)
         else:
             table = current.table
-        shares = state.shares.get(tier, {})
         table = apply_policy(table, shares, state.peers, now, state.drain_period_s)
-        changed = diff(current.table if current else None, table)
+        changed = changed_buckets(current.table if current else None, table)
         if current is not None and not changed and current.shares == shares:
             continue
         check_invariants(
@@ -136,6 +144,7 @@ def _writes(state: WriterState, now: float, *, rebalance: bool) -> list[Write]:
             peers=state.peers,
             local_addresses=state.local_addresses,
             forwardable=forwardable,
+            buckets=changed if current is not None else None,
         )
         version = (current.version if current else 0) + 1
         writes.append(Write(tier, version, state.policy_version, table, dict(shares), changed))
@@ -150,7 +159,7 @@ def on_policy(state: WriterState, event: PolicyEvent, now: float) -> list[Write]
     state.shares = _validate(state, event)
     state.policy_version = event.version
     try:
-        return _writes(state, now, rebalance=False)
+        return _writes(state, now, rebalance=False, changed_shares_only=True)
     except TableInvariantError:
         state.shares, state.policy_version = before  # the refused policy leaves no trace
         raise

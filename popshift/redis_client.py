@@ -1,0 +1,20 @@
+"""One way to open Redis for every service: short timeouts, no hidden client-side retries.
+
+redis-py's default retries a dead server with backoff for seconds inside one call; our services
+have their own retry loops (and keep their last good state meanwhile), so a call must fail fast.
+"""
+
+from __future__ import annotations
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+
+def connect(url: str, timeout_s: float = 1.0) -> redis.Redis[bytes]:
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+    )
