@@ -19,6 +19,7 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
     "agent": ("services.feedback_ingest.agent", "main", "run a compute-server agent"),
     "ingest": ("services.feedback_ingest.ingest", "main", "run the feedback ingest"),
     "analytics": ("services.analytics.app", "main", "run the analytics stream job"),
+    "forwarder-sync": ("services.forwarder.sync", "main", "follow a PoP's tables into BPF maps"),
     "build-bpf": ("services.forwarder.build", "main", "compile the XDP programs"),
 }
 
@@ -43,7 +44,12 @@ def _schemas_generate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _settings_show(args: argparse.Namespace, settings: Settings) -> int:
-    print(json.dumps(settings.model_dump(), indent=2))
+    if args.markdown:
+        from popshift.settings import DOCUMENTED_SETTINGS, markdown_table
+
+        print("\n\n".join(markdown_table(dotted) for dotted in DOCUMENTED_SETTINGS))
+    else:
+        print(json.dumps(settings.model_dump(), indent=2))
     return 0
 
 
@@ -63,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     schemas.add_parser("generate", help="write JSON Schema files into schemas/json").set_defaults(
         func=_schemas_generate
     )
-    sub.add_parser("settings", help="print the effective settings").set_defaults(
-        func=_settings_show
-    )
+    show = sub.add_parser("settings", help="print the effective shared settings")
+    show.add_argument("--markdown", action="store_true", help="every service's settings tables")
+    show.set_defaults(func=_settings_show)
     for name, (_module, _function, help_text) in DELEGATED.items():
         sub.add_parser(name, help=help_text, add_help=False)  # listed here, run by main()
     return parser

@@ -5,7 +5,10 @@ Each field's description is the documentation; README's settings table is checke
 
 from __future__ import annotations
 
+import importlib
+
 from pydantic import Field
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -45,3 +48,51 @@ class Settings(BaseSettings):
 
 def load_settings() -> Settings:
     return Settings()
+
+
+# Every settings class, in the order README documents them (`popshift settings --markdown`).
+DOCUMENTED_SETTINGS = (
+    "popshift.settings.Settings",
+    "services.feedback_ingest.settings.PipelineSettings",
+    "services.feedback_ingest.settings.AgentSettings",
+    "services.feedback_ingest.settings.IngestSettings",
+    "services.analytics.app.AnalyticsSettings",
+    "services.policy_engine.settings.PolicySettings",
+    "services.table_writer.settings.TableWriterSettings",
+    "services.forwarder.sync_settings.SyncSettings",
+)
+
+
+def settings_class(dotted: str) -> type[BaseSettings]:
+    module, _, name = dotted.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, BaseSettings)):
+        raise TypeError(f"{dotted} is not a settings class")
+    return cls
+
+
+def own_fields(cls: type[BaseSettings]) -> dict[str, FieldInfo]:
+    """The fields a class adds to its settings bases: each is documented once, where it is born."""
+    inherited: set[str] = set()
+    for base in cls.__mro__[1:]:
+        if isinstance(base, type) and issubclass(base, BaseSettings) and base is not BaseSettings:
+            inherited |= set(base.model_fields)
+    return {k: v for k, v in cls.model_fields.items() if k not in inherited}
+
+
+def markdown_table(dotted: str) -> str:
+    """README's table for one settings class, between markers that the docs test checks."""
+    cls = settings_class(dotted)
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    lines = [
+        f"<!-- settings-table: {dotted} -->",
+        "| variable | default | meaning |",
+        "|---|---|---|",
+    ]
+    for name, field in own_fields(cls).items():
+        default = (
+            "(required)" if field.is_required() else field.get_default(call_default_factory=True)
+        )
+        lines.append(f"| `{(prefix + name).upper()}` | `{default}` | {field.description} |")
+    lines.append("<!-- end settings-table -->")
+    return "\n".join(lines)
