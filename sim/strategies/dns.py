@@ -3,7 +3,8 @@
 Granularity is the resolver (here: the regions of one country that share a nearest PoP), and a
 change reaches users only as resolver caches expire (the engine spreads it over one TTL).
 Established connections are not broken: the old address keeps working. The controller steers the
-busiest resolvers first to the nearest PoP with headroom, then waits one TTL for the effect.
+busiest resolvers first, each to the nearest PoP with headroom for all of it, then waits one TTL
+for the effect.
 """
 
 from __future__ import annotations
@@ -53,13 +54,14 @@ class DnsStrategy:
                 for res in np.argsort(-traffic, kind="stable"):
                     if need <= 0.0 or traffic[res] <= 0.0:
                         break
-                    target = nearest_with_room(obs.world, pop, room, self.max_ms)
+                    # Only to a PoP that can take the whole resolver: it moves as one.
+                    moved = traffic[res] / max(landed, 1e-12) * obs.load[pop]
+                    target = nearest_with_room(obs.world, pop, room - moved, self.max_ms)
                     if target < 0:
-                        break
+                        continue
                     for r in here[self.resolver[here] == res]:
                         act.dns[int(r)] = target
                     steered.append(int(res))
-                    moved = traffic[res] / max(per_region[here].sum(), 1e-12) * obs.load[pop]
                     room[target] -= moved
                     need -= traffic[res]
                     act.policy_changes += 1

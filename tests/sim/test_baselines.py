@@ -19,8 +19,8 @@ A, B, C = 0, 1, 2
 A_CONNECTIONS = 600 * (0.6 / 0.01 + 0.3 / 0.002 + 0.1 / 0.005)
 
 
-def run(strategy: str, duration: float) -> Engine:
-    sc = tiny(duration_s=duration)
+def run(strategy: str, duration: float, **overrides: object) -> Engine:
+    sc = tiny(duration_s=duration, **overrides)
     world = build_world(sc)
     engine = Engine(sc, world, make_strategy(strategy, world, sc))
     engine.result = engine.run()  # type: ignore[attr-defined]
@@ -49,12 +49,18 @@ def test_bgp_withdrawal_waits_for_propagation_then_breaks_and_moves_to_the_next_
 
 
 def test_dns_steers_a_resolver_over_one_ttl_and_breaks_nothing() -> None:
-    e = run("dns", 451.0)
+    world = {**tiny().world.model_dump(), "capacities": [1000.0, 2000.0, 2000.0]}
+    e = run("dns", 451.0, world=world)
     assert e.dns_target[0] == B
     assert e._dns_frac(450.0)[0] == pytest.approx(0.5)  # TTL 300 s from 300 s
     assert e.result.summary["broken"] == 0.0  # type: ignore[attr-defined]
     assert e.cohorts.direct[:, 2].sum() == 0.0  # the realtime tier is not steerable
     assert e.cohorts.direct[B, 0] > 0.0
+
+
+def test_dns_does_not_steer_a_resolver_no_pop_can_take_whole() -> None:
+    e = run("dns", 600.0)  # A's 600 cores vs B's and C's 200 cores of room below 0.6
+    assert (e.dns_target < 0).all()
 
 
 def test_threshold_pairs_with_the_nearest_light_pop_and_steps_up() -> None:

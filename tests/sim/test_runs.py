@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from sim.cli import simulate_main
-from sim.engine import run_strategy
+from sim.engine import Engine, run_strategy
 from sim.report import overload_removed_vs_oracle
 from sim.scenario import load_scenario
 from sim.strategies import make_strategy
@@ -100,3 +100,22 @@ def test_failure_300_meets_its_targets() -> None:
     for k, tier in enumerate(world.tiers):
         p99 = by["popshift"][f"added_ms_p99_tier{k}"]
         assert math.isnan(p99) or p99 <= tier.max_added_latency_ms
+
+
+@pytest.mark.parametrize("strategy", ["none", "bgp", "dns", "threshold", "popshift", "oracle"])
+def test_books_balance_through_failures_in_every_strategy(strategy: str) -> None:
+    sc = small_failure(duration_s=2100.0, controller={"table_bits": 10, "oracle_interval_s": 5.0})
+    world = build_world(sc)
+    engine = Engine(sc, world, make_strategy(strategy, world, sc))
+    result = engine.run()
+    assert result.conservation_error < 1e-9
+    s = result.summary
+    assert s["served"] + s["forwarded"] == pytest.approx(s["arrived"])
+    assert s["lost_to_failure"] > 0.0  # Paris went dark with connections on it
+    # Every region's anycast connections are exactly what its landing PoP holds.
+    c = engine.cohorts
+    per_pop = np.zeros_like(c.local)
+    np.add.at(per_pop, engine.catchment, c.anyc)
+    assert np.allclose(per_pop, c.landed(), rtol=1e-6, atol=1e-3)
+    assert not engine.alive[world.pop_index("Paris")]
+    assert c.load()[world.pop_index("Paris")] == 0.0
