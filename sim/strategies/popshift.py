@@ -185,30 +185,23 @@ class PopshiftStrategy:
             self._writers[pop] = state
         if self._servers.get(pop) != n and obs.capacity[pop] > 0.0:
             self._servers[pop] = n
-            load = PopLoad.model_construct(
-                schema_version=1,
+            load = PopLoad(
                 pop=self.world.pop_names[pop],
                 at=obs.now,
                 servers=servers,
                 healthy_capacity_cores=n * self.cores_per_server,
                 combined_load_cores=0.0,
-                qos_p95_ms=None,
-                qos_success_rate=None,
             )
             self._churn += self._commit(state, writer.on_servers(state, load, obs.now))
         return state
 
     def _server_list(self, pop: int, n: int) -> list[ServerLoad]:
         return [
-            ServerLoad.model_construct(
+            ServerLoad(
                 server=f"s{k}",
                 address=ip_address(f"2001:db8:{pop + 1:x}::{k + 1:x}"),  # documentation prefix
                 capacity_cores=self.cores_per_server,
                 utilisation=0.0,
-                healthy=True,
-                schema_version=1,
-                last_seen=0.0,
-                qos=None,
             )
             for k in range(n)
         ]
