@@ -2,8 +2,10 @@
 
 One run per syscall (repeat=1; the kernel copies a fresh input frame every call, so the
 encapsulating programs never see their own output), the median of the kernel-reported
-durations, minus the median of a trivial XDP_TX program measured in the same run. Also times the
-Python model on the same frames and prints its cost as a ratio. Needs root.
+durations, minus the median of a trivial XDP_TX program measured in the same run. The two are
+sampled alternately, call by call, so that load from other processes on a shared machine hits
+both alike. Also times the Python model on the same frames and prints its cost as a ratio.
+Needs root.
 
     python bench/xdp_ns_per_packet.py [--runs N]
 """
@@ -37,9 +39,13 @@ from services.forwarder.model import (  # noqa: E402
 from tests.forwarder import packets as P  # noqa: E402
 
 
-def kernel_ns(prog_fd: int, frame: bytes, runs: int) -> float:
-    """Median kernel time of one run, one syscall per run."""
-    return statistics.median(libbpf.test_run(prog_fd, frame, repeat=1)[2] for _ in range(runs))
+def kernel_ns(prog_fds: tuple[int, ...], frame: bytes, runs: int) -> list[float]:
+    """Median kernel time of one run of each program, one syscall per run, interleaved."""
+    samples: list[list[int]] = [[] for _ in prog_fds]
+    for _ in range(runs):
+        for fd, out in zip(prog_fds, samples, strict=True):
+            out.append(libbpf.test_run(fd, frame, repeat=1)[2])
+    return [statistics.median(s) for s in samples]
 
 
 def model_ns(fn: Callable[[], Outcome], runs: int) -> float:
@@ -151,8 +157,7 @@ def main() -> int:
             ):
                 print(f"{name}: C and model disagree, not timing", file=sys.stderr)
                 return 1
-            tx = kernel_ns(tx_fd, frame, args.runs)
-            gross = kernel_ns(fwd.prog_fd, frame, args.runs)
+            tx, gross = kernel_ns((tx_fd, fwd.prog_fd), frame, args.runs)
             py = model_ns(model, max(200, args.runs // 50))
             results[name] = gross - tx
             print(f"{name:24} {gross:9.0f} {gross - tx:8.0f} {py:10.0f} {py / gross:8.0f}x")

@@ -11,6 +11,8 @@ import enum
 import ipaddress
 import struct
 
+import numpy as np
+
 # Defaults of the compile-time constants (bpf/consts.h). The loader reads the real table
 # geometry from the loaded maps, so an object built with -DBUCKET_BITS=8 works too.
 BUCKET_BITS = 16
@@ -25,6 +27,7 @@ GUE_LEN = 4 + 4 * GUE_HLEN_WORDS
 ENCAP_OVERHEAD_V4 = 20 + 8 + GUE_LEN
 ENCAP_OVERHEAD_V6 = 40 + 8 + GUE_LEN
 UDP_SPORT_BASE = 0xC000
+VIP4_SLOT_BITS = 12
 ICMP4_QUOTE = 28
 ICMP6_QUOTE = 48
 
@@ -85,6 +88,21 @@ class Verdict(enum.IntEnum):
 VERDICTS = len(Verdict)
 
 
+class Vip4SlotKind(enum.IntEnum):
+    """enum popshift_vip4_slot_kind: one slot of the direct-mapped IPv4 host-VIP array."""
+
+    EMPTY = 0
+    ONE = 1
+    MANY = 2
+
+
+class FilterRow(enum.IntEnum):
+    """enum popshift_filter_row: the rows of the blocklist prefilter."""
+
+    V4 = 0
+    V6 = 1
+
+
 class XdpAction(enum.IntEnum):
     ABORTED = 0
     DROP = 1
@@ -108,6 +126,20 @@ class VipValue(ctypes.Structure):
     _fields_ = [("tier", ctypes.c_uint32)]
 
 
+class Vip4Slot(ctypes.Structure):
+    _fields_ = [
+        ("addr", ctypes.c_uint8 * 4),  # network order, as on the wire
+        ("kind", ctypes.c_uint32),
+        ("value", VipValue),
+    ]
+
+
+class Bitmap16(ctypes.Structure):
+    """2^16 bits; bit i is bit i % 64 of words[i // 64]."""
+
+    _fields_ = [("words", ctypes.c_uint64 * 1024)]
+
+
 class TierCfg(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint32)]
 
@@ -128,6 +160,10 @@ class Bucket(ctypes.Structure):
         ("flags", ctypes.c_uint8),
         ("pad", ctypes.c_uint8 * 5),
     ]
+
+
+BUCKET_DTYPE = np.dtype(Bucket)
+"""struct bucket as a numpy structured dtype: an array of it is the table map's exact bytes."""
 
 
 class Config(ctypes.Structure):

@@ -111,6 +111,17 @@ _proto("bpf_map_lookup_elem", c_int, c_int, c_void_p, c_void_p)
 _proto("bpf_map_delete_elem", c_int, c_int, c_void_p)
 _proto("bpf_map_get_next_key", c_int, c_int, c_void_p, c_void_p)
 _proto("bpf_map_update_batch", c_int, c_int, c_void_p, c_void_p, ctypes.POINTER(c_uint32), c_void_p)
+_proto(
+    "bpf_map_lookup_batch",
+    c_int,
+    c_int,
+    c_void_p,
+    c_void_p,
+    c_void_p,
+    c_void_p,
+    ctypes.POINTER(c_uint32),
+    c_void_p,
+)
 _proto("bpf_prog_test_run_opts", c_int, c_int, c_void_p)
 _proto("bpf_xdp_attach", c_int, c_int, c_int, c_uint32, c_void_p)
 _proto("bpf_xdp_detach", c_int, c_int, c_uint32, c_void_p)
@@ -264,10 +275,46 @@ def map_update_batch(
     fd: int, keys: ctypes.Array[ctypes.c_uint32], values: ctypes.Array[Any]
 ) -> None:
     """One syscall for many elements (BPF_MAP_UPDATE_BATCH)."""
-    count = c_uint32(len(keys))
+    map_update_batch_ptr(fd, ctypes.addressof(keys), ctypes.addressof(values), len(keys))
+
+
+def map_update_batch_ptr(fd: int, keys: int, values: int, count: int) -> None:
+    """BPF_MAP_UPDATE_BATCH on raw buffers (e.g. numpy ``arr.ctypes.data``): `count` packed
+    keys at address `keys`, `count` packed values at `values`. No Python object per element.
+    """
+    if count <= 0:
+        return
+    n = c_uint32(count)
     opts = BatchOpts(sz=ctypes.sizeof(BatchOpts))
-    rc = _lib.bpf_map_update_batch(fd, keys, values, ctypes.byref(count), ctypes.byref(opts))
-    _check("map update batch", rc)
+    rc = _lib.bpf_map_update_batch(fd, keys, values, ctypes.byref(n), ctypes.byref(opts))
+    _check(f"map update batch ({n.value} of {count} written)", rc)
+
+
+def map_lookup_batch_ptr(
+    fd: int, after: int | None, keys: int, values: int, count: int
+) -> tuple[int, int]:
+    """BPF_MAP_LOOKUP_BATCH into raw buffers, for maps with 4-byte keys: up to `count` elements
+    following key `after` (None: from the first). Returns (elements read, last key read); fewer
+    than `count` means the map ended.
+    """
+    in_batch = c_uint32(after or 0)
+    out_batch = c_uint32(0)
+    n = c_uint32(count)
+    opts = BatchOpts(sz=ctypes.sizeof(BatchOpts))
+    rc = _lib.bpf_map_lookup_batch(
+        fd,
+        None if after is None else ctypes.byref(in_batch),
+        ctypes.byref(out_batch),
+        keys,
+        values,
+        ctypes.byref(n),
+        ctypes.byref(opts),
+    )
+    if rc < 0:
+        err = ctypes.get_errno() or -rc
+        if err != 2:  # ENOENT: the map ended; n holds what was read
+            raise BpfError("map lookup batch", err)
+    return int(n.value), int(out_batch.value)
 
 
 def test_run(prog_fd: int, packet: bytes, repeat: int = 1) -> tuple[int, bytes, int]:

@@ -12,22 +12,29 @@ import contextlib
 import ctypes
 import enum
 import fcntl
+import ipaddress
 import os
 import shutil
 import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+import numpy as np
+import numpy.typing as npt
+
 from services.forwarder import build, libbpf
 from services.forwarder.layout import (
+    BUCKET_DTYPE,
     VERDICTS,
     Addr,
+    Bitmap16,
     Bucket,
     CfgFlag,
     Config,
     Counter,
+    FilterRow,
     IpNetwork,
     LpmKey,
     PeerKind,
@@ -35,6 +42,8 @@ from services.forwarder.layout import (
     TierCfg,
     TierFlag,
     Verdict,
+    Vip4Slot,
+    Vip4SlotKind,
     VipValue,
     XdpAction,
     addr16,
@@ -50,12 +59,135 @@ MAP_NAMES = (
     "tier_map",
     "vip_host_map",
     "vip_map",
+    "vip4_slot_map",
     "blocklist_map",
+    "blocklist_filter_map",
     "peer_map",
     "counter_map",
 )
 CLONE_NEWNET = 0x40000000
 R = TypeVar("R")
+
+
+Buckets = npt.NDArray[Any]
+"""Buckets exactly as the table map holds them: a numpy array of dtype BUCKET_DTYPE."""
+VIP4_SLOT_DTYPE = np.dtype(Vip4Slot)
+_MAPPED_V4 = ipaddress.IPv6Network("::ffff:0:0/96")
+_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
+
+
+def _mapped(net: IpNetwork) -> ipaddress.IPv6Network:
+    """The prefix as the trie sees it: IPv4 under ::ffff:0:0/96."""
+    if isinstance(net, ipaddress.IPv4Network):
+        return ipaddress.IPv6Network(
+            (int(_MAPPED_V4.network_address) | int(net.network_address), 96 + net.prefixlen)
+        )
+    return net
+
+
+def _cover(row: npt.NDArray[np.bool_], selector: int, prefixlen: int) -> None:
+    """Mark the 16-bit selectors an address prefix of `prefixlen` bits (within them) covers."""
+    if prefixlen >= 16:
+        row[selector] = True
+        return
+    span = 1 << (16 - prefixlen)
+    start = selector & ~(span - 1) & 0xFFFF
+    row[start : start + span] = True
+
+
+def blocklist_filter(prefixes: Iterable[IpNetwork]) -> npt.NDArray[np.uint8]:
+    """The prefilter rows (FilterRow.V4, FilterRow.V6) as Bitmap16 bytes, shape (2, 8192).
+
+    Conservative by construction: a bit is clear only when no prefix can match an address with
+    that selector, so a clear bit never hides a trie match (the C side skips the trie on it).
+    """
+    bits = np.zeros((len(FilterRow), 1 << 16), dtype=np.bool_)
+    for net in prefixes:
+        m = _mapped(net)
+        a, plen = int(m.network_address), m.prefixlen
+        _cover(bits[FilterRow.V6], a >> 112, plen)
+        if plen <= 96:
+            if _MAPPED_V4.subnet_of(m):
+                bits[FilterRow.V4, :] = True
+        elif m.subnet_of(_MAPPED_V4):
+            _cover(bits[FilterRow.V4], (a >> 16) & 0xFFFF, plen - 96)
+    return np.packbits(bits, axis=1, bitorder="little")
+
+
+def vip4_slots(hosts: Mapping[bytes, int], slots: int) -> npt.NDArray[Any]:
+    """The direct-mapped IPv4 host-VIP array for host VIPs {16-byte address: tier}."""
+    out = np.zeros(slots, dtype=VIP4_SLOT_DTYPE)
+    for raw, tier in hosts.items():
+        if raw[:12] != _MAPPED_PREFIX:
+            continue
+        i = int.from_bytes(raw[12:], "big") & (slots - 1)
+        if out["kind"][i] == Vip4SlotKind.EMPTY:
+            out["addr"][i] = np.frombuffer(raw[12:], np.uint8)
+            out["kind"][i] = Vip4SlotKind.ONE
+            out["value"][i] = tier
+        else:
+            out[i] = np.zeros(1, dtype=VIP4_SLOT_DTYPE)[0]
+            out["kind"][i] = Vip4SlotKind.MANY
+    return out
+
+
+def _bucket_bytes(entry: Any) -> bytes:
+    e = entry if isinstance(entry, BucketEntry) else BucketEntry.from_fields(entry)
+    b = Bucket(secondary_pop=e.secondary_pop, flags=e.flags)
+    b.primary[:] = addr16(e.primary)
+    b.secondary[:] = addr16(e.secondary)
+    return bytes(b)
+
+
+def _value_key(e: Any) -> tuple[Any, ...]:
+    """What decides an entry's bytes, by value."""
+    if isinstance(e, BucketEntry):
+        return (e.primary, e.secondary, e.inter_pop, e.away, e.secondary_pop)
+    direction = getattr(e, "direction", "back")
+    return (
+        e.primary,
+        getattr(e, "secondary", None),
+        getattr(e, "inter_pop", False),
+        str(getattr(direction, "value", direction)),
+        getattr(e, "secondary_pop", 0),
+    )
+
+
+def bucket_array(entries: Iterable[Any]) -> Buckets:
+    """Entries (BucketEntry, anything with the table writer's fields, or None = cleared) as the
+    map's bytes, dtype BUCKET_DTYPE. Each distinct entry is converted once; a table has few
+    (its servers times the secondaries), so the cost is a dict lookup or two per bucket.
+
+    BucketEntry objects are first looked up by the identity of their address objects (cheap
+    to hash; the sync shares one object per address, and the entry kept in the memo keeps
+    them alive), then by value; anything else by value.
+    """
+    by_id: dict[tuple[Any, ...], tuple[int, Any]] = {}
+    by_value: dict[tuple[Any, ...], int] = {}
+    rows: list[bytes] = [bytes(BUCKET_DTYPE.itemsize)]
+    index: list[int] = []
+    for e in entries:
+        if e is None:
+            index.append(0)
+            continue
+        if isinstance(e, BucketEntry):
+            ikey = (id(e.primary), id(e.secondary), e.inter_pop, e.away, e.secondary_pop)
+            hit = by_id.get(ikey)
+            if hit is not None:
+                index.append(hit[0])
+                continue
+        else:
+            ikey = None
+        vkey = _value_key(e)
+        row = by_value.get(vkey)
+        if row is None:
+            row = by_value[vkey] = len(rows)
+            rows.append(_bucket_bytes(e))
+        if ikey is not None:
+            by_id[ikey] = (row, e)
+        index.append(row)
+    uniq = np.frombuffer(b"".join(rows), dtype=BUCKET_DTYPE)
+    return uniq[np.asarray(index, dtype=np.intp)]
 
 
 class Role(enum.StrEnum):
@@ -141,6 +273,7 @@ class Forwarder:
         self.adopted = adopted
         self.tiers = libbpf.map_info(maps["tier_map"]).max_entries
         self.buckets = libbpf.map_info(maps["table_map"]).max_entries // self.tiers
+        self.vip4_slots = libbpf.map_info(maps["vip4_slot_map"]).max_entries
         self._cpus = libbpf.possible_cpus()
 
     @classmethod
@@ -157,6 +290,12 @@ class Forwarder:
         pin_dir = pin_root / name
         with _locked(name):
             if (pin_dir / "prog").exists():
+                missing = [m for m in MAP_NAMES if not (pin_dir / m).exists()]
+                if missing:
+                    raise FileNotFoundError(
+                        f"{pin_dir} was pinned by an older forwarder (no {', '.join(missing)}): "
+                        "detach, unpin and open again"
+                    )
                 prog = libbpf.obj_get(pin_dir / "prog")
                 maps = {m: libbpf.obj_get(pin_dir / m) for m in MAP_NAMES}
                 return cls(role, name, prog, maps, pin_dir, adopted=True)
@@ -227,7 +366,10 @@ class Forwarder:
                 libbpf.map_delete(fd, LpmKey.from_buffer_copy(raw))
 
     def set_vips(self, vips: Mapping[IpNetwork, int]) -> None:
-        """Host VIPs go to the exact-match map (the fast path), prefixes to the trie."""
+        """Host VIPs go to the exact-match map (the fast path), prefixes to the trie; IPv4 host
+        VIPs also to their direct-mapped slots, written after the host map gains its new keys
+        and before it loses the old ones, so a slot never points at a VIP the map lacks.
+        """
         host = {n: t for n, t in vips.items() if n.prefixlen == n.max_prefixlen}
         prefixes = {n: VipValue(tier=t) for n, t in vips.items() if n not in host}
         self._replace_lpm("vip_map", prefixes)
@@ -235,12 +377,37 @@ class Forwarder:
         wanted = {addr16(n.network_address): t for n, t in host.items()}
         for raw, tier in wanted.items():
             libbpf.map_update(fd, Addr.from_buffer_copy(raw), VipValue(tier=tier))
+        slots = vip4_slots(wanted, self.vip4_slots)
+        keys = np.arange(self.vip4_slots, dtype=np.uint32)
+        libbpf.map_update_batch_ptr(
+            self.maps["vip4_slot_map"], keys.ctypes.data, slots.ctypes.data, len(keys)
+        )
         for raw in libbpf.map_keys(fd, Addr):
             if raw not in wanted:
                 libbpf.map_delete(fd, Addr.from_buffer_copy(raw))
 
+    def _filter(self) -> npt.NDArray[np.uint8]:
+        rows = np.zeros((len(FilterRow), ctypes.sizeof(Bitmap16)), dtype=np.uint8)
+        for row in FilterRow:
+            value = Bitmap16.from_buffer(rows[row])
+            libbpf.map_lookup(self.maps["blocklist_filter_map"], ctypes.c_uint32(row), value)
+        return rows
+
+    def _write_filter(self, rows: npt.NDArray[np.uint8]) -> None:
+        rows = np.ascontiguousarray(rows)
+        keys = np.arange(len(FilterRow), dtype=np.uint32)
+        libbpf.map_update_batch_ptr(
+            self.maps["blocklist_filter_map"], keys.ctypes.data, rows.ctypes.data, len(keys)
+        )
+
     def set_blocklist(self, prefixes: set[IpNetwork] | frozenset[IpNetwork]) -> None:
+        """The trie holds exactly `prefixes`; the prefilter covers the old and the new list
+        while the trie changes, then exactly the new one.
+        """
+        new = blocklist_filter(prefixes)
+        self._write_filter(new | self._filter())
         self._replace_lpm("blocklist_map", {n: ctypes.c_uint32(1) for n in prefixes})
+        self._write_filter(new)
 
     def set_peers(self, peers: Mapping[IpNetwork, tuple[PeerKind, int]]) -> None:
         self._replace_lpm(
@@ -250,25 +417,62 @@ class Forwarder:
     def apply_table_diff(self, tier: int, diff: Mapping[int, Any]) -> None:
         """Write changed buckets of one tier in one batch; None clears a bucket.
 
-        Entries are BucketEntry or anything with the table writer's fields (TableEntry).
+        Entries are BucketEntry or anything with the table writer's fields (TableEntry). Each
+        distinct entry is converted once (:func:`bucket_array`); the rest is numpy and one
+        BPF_MAP_UPDATE_BATCH. Callers holding map images should use :meth:`write_buckets`.
         """
         if not diff:
             return
+        self._check_tier(tier)
+        indices = np.fromiter(diff.keys(), dtype=np.int64, count=len(diff))
+        self.write_buckets(tier, indices, bucket_array(diff.values()))
+
+    def _check_tier(self, tier: int) -> None:
         if not 0 <= tier < self.tiers:
             raise ValueError(f"tier {tier} outside 0..{self.tiers - 1}")
-        keys = (ctypes.c_uint32 * len(diff))()
-        values = (Bucket * len(diff))()
-        for i, (index, entry) in enumerate(sorted(diff.items())):
-            if not 0 <= index < self.buckets:
-                raise ValueError(f"bucket {index} outside 0..{self.buckets - 1}")
-            keys[i] = tier * self.buckets + index
-            if entry is not None:
-                e = entry if isinstance(entry, BucketEntry) else BucketEntry.from_fields(entry)
-                values[i].primary[:] = addr16(e.primary)
-                values[i].secondary[:] = addr16(e.secondary)
-                values[i].secondary_pop = e.secondary_pop
-                values[i].flags = e.flags
-        libbpf.map_update_batch(self.maps["table_map"], keys, values)
+
+    def write_buckets(self, tier: int, indices: npt.ArrayLike, buckets: Buckets) -> None:
+        """The fast path: bucket `indices[k]` of `tier` := `buckets[k]` (dtype BUCKET_DTYPE,
+        e.g. rows of a map image), in one BPF_MAP_UPDATE_BATCH straight from the numpy
+        buffers. Nothing is written when an index or the tier is out of range.
+        """
+        self._check_tier(tier)
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        values = np.ascontiguousarray(buckets).reshape(-1)
+        if values.dtype.itemsize != BUCKET_DTYPE.itemsize or len(values) != len(idx):
+            raise ValueError(f"{len(idx)} indices need {len(idx)} buckets of {BUCKET_DTYPE}")
+        if not len(idx):
+            return
+        if idx.min() < 0 or idx.max() >= self.buckets:
+            bad = idx[(idx < 0) | (idx >= self.buckets)][0]
+            raise ValueError(f"bucket {bad} outside 0..{self.buckets - 1}")
+        keys = (idx + tier * self.buckets).astype(np.uint32)
+        libbpf.map_update_batch_ptr(
+            self.maps["table_map"], keys.ctypes.data, values.ctypes.data, len(keys)
+        )
+
+    def read_table(self, tier: int) -> Buckets:
+        """All buckets of `tier` as the map holds them (BPF_MAP_LOOKUP_BATCH, a few ms)."""
+        self._check_tier(tier)
+        out = np.zeros(self.buckets, dtype=BUCKET_DTYPE)
+        keys = np.zeros(self.buckets, dtype=np.uint32)
+        first = tier * self.buckets
+        done = 0
+        while done < self.buckets:
+            after = first + done - 1 if first + done else None
+            n, _ = libbpf.map_lookup_batch_ptr(
+                self.maps["table_map"],
+                after,
+                keys[done:].ctypes.data,
+                out[done:].ctypes.data,
+                self.buckets - done,
+            )
+            if n <= 0:
+                raise libbpf.BpfError("map lookup batch", 61)  # ENODATA: the map ended early
+            done += n
+        if not np.array_equal(keys, np.arange(first, first + self.buckets, dtype=np.uint32)):
+            raise libbpf.BpfError("map lookup batch", 74)  # EBADMSG: keys out of order
+        return out
 
     def load_state(self, st: TableState) -> None:
         """Make every map but the config equal to a model state (tests, cold start)."""
@@ -277,7 +481,8 @@ class Forwarder:
         self.set_peers(st.peers)
         for tier in range(self.tiers):
             self.set_tier_hash(tier, bool(st.tier_flags.get(tier, 0) & TierFlag.HASH_ADDRS))
-            self.apply_table_diff(tier, {i: st.table.get((tier, i)) for i in range(self.buckets)})
+            rows = bucket_array(st.table.get((tier, i)) for i in range(self.buckets))
+            self.write_buckets(tier, np.arange(self.buckets), rows)
 
     def read_counters(self) -> dict[int | None, dict[Verdict, Count]]:
         """Per tier (None = no tier known) and verdict, summed over CPUs."""

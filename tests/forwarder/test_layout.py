@@ -28,6 +28,8 @@ STRUCTS = {
     "config": layout.Config,
     "counter": layout.Counter,
     "gue_hdr": layout.GueHeader,
+    "vip4_slot": layout.Vip4Slot,
+    "bitmap16": layout.Bitmap16,
 }
 ENUMS = {
     "V_": layout.Verdict,
@@ -35,6 +37,8 @@ ENUMS = {
     "TIER_": layout.TierFlag,
     "CFG_": layout.CfgFlag,
     "PEER_": layout.PeerKind,
+    "VIP4_SLOT_": layout.Vip4SlotKind,
+    "FILTER_": layout.FilterRow,
 }
 CONSTANTS = (
     "BUCKET_BITS",
@@ -53,6 +57,7 @@ CONSTANTS = (
     "ICMP6_QUOTE",
     "VERDICTS",
     "GUE_FLAGS_MASK",
+    "VIP4_SLOT_BITS",
 )
 
 

@@ -26,6 +26,12 @@
 #ifndef MAX_BLOCKLIST
 #define MAX_BLOCKLIST 65536  /* source prefixes dropped before anything else (91) */
 #endif
+/* IPv4 host VIPs are direct-mapped into 2^VIP4_SLOT_BITS slots by the low bits of the address. */
+#ifndef VIP4_SLOT_BITS
+#define VIP4_SLOT_BITS 12
+#endif
+#define VIP4_SLOTS (1u << VIP4_SLOT_BITS)
+#define VIP4_SLOT_MASK (VIP4_SLOTS - 1)
 #ifndef MAX_PEERS
 #define MAX_PEERS 1024       /* prefixes GUE is accepted from */
 #endif
@@ -66,6 +72,20 @@ enum popshift_flags {
 /* Per-tier hashing: the default is the 5-tuple; ADDRS hashes source and destination only (63). */
 enum popshift_tier_flags {
 	TIER_HASH_ADDRS = 0x01,
+};
+
+/* State of one IPv4 host-VIP slot (struct vip4_slot). */
+enum popshift_vip4_slot_kind {
+	VIP4_SLOT_EMPTY = 0,     /* no /32 VIP has these low bits: only the prefix trie can match */
+	VIP4_SLOT_ONE = 1,       /* exactly one: addr and value are that VIP */
+	VIP4_SLOT_MANY = 2,      /* several share the slot: ask vip_host_map */
+};
+
+/* Blocklist prefilter rows (struct bitmap16), selected by the kind of source address. */
+enum popshift_filter_row {
+	FILTER_V4 = 0,           /* IPv4-mapped sources, by their first two IPv4 octets */
+	FILTER_V6 = 1,           /* any other source, by its first 16 bits */
+	FILTER_ROWS = 2,
 };
 
 enum popshift_cfg_flags {

@@ -121,7 +121,7 @@ int popshift_edge(struct xdp_md *ctx)
 	__builtin_memcpy(ingress_mac, eth->h_dest, ETH_ALEN);
 	if (parse_l3(data, data_end, bytes, ETH_HLEN, v6, &p) != PARSE_OK)
 		return verdict(NO_TIER, V_DROP_MALFORMED, bytes, XDP_DROP);
-	if (lpm_lookup(&blocklist_map, p.src))
+	if (blocklisted(p.src))
 		return verdict(NO_TIER, V_DROP_BLOCKLIST, bytes, XDP_DROP);
 	l4 = parse_l4(data, data_end, bytes, &p);
 	if (l4 == PARSE_OK && p.proto == IPPROTO_UDP && p.dport == bpf_htons(GUE_PORT) &&

@@ -14,12 +14,39 @@ static __always_inline void *lpm_lookup(void *map, const __u8 *addr)
 	return bpf_map_lookup_elem(map, &key);
 }
 
-/* Tier of a destination: host VIPs first, then the prefix trie (same answer as one LPM). */
+/* Tier of a destination: host VIPs first, then the prefix trie (same answer as one LPM).
+ * IPv4-mapped destinations try their direct-mapped slot first: a hit is the host VIP itself, an
+ * empty slot or another VIP in it proves there is no host VIP for this address.
+ */
 static __always_inline struct vip_value *vip_lookup(const __u8 *addr)
 {
-	struct vip_value *v = bpf_map_lookup_elem(&vip_host_map, addr);
+	struct vip_value *v;
 
+	if (is_mapped4(addr)) {
+		__be32 a = *(const __be32 *)&addr[12];
+		__u32 slot = bpf_ntohl(a) & VIP4_SLOT_MASK;
+		struct vip4_slot *s = bpf_map_lookup_elem(&vip4_slot_map, &slot);
+
+		if (s && s->kind == VIP4_SLOT_ONE && s->addr == a)
+			return &s->value;
+		if (s && s->kind != VIP4_SLOT_MANY)
+			return lpm_lookup(&vip_map, addr);
+	}
+	v = bpf_map_lookup_elem(&vip_host_map, addr);
 	return v ? v : lpm_lookup(&vip_map, addr);
+}
+
+/* Is the source blocklisted? The prefilter bit answers "no" without walking the trie. */
+static __always_inline int blocklisted(const __u8 *addr)
+{
+	__u32 row = is_mapped4(addr) ? FILTER_V4 : FILTER_V6;
+	__u32 sel = row == FILTER_V4 ? ((__u32)addr[12] << 8 | addr[13])
+				     : ((__u32)addr[0] << 8 | addr[1]);
+	struct bitmap16 *f = bpf_map_lookup_elem(&blocklist_filter_map, &row);
+
+	if (f && !((f->words[(sel >> 6) & 1023] >> (sel & 63)) & 1))
+		return 0;
+	return lpm_lookup(&blocklist_map, addr) != 0;
 }
 
 static __always_inline const __u8 *self_addr(const struct config *cfg, int v6)

@@ -38,6 +38,16 @@ struct {
 	__type(value, struct vip_value);
 } vip_host_map SEC(".maps");
 
+/* IPv4 host VIPs again, direct-mapped by the low VIP4_SLOT_BITS of the address: the IPv4 fast
+ * path is one inlined array read instead of a hash lookup. The loader keeps it equal to the
+ * IPv4-mapped keys of vip_host_map (a slot shared by several VIPs says so and defers to it). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, VIP4_SLOTS);
+	__type(key, __u32);
+	__type(value, struct vip4_slot);
+} vip4_slot_map SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, MAX_VIPS);
@@ -53,6 +63,17 @@ struct {
 	__type(key, struct lpm_key);
 	__type(value, __u32);
 } blocklist_map SEC(".maps");
+
+/* Blocklist prefilter: in row FILTER_V4 bit i is set when some blocklist prefix covers an
+ * IPv4-mapped address whose first two IPv4 octets are i; in row FILTER_V6, when some prefix
+ * covers an address (any) whose first 16 bits are i. A clear bit proves the trie has no match,
+ * so the trie walk is skipped; a set bit only means "walk the trie". All zero = empty list. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FILTER_ROWS);
+	__type(key, __u32);
+	__type(value, struct bitmap16);
+} blocklist_filter_map SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);

@@ -23,6 +23,18 @@ struct vip_value {
 	__u32 tier;
 };
 
+/* One slot of the direct-mapped IPv4 host-VIP array (enum popshift_vip4_slot_kind). */
+struct vip4_slot {
+	__be32 addr;            /* the VIP, network order, when kind is VIP4_SLOT_ONE */
+	__u32 kind;
+	struct vip_value value;
+};
+
+/* 2^16 bits, one per 16-bit address selector: the blocklist prefilter (maps.h). */
+struct bitmap16 {
+	__u64 words[1024];
+};
+
 struct tier_cfg {
 	__u32 flags;            /* enum popshift_tier_flags */
 };
