@@ -85,18 +85,28 @@ static __always_inline int encap_push(struct xdp_md *ctx, const struct config *c
 		if (data + sizeof(eth) + ENCAP_OVERHEAD_V4 > data_end)
 			return -1;
 		eth.h_proto = bpf_htons(ETH_P_IP);
-		ip->version = 4;
-		ip->ihl = 5;
-		ip->tos = e->tos;
-		ip->tot_len = bpf_htons(udp_len + sizeof(*ip));
-		ip->id = 0;
-		ip->frag_off = bpf_htons(0x4000);
-		ip->ttl = OUTER_TTL;
-		ip->protocol = IPPROTO_UDP;
-		ip->check = 0;
-		__builtin_memcpy(&ip->saddr, &cfg->self4[12], 4);
-		__builtin_memcpy(&ip->daddr, &e->dst[12], 4);
-		ip->check = csum_fold(csum_words((__u16 *)ip, 10, 0));
+		/* Five 32-bit stores of words built in registers; the checksum is summed from the
+		 * same registers (one's complement sum of the 16-bit halves, in memory order).
+		 */
+		{
+			__u32 w0 = bpf_htonl((0x4500u | e->tos) << 16 | (udp_len + sizeof(*ip)));
+			__u32 w1 = bpf_htonl(0x4000);             /* id 0, DF */
+			__u32 w2 = bpf_htonl((OUTER_TTL << 24) | (IPPROTO_UDP << 16)); /* check 0 */
+			__u32 sa, da;
+			__u64 sum;
+
+			__builtin_memcpy(&sa, &cfg->self4[12], 4);
+			__builtin_memcpy(&da, &e->dst[12], 4);
+			sum = (__u64)w0 + w1 + w2 + sa + da;
+			sum = (sum & 0xffffffff) + (sum >> 32);
+			sum = (sum & 0xffffffff) + (sum >> 32);
+			((__u32 *)ip)[0] = w0;
+			((__u32 *)ip)[1] = w1;
+			((__u32 *)ip)[2] = w2;
+			((__u32 *)ip)[3] = sa;
+			((__u32 *)ip)[4] = da;
+			ip->check = csum_fold((__u32)(sum & 0xffff) + (__u32)(sum >> 16));
+		}
 		uh = (void *)(ip + 1);
 	} else {
 		struct ipv6hdr *ip6 = data + sizeof(eth);

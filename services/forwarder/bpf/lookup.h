@@ -54,19 +54,28 @@ static __always_inline const __u8 *self_addr(const struct config *cfg, int v6)
 	return v6 ? cfg->self6 : cfg->self4;
 }
 
-/* Flow id of a parsed packet under the tier's hashing rule (63). */
+/* Flow id of a parsed packet under the tier's hashing rule (63). An IPv4 packet's addresses
+ * are IPv4-mapped (map4 in parse_l3), so its key is rebuilt from the two IPv4 words: the
+ * constant words are then known to the compiler, which folds the first jhash round away. Same
+ * key bytes, same hash.
+ */
 static __always_inline __u32 packet_hash(const struct packet *p, __u32 tier)
 {
 	struct flow_key key = {};
 	struct tier_cfg *tc = bpf_map_lookup_elem(&tier_map, &tier);
 
-	__builtin_memcpy(key.src, p->src, 16);
-	__builtin_memcpy(key.dst, p->dst, 16);
 	if (!tc || !(tc->flags & TIER_HASH_ADDRS)) {
 		key.sport = p->sport;
 		key.dport = p->dport;
 		key.proto = p->proto;
 	}
+	if (!p->v6) {
+		map4(key.src, *(const __be32 *)&p->src[12]);
+		map4(key.dst, *(const __be32 *)&p->dst[12]);
+		return flow_hash(&key);
+	}
+	__builtin_memcpy(key.src, p->src, 16);
+	__builtin_memcpy(key.dst, p->dst, 16);
 	return flow_hash(&key);
 }
 
