@@ -1,0 +1,168 @@
+"""The scenario's pure parts without root: checks, windows, times and timeline on hand-made runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lab_work
+import pytest
+import scenario_report as rep
+
+from services.labapp.results import Kind, Outcome, Record
+
+
+def short(region: str, start: float, pop: str, outcome: Outcome = Outcome.OK) -> rep.Traffic:
+    return rep.Traffic(
+        region, "main", Record(Kind.SHORT, start, 0.01, outcome, pop=pop, server=f"{pop}-s1")
+    )
+
+
+def long(
+    region: str, start: float, end: float, pop: str, tag: str = "main", ok: bool = True
+) -> rep.Traffic:
+    outcome = Outcome.OK if ok else Outcome.RESET
+    record = Record(Kind.LONG, start, end - start, outcome, pop=pop, server=f"{pop}-s1",
+                    exchanges=int((end - start) * 10), servers_seen=1)  # fmt: skip
+    return rep.Traffic(region, tag, record)
+
+
+def policy(t: float, source: str, shares: dict[str, float]) -> rep.PolicyRecord:
+    return rep.PolicyRecord(t, source, "update" if shares else "cancel", shares, 1, "why")
+
+
+def sample(
+    t: float, away: int = 0, shares: dict[str, dict[str, float]] | None = None
+) -> rep.Sample:
+    return rep.Sample(
+        t=t,
+        util={"a": 0.9, "b": 0.5, "c": 0.2},
+        state={"a": "shed", "b": "neutral", "c": "can_take"},
+        shares=shares or {},
+        away={"a": {"b": away} if away else {}, "b": {}, "c": {}},
+        draining={"a": 0, "b": 0, "c": 0},
+    )
+
+
+def counters(**per_node: dict[str, int]) -> dict[str, dict[str, int]]:
+    return {node: dict(values) for node, values in per_node.items()}
+
+
+def base() -> rep.Result:
+    r = rep.Result(epoch=1000.0, pops=["a", "b", "c"], table_bits=8)
+    r.marks = {"load_on": 10.0, "load_off": 50.0, "cancel": 60.0, "late_longs_off": 68.0}
+    return r
+
+
+def test_share_window_takes_the_longest_stretch_without_a_change() -> None:
+    r = base()
+    r.policies = [policy(20.0, "a", {"b": 0.1}), policy(25.0, "a", {"b": 0.3})]
+    t0, t1, shares = rep.steady_window(r, "a", 10.0, 50.0, settle_s=3.0)
+    assert (t0, t1, shares) == (28.0, 50.0, {"b": 0.3})
+
+
+def test_check_share_within_three_points_needs_enough_samples() -> None:
+    r = base()
+    r.traffic = [short("a", 30 + i * 0.01, "b" if i % 4 == 0 else "a") for i in range(400)]
+    assert rep.check_share(r, "a", "b", 30.0, 40.0, 0.25).ok
+    assert not rep.check_share(r, "a", "b", 30.0, 40.0, 0.30).ok  # 5 points off
+    assert not rep.check_share(r, "a", "b", 30.0, 30.5, 0.25).ok  # 50 samples: too few
+
+
+def test_long_connections_check_counts_every_failure_and_server_change() -> None:
+    r = base()
+    r.traffic = [long("a", 0, 70, "a"), long("a", 30, 66, "b", tag="late")]
+    assert rep.check_long_connections(r).ok
+    r.traffic.append(long("b", 0, 40, "b", ok=False))
+    assert not rep.check_long_connections(r).ok
+
+
+def test_one_hop_check_uses_policies_and_counters() -> None:
+    r = base()
+    r.policies = [policy(20.0, "a", {"b": 0.3}), policy(21.0, "b", {"c": 0.2})]
+    r.traffic = [short("a", 30, "b"), short("b", 30, "c"), short("c", 30, "c")]
+    zero = {"fwd_inter": 0, "second_chance": 0, "received_peer": 0}
+    r.counters = {
+        "load_on": counters(**{"a-edge": zero, "a-s1": zero, "b-edge": zero}),
+        "end": counters(
+            **{
+                "a-edge": zero,
+                "a-s1": zero | {"fwd_inter": 90, "second_chance": 10},
+                "b-edge": zero | {"received_peer": 100},
+            }
+        ),
+    }
+    assert rep.check_one_hop(r).ok
+    r.traffic.append(short("a", 31, "c"))  # region a answered by c: two hops
+    assert not rep.check_one_hop(r).ok
+    r.traffic.pop()
+    r.counters["end"]["b-edge"]["received_peer"] = 120  # received more than was sent
+    assert not rep.check_one_hop(r).ok
+
+
+def test_dsr_check_fails_when_an_edge_sees_answers() -> None:
+    r = base()
+    r.traffic = [short("a", 30, "a")]
+    r.counters = {
+        "load_on": {"a-edge": {"fwd_intra": 0, "pass_not_ours": 0}},
+        "end": {"a-edge": {"fwd_intra": 10_000, "pass_not_ours": 5}},
+    }
+    assert rep.check_dsr(r).ok
+    r.counters["end"]["a-edge"]["pass_not_ours"] = 4000
+    assert not rep.check_dsr(r).ok
+
+
+def test_after_cancel_checks() -> None:
+    r = base()
+    r.traffic = [short("a", 62 + i * 0.1, "a") for i in range(50)]
+    r.traffic += [long("a", 30, 66, "b", tag="late"), long("a", 30, 66, "a", tag="late")]
+    assert all(c.ok for c in rep.check_after_cancel(r, 62.0, 68.0))
+    r.traffic.append(short("a", 63, "b"))
+    assert not rep.check_after_cancel(r, 62.0, 68.0)[0].ok
+
+
+def test_first_times_for_the_benchmark() -> None:
+    r = base()
+    r.statuses = [rep.StatusRecord(12.5, "a", "shed", 0.99), rep.StatusRecord(5, "a", "shed", 1)]
+    r.statuses.sort(key=lambda s: s.t)
+    r.policies = [policy(13.0, "a", {"b": 0.2})]
+    r.samples = [sample(12.0), sample(13.5, away=51)]
+    r.traffic = [short("a", 13.6, "b"), short("a", 13.2, "a")]
+    times = rep.first_time(r, since=10.0)
+    assert times == pytest.approx(
+        {"flagged": 2.5, "policy": 3.0, "applied": 3.5, "first_in_b": 3.61}
+    )
+
+
+def test_timeline_rows_and_text_and_json_round_trip(tmp_path: Path) -> None:
+    r = base()
+    r.samples = [sample(0.0), sample(2.0, away=64, shares={"a": {"b": 0.25}})]
+    r.traffic = [short("a", 1.0, "a"), short("a", 3.0, "b"), short("b", 3.5, "b", Outcome.RESET)]
+    r.traffic.append(long("a", 0.0, 4.0, "a"))
+    rows = rep.timeline(r, step_s=2.0)
+    assert [row.t for row in rows] == [0.0, 2.0]
+    assert rows[1].new_a == {"a": 1} and rows[1].shares == "a->b 25%"
+    assert rows[1].long_live == {"a": 1}
+    text = rep.format_timeline(r)
+    assert "a->b 25%" in text and "load a" in text
+    path = tmp_path / "r.json"
+    r.save(path)
+    again = rep.Result.from_json(path.read_text())
+    assert again == r
+    assert rep.totals(r)["short"]["by_outcome"] == {"ok": 2, "reset": 1}
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    r = base()
+    r.samples = [sample(float(t), shares={"a": {"b": 0.2}}) for t in range(10)]
+    r.traffic = [short("a", t * 0.1, "b" if t % 5 == 0 else "a") for t in range(100)]
+    path = tmp_path / "timeline.png"
+    rep.plot(r, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("rate", "cost", "duty"), [(0.0, 1.0, 0.0), (100.0, 1.0, 0.1), (5000.0, 1.0, 1.0)]
+)
+def test_burner_duty_follows_the_packet_rate(rate: float, cost: float, duty: float) -> None:
+    assert lab_work.duty_for(rate, cost) == pytest.approx(duty)
