@@ -1,0 +1,95 @@
+"""Time to relief: from the load starting to the first new connection processed elsewhere.
+
+    sudo .venv/bin/python bench/time_to_relief.py [--runs 5] [--out DIR]
+
+One lab and one set of services (deploy/lab/scenario.py's Harness: every service a real
+process, 1 s heartbeats, the lab's analytics windows) serve all runs. Traffic runs throughout;
+each run switches the load on (PoP a overloads), waits until a forwards, switches it off and
+waits until every policy is cancelled and a is calm again. Per run it prints the time from the
+load starting to (a) a flagged by analytics, (b) a's policy emitted, (c) a's edge maps sending
+buckets away, (d) the first new connection from region a answered by PoP b.
+Last line: ``time_to_relief_p50_s: N`` (the median of (d)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "deploy" / "lab"))
+
+import scenario  # noqa: E402
+import scenario_report as rep  # noqa: E402
+
+
+def one_run(h: scenario.Harness, i: int) -> float:
+    """Load on until a forwards (and a little longer), then off until everything is calm."""
+    assert h.observer is not None
+    on = h.mark(f"load_on_{i}")
+    h.set_load(True)
+    h.wait("a's policy", lambda: bool(h.forwarding("a")), 60.0)
+    h.wait("a's maps", lambda: h.maps_away("a") > 0, 20.0)
+    h.sleep(3.0)
+    h.mark(f"load_off_{i}")
+    h.set_load(False)
+    h.wait("every policy cancelled", lambda: not any(h.forwarding(p) for p in "abc"), 90.0)
+
+    def calm() -> bool:
+        s = h.observer.latest() if h.observer else None
+        return s is not None and s.state.get("a") != "shed" and s.util.get("a", 1.0) < 0.5
+
+    h.wait("a calm", calm, 60.0)
+    h.sleep(4.0)
+    return on
+
+
+def log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("needs root (the namespace lab)")
+    out = args.out or Path(tempfile.mkdtemp(prefix="popshift-relief-"))
+    starts: list[float] = []
+    with scenario.Harness(out, log=log) as h:
+        h.progress_s = 10.0
+        for pop in h.topo.pops:
+            rate, longs = h.plan.rates.get(pop.name, 0.0), h.plan.longs.get(pop.name, 0)
+            h.start_traffic(f"region-{pop.name}", pop.name, rate, longs, "main")
+        h.sleep(6.0)
+        try:
+            for i in range(args.runs):
+                starts.append(one_run(h, i))
+                log(f"run {i + 1}/{args.runs} done at t={h.t():.0f}s")
+        finally:
+            for name in list(h.traffic):
+                h.stop_traffic(name, 5.0)
+            h.result.save(out / "result.json")
+        result = h.result
+    print(f"{'run':>3} {'flagged_s':>10} {'policy_s':>9} {'applied_s':>10} {'first_in_b_s':>13}")
+    relief: list[float] = []
+    for i, on in enumerate(starts):
+        times = rep.first_time(result, on)
+        cells = [f"{times[k]:.2f}" if times[k] is not None else "-" for k in times]
+        print(f"{i + 1:>3} {cells[0]:>10} {cells[1]:>9} {cells[2]:>10} {cells[3]:>13}")
+        if times["first_in_b"] is not None:
+            relief.append(float(times["first_in_b"]))
+    print(f"settings: analytics {scenario.ANALYTICS.name}, {result.settings}")
+    if len(relief) < len(starts):
+        print(f"{len(starts) - len(relief)} run(s) saw no connection moved to b", file=sys.stderr)
+    print(f"time_to_relief_p50_s: {statistics.median(relief) if relief else float('nan'):.2f}")
+    return 0 if relief else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
