@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ipaddress
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from services.forwarder.layout import Bucket as MapBucket
 from services.forwarder.layout import Verdict, addr16
 from services.forwarder.loader import Count
 from services.forwarder.model import BucketEntry
 from services.forwarder.sync import BUCKET_DTYPE, Counters, Image
-from services.table_writer.codec import Header, encode
+from services.table_writer.codec import FLAG_AWAY, FLAG_INTER_POP, NO_ADDRESS, Header, encode
 from services.table_writer.table import Peer, Server, Table, apply_policy, new_table
 
 PEERS = {"b": Peer("b", 2, "10.100.2.1"), "c": Peer("c", 3, "2001:db8:c::1")}
@@ -38,6 +41,24 @@ def entry_bytes(e: BucketEntry | None) -> bytes:
     return bytes(b)
 
 
+def entries(
+    header: Header, records: npt.NDArray[Any], indices: Iterable[int]
+) -> dict[int, BucketEntry]:
+    """The loader's entries for ``indices``: the slow per-entry path the image must agree with."""
+    ips = [ipaddress.ip_address(a) for a in header.addresses]
+    out: dict[int, BucketEntry] = {}
+    for i in indices:
+        p, s, pop, flags, _pad, _at = records[i].tolist()
+        out[int(i)] = BucketEntry(
+            primary=ips[p],
+            secondary=None if s == NO_ADDRESS else ips[s],
+            inter_pop=bool(flags & FLAG_INTER_POP),
+            away=bool(flags & FLAG_AWAY),
+            secondary_pop=pop,
+        )
+    return out
+
+
 class FakeMaps:
     """TableMaps in memory: what a node's maps would hold, and every write made to them."""
 
@@ -49,11 +70,9 @@ class FakeMaps:
         self.reads = 0
         self.packets: dict[int | None, dict[Verdict, Count]] = {}
 
-    def write(self, tier: int, diff: Mapping[int, BucketEntry]) -> None:
-        raw = self.images[tier].view(np.uint8).reshape(self.buckets, -1)
-        for i, e in diff.items():
-            raw[i] = np.frombuffer(entry_bytes(e), np.uint8)
-        self.writes.append((tier, len(diff)))
+    def write(self, tier: int, indices: npt.NDArray[np.intp], rows: Image) -> None:
+        self.images[tier][indices] = rows
+        self.writes.append((tier, len(indices)))
 
     def read(self, tier: int) -> Image:
         self.reads += 1

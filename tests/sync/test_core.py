@@ -20,7 +20,6 @@ from services.forwarder.sync import (
     changed,
     commit,
     dataplane_stats,
-    entries,
     forget,
     lost,
     map_image,
@@ -31,7 +30,7 @@ from services.forwarder.sync import (
 )
 from services.table_writer.codec import decode_records
 from services.table_writer.table import Table, diff
-from tests.sync.helpers import blob, entry_bytes, table
+from tests.sync.helpers import blob, entries, entry_bytes, table
 
 BITS = 6
 
