@@ -337,7 +337,7 @@ def timeline(result: Result, step_s: float = 2.0) -> list[Row]:
         return []
     rows = []
     end = result.samples[-1].t
-    t = 0.0
+    t = step_s * (result.samples[0].t // step_s + 1)  # from the first sample on
     sample_i = 0
     failed_longs = sorted(
         t2.record.start + t2.record.duration_s

@@ -139,9 +139,9 @@ def test_timeline_rows_and_text_and_json_round_trip(tmp_path: Path) -> None:
     r.traffic = [short("a", 1.0, "a"), short("a", 3.0, "b"), short("b", 3.5, "b", Outcome.RESET)]
     r.traffic.append(long("a", 0.0, 4.0, "a"))
     rows = rep.timeline(r, step_s=2.0)
-    assert [row.t for row in rows] == [0.0, 2.0]
-    assert rows[1].new_a == {"a": 1} and rows[1].shares == "a->b 25%"
-    assert rows[1].long_live == {"a": 1}
+    assert [row.t for row in rows] == [2.0]
+    assert rows[0].new_a == {"a": 1} and rows[0].shares == "a->b 25%"
+    assert rows[0].long_live == {"a": 1}
     text = rep.format_timeline(r)
     assert "a->b 25%" in text and "load a" in text
     path = tmp_path / "r.json"
