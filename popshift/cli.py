@@ -21,6 +21,7 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
     "analytics": ("services.analytics.app", "main", "run the analytics stream job"),
     "forwarder-sync": ("services.forwarder.sync", "main", "follow a PoP's tables into BPF maps"),
     "build-bpf": ("services.forwarder.build", "main", "compile the XDP programs"),
+    "simulate": ("sim.cli", "simulate_main", "run a simulated network against the baselines"),
 }
 
 
