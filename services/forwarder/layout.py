@@ -83,6 +83,7 @@ class Verdict(enum.IntEnum):
     DROP_GUE_BAD = 15
     DROP_NO_BUCKET = 16
     DROP_ERROR = 17
+    SECOND_CHANCE_INTER = 18
 
 
 VERDICTS = len(Verdict)

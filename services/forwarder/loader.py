@@ -298,7 +298,16 @@ class Forwarder:
                     )
                 prog = libbpf.obj_get(pin_dir / "prog")
                 maps = {m: libbpf.obj_get(pin_dir / m) for m in MAP_NAMES}
-                return cls(role, name, prog, maps, pin_dir, adopted=True)
+                fwd = cls(role, name, prog, maps, pin_dir, adopted=True)
+                rows = libbpf.map_info(maps["counter_map"]).max_entries
+                expected = (fwd.tiers + 1) * VERDICTS
+                if rows != expected:
+                    fwd.close()
+                    raise FileNotFoundError(
+                        f"{pin_dir} was pinned by a forwarder with other verdicts ({rows} counter "
+                        f"rows, expected {expected}): detach, unpin and open again"
+                    )
+                return fwd
             obj = libbpf.BpfObject(build.ensure(role.value, defines))
             try:
                 prog = libbpf.dup(obj.program_fds()[PROGRAM_NAME[role]])

@@ -595,7 +595,8 @@ def _receive_from_peer(pkt: bytes, cfg: NodeConfig, st: TableState, outer: Parse
         return _done(pkt, Verdict.DROP_TOO_BIG, tier, drop)
     removed = inner.l3_off - ETH_HLEN
     sport = entropy_port(h)
-    return _forward(pkt, cfg, removed, dst, new, sport, inner, Verdict.RECEIVED_PEER, tier)
+    # FWD_INTRA: the local server counts the packet as received (it sees FROM_PEER).
+    return _forward(pkt, cfg, removed, dst, new, sport, inner, Verdict.FWD_INTRA, tier)
 
 
 OwnsFlow = Callable[[Parsed], bool]
@@ -636,23 +637,26 @@ def server(pkt: bytes, cfg: NodeConfig, st: TableState, owns: OwnsFlow = no_sock
     def deliver(verdict: Verdict) -> Outcome:
         return Outcome(pas, verdict, tier, decapsulate(pkt, inner))
 
+    from_peer = peer[0] == PeerKind.REMOTE or bool(g.priv_flags & Flag.FROM_PEER)
+    local = Verdict.RECEIVED_PEER if from_peer else Verdict.LOCAL
     if rc == Parse.UNSUPPORTED:
-        return deliver(Verdict.LOCAL)
+        return deliver(local)
     if peer[0] == PeerKind.REMOTE:
         return deliver(Verdict.RECEIVED_PEER)
     if owns(inner) or not g.priv_flags & Flag.HAS_SECONDARY:
-        return deliver(Verdict.LOCAL)
+        return deliver(local)
     initial = inner.proto == IPPROTO_UDP or inner.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
     if initial and not g.priv_flags & Flag.AWAY:
-        return deliver(Verdict.LOCAL)
+        return deliver(local)
     if g.hop_index >= g.hop_count:
-        return deliver(Verdict.LOCAL_HOPS_EXHAUSTED)
+        return deliver(local if from_peer else Verdict.LOCAL_HOPS_EXHAUSTED)
     if g.secondary == cfg.self_addr(not is_mapped4(g.secondary)):
-        return deliver(Verdict.LOCAL_SELF_SECONDARY)
+        return deliver(local if from_peer else Verdict.LOCAL_SELF_SECONDARY)
+    inter = bool(g.priv_flags & Flag.INTER_POP)
     if not initial:
-        verdict = Verdict.SECOND_CHANCE
+        verdict = Verdict.SECOND_CHANCE_INTER if inter else Verdict.SECOND_CHANCE
     else:
-        verdict = Verdict.FWD_INTER if g.priv_flags & Flag.INTER_POP else Verdict.FWD_INTRA
+        verdict = Verdict.FWD_INTER if inter else Verdict.FWD_INTRA
     new = Gue(
         **{
             **g.__dict__,

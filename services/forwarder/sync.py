@@ -266,6 +266,15 @@ DROPPED = (*(v for v in Verdict if v.name.startswith("DROP_")), Verdict.TOO_BIG_
 def tier_counters(tier: int, counts: Mapping[Verdict, Count]) -> TierCounters:
     """One counter row as the message: processed here (local), forwarded, received, dropped.
 
+    Summed over all nodes of a PoP (edges and servers), every packet is counted once in exactly
+    one of ``local`` (our own traffic processed here), ``inter_pop_forward`` +
+    ``second_chance_forward`` (our own traffic sent to another PoP) and ``received_from_peer``
+    (another PoP's traffic processed here): an edge hands every packet to a local server
+    (``intra_pop_forward``, also received traffic: the server counts that one, FROM_PEER), and
+    a hop between two servers of the PoP (``intra_pop_forward``, including second chances to an
+    intra-PoP secondary) is counted as local or received by the server it lands on. The
+    policy engine's native-demand estimate relies on this (policy_engine/model.py).
+
     The data plane counts packets, not connections, so the new-connection fields stay 0;
     PASS_* verdicts (the kernel stack decides) are not reported.
     """
@@ -276,9 +285,9 @@ def tier_counters(tier: int, counts: Mapping[Verdict, Count]) -> TierCounters:
     return TierCounters(
         tier=tier,
         local=packets(*LOCAL),
-        intra_pop_forward=packets(Verdict.FWD_INTRA),
+        intra_pop_forward=packets(Verdict.FWD_INTRA, Verdict.SECOND_CHANCE),
         inter_pop_forward=packets(Verdict.FWD_INTER),
-        second_chance_forward=packets(Verdict.SECOND_CHANCE),
+        second_chance_forward=packets(Verdict.SECOND_CHANCE_INTER),
         received_from_peer=packets(Verdict.RECEIVED_PEER),
         dropped={v.name.lower(): packets(v) for v in DROPPED},
     )

@@ -17,8 +17,9 @@ from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
+from schemas.messages import TierCounters
 from services.forwarder.layout import GUE_PORT, Flag, TierFlag, Verdict, XdpAction, addr16
-from services.forwarder.loader import Forwarder, Role
+from services.forwarder.loader import Count, Forwarder, Role
 from services.forwarder.model import (
     BucketEntry,
     Gue,
@@ -29,6 +30,7 @@ from services.forwarder.model import (
     parse_l4,
 )
 from services.forwarder.model import packet_hash as model_hash
+from services.forwarder.sync import tier_counters
 from tests.forwarder import packets as P
 from tests.forwarder.harness import prepare, run_both
 
@@ -230,12 +232,13 @@ def _edge_cases() -> list[Case]:
             B.DROP_TOO_BIG,
         ),
         Case(
-            "receiving PoP: GUE from a peer PoP -> local primary, inter-PoP secondary removed",
+            "receiving PoP: GUE from a peer PoP -> local primary with FROM_PEER, inter-PoP "
+            "secondary removed; the server counts it received, the edge FWD_INTRA",
             Role.EDGE,
             peer_in,
             st_sec,
             A.TX,
-            B.RECEIVED_PEER,
+            B.FWD_INTRA,
             lambda: encapsulated(
                 P.client(),
                 st_sec,
@@ -270,6 +273,11 @@ def _server_cases() -> list[Case]:
     }
     back_intra: dict[str, Any] = {"flags": Flag.HAS_SECONDARY, "secondary": P.SERVER2_4}
     away_intra: dict[str, Any] = {"flags": AWAY_INTRA.flags & 0xF, "secondary": P.SERVER2_4}
+    from_peer_back: dict[str, Any] = {
+        "flags": Flag.FROM_PEER | Flag.HAS_SECONDARY,
+        "secondary": P.SERVER2_4,
+    }
+    icmp4 = Ether(src=P.CLIENT_MAC, dst=P.EDGE_MAC) / IP(src=P.CLIENT4, dst=P.VIP4) / ICMP()
 
     def fwd(inner: Packet, entry: BucketEntry, sec: str, flags: int) -> Callable[[], bytes]:
         return lambda: encapsulated(
@@ -333,12 +341,12 @@ def _server_cases() -> list[Case]:
             fwd(ack4, AWAY_INTRA, P.SERVER2_4, 0),
         ),
         Case(
-            "server: IPv6 ACK without socket -> second chance",
+            "server: IPv6 ACK without socket -> second chance to another PoP",
             Role.SERVER,
             P.gue(ack6, **sec_inter),
             st,
             A.TX,
-            B.SECOND_CHANCE,
+            B.SECOND_CHANCE_INTER,
             fwd(ack6, AWAY_INTER, P.REMOTE4, (AWAY_INTER.flags & 0xF) & ~Flag.HAS_SECONDARY),
         ),
         Case(
@@ -367,6 +375,71 @@ def _server_cases() -> list[Case]:
             A.PASS,
             B.RECEIVED_PEER,
             lambda: delivered(P.gue(ack4, outer_src=P.REMOTE4, **sec_inter)),
+        ),
+        Case(
+            "server: from our edge with FROM_PEER, no secondary -> received, not local",
+            Role.SERVER,
+            P.gue(ack4, flags=Flag.FROM_PEER),
+            st,
+            A.PASS,
+            B.RECEIVED_PEER,
+            lambda: delivered(P.gue(ack4, flags=Flag.FROM_PEER)),
+        ),
+        Case(
+            "server: FROM_PEER SYN, intra-PoP secondary, direction back -> received",
+            Role.SERVER,
+            P.gue(syn4, **from_peer_back),
+            st,
+            A.PASS,
+            B.RECEIVED_PEER,
+            lambda: delivered(P.gue(syn4, **from_peer_back)),
+        ),
+        Case(
+            "server: FROM_PEER ACK without socket -> intra-PoP second chance, flag kept",
+            Role.SERVER,
+            P.gue(ack4, **from_peer_back),
+            st,
+            A.TX,
+            B.SECOND_CHANCE,
+            fwd(ack4, AWAY_INTRA, P.SERVER2_4, Flag.FROM_PEER),
+        ),
+        Case(
+            "server: FROM_PEER after its intra-PoP hop -> received",
+            Role.SERVER,
+            P.gue(ack4, flags=Flag.FROM_PEER, hop_index=1, hop_count=1, outer_src=P.SERVER2_4),
+            st,
+            A.PASS,
+            B.RECEIVED_PEER,
+            lambda: delivered(
+                P.gue(ack4, flags=Flag.FROM_PEER, hop_index=1, hop_count=1, outer_src=P.SERVER2_4)
+            ),
+        ),
+        Case(
+            "server: FROM_PEER with hops exhausted -> received, not local_hops_exhausted",
+            Role.SERVER,
+            P.gue(ack4, hop_index=1, hop_count=1, **from_peer_back),
+            st,
+            A.PASS,
+            B.RECEIVED_PEER,
+            lambda: delivered(P.gue(ack4, hop_index=1, hop_count=1, **from_peer_back)),
+        ),
+        Case(
+            "server: ICMP inside GUE from another PoP -> received",
+            Role.SERVER,
+            P.gue(icmp4, outer_src=P.REMOTE4),
+            st,
+            A.PASS,
+            B.RECEIVED_PEER,
+            lambda: delivered(P.gue(icmp4, outer_src=P.REMOTE4)),
+        ),
+        Case(
+            "server: ICMP inside GUE from our edge -> local",
+            Role.SERVER,
+            P.gue(icmp4),
+            st,
+            A.PASS,
+            B.LOCAL,
+            lambda: delivered(P.gue(icmp4)),
         ),
         Case(
             "server: hops exhausted -> local",
@@ -436,3 +509,38 @@ def test_fixture(case: Case, edge_fwd: Forwarder, server_fwd: Forwarder) -> None
     assert (outcome.action, outcome.verdict) == (case.action, case.verdict)
     expected = case.expected() if case.expected else frame
     assert outcome.packet.hex() == expected.hex()
+
+
+def _pop_totals(*outcomes: Verdict) -> TierCounters:
+    """The counters of one PoP's nodes summed, as the policy engine sums them."""
+    counts = {v: Count(0, 0) for v in Verdict}
+    for v in outcomes:
+        counts[v] = Count(counts[v].packets + 1, 0)
+    return tier_counters(0, counts)
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_received_traffic_is_counted_once_across_edge_and_server(
+    edge_fwd: Forwarder, server_fwd: Forwarder, v6: bool
+) -> None:
+    """A packet from a peer PoP goes edge -> server: the PoP counts it received exactly once and
+    never as local (the double count that made a receiving PoP look like a shedder)."""
+    st = P.state(AWAY_INTER)
+    inner = P.client(flags="A", v6=v6)
+    tier = 1 if v6 else 0
+    peer_in = bytes(P.gue(inner, outer_src=P.PEER_POP_EDGE4, outer_dst=P.EDGE4, landing_pop=8))
+    own = bytes(P.client(flags="A", v6=v6, sport=40001))
+    prepare(edge_fwd, P.EDGE_CFG, st)
+    prepare(server_fwd, P.SERVER_CFG, st)
+    verdicts = []
+    for frame in (peer_in, own):
+        at_edge = run_both(edge_fwd, P.EDGE_CFG, st, frame)
+        assert (at_edge.action, at_edge.verdict, at_edge.tier) == (A.TX, B.FWD_INTRA, tier)
+        at_server = run_both(server_fwd, P.SERVER_CFG, st, at_edge.packet)
+        verdicts.append((at_edge.verdict, at_server.verdict))
+    # The peer's packet: received, delivered here; our client's ACK: second chance to PoP 7.
+    assert verdicts == [(B.FWD_INTRA, B.RECEIVED_PEER), (B.FWD_INTRA, B.SECOND_CHANCE_INTER)]
+    totals = _pop_totals(*(v for pair in verdicts for v in pair))
+    assert (totals.local, totals.received_from_peer) == (0, 1)
+    assert totals.inter_pop_forward + totals.second_chance_forward == 1
+    assert totals.intra_pop_forward == 2  # the edge's two hand-offs, not demand

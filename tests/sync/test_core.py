@@ -159,7 +159,14 @@ def test_counters_map_to_the_message_with_untiered_drops() -> None:
         return out
 
     counters = {
-        0: row(LOCAL=10, LOCAL_SELF_SECONDARY=1, FWD_INTER=4, SECOND_CHANCE=2, RECEIVED_PEER=3),
+        0: row(
+            LOCAL=10,
+            LOCAL_SELF_SECONDARY=1,
+            FWD_INTER=4,
+            SECOND_CHANCE_INTER=2,
+            SECOND_CHANCE=5,
+            RECEIVED_PEER=3,
+        ),
         1: row(FWD_INTRA=7, DROP_NO_BUCKET=1, TOO_BIG_ICMP=2),
         None: row(DROP_MALFORMED=5, DROP_BLOCKLIST=6, PASS_NOT_OURS=99),
     }
@@ -167,7 +174,8 @@ def test_counters_map_to_the_message_with_untiered_drops() -> None:
     DataplaneStats.model_validate_json(stats.model_dump_json())  # what the engine will accept
     t0, t1, untiered = stats.tiers
     assert (t0.tier, t0.local, t0.inter_pop_forward, t0.second_chance_forward) == (0, 11, 4, 2)
-    assert t0.received_from_peer == 3 and t0.intra_pop_forward == 0
+    # A second chance inside the PoP is a hop between two servers, not traffic sent out.
+    assert t0.received_from_peer == 3 and t0.intra_pop_forward == 5
     assert t1.intra_pop_forward == 7 and t1.dropped["drop_no_bucket"] == 1
     assert t1.dropped["too_big_icmp"] == 2
     assert untiered.tier == 2 and untiered.dropped["drop_blocklist"] == 6

@@ -101,10 +101,11 @@ enum popshift_peer_kind {
 /* One verdict per packet; counters are indexed by tier * VERDICTS + verdict. */
 enum popshift_verdict {
 	V_LOCAL = 0,               /* delivered to this server's stack */
-	V_FWD_INTRA = 1,           /* encapsulated to a server of this PoP */
+	V_FWD_INTRA = 1,           /* encapsulated to a server of this PoP (edges: every packet) */
 	V_FWD_INTER = 2,           /* new connection encapsulated to another PoP */
-	V_SECOND_CHANCE = 3,       /* non-initial packet without local socket sent to the secondary */
-	V_RECEIVED_PEER = 4,       /* arrived from another PoP */
+	V_SECOND_CHANCE = 3,       /* non-initial packet without local socket, secondary in this PoP */
+	V_RECEIVED_PEER = 4,       /* processed here, came from another PoP (counted once: by the
+				    * server; the receiving edge counts its re-encap as FWD_INTRA) */
 	V_LOCAL_HOPS_EXHAUSTED = 5,
 	V_LOCAL_SELF_SECONDARY = 6,
 	V_PASS_NOT_OURS = 7,       /* non-IP, VLAN, not a VIP, not GUE to us: the stack decides */
@@ -118,7 +119,8 @@ enum popshift_verdict {
 	V_DROP_GUE_BAD = 15,
 	V_DROP_NO_BUCKET = 16,
 	V_DROP_ERROR = 17,         /* a helper failed (adjust_head) */
-	VERDICTS = 18,
+	V_SECOND_CHANCE_INTER = 18, /* like V_SECOND_CHANCE, to a secondary in another PoP */
+	VERDICTS = 19,
 };
 
 #endif

@@ -4,8 +4,9 @@
  *
  * Client packet: blocklist -> tier by VIP -> flow hash -> bucket -> GUE to the bucket's primary
  * with its secondary, flags and the landing PoP id. GUE addressed to this node from a peer PoP:
- * decapsulate and re-encapsulate to a local server, dropping any inter-PoP secondary, so that a
- * packet from another PoP never leaves this PoP again.
+ * decapsulate and re-encapsulate to a local server with FLAG_FROM_PEER, dropping any inter-PoP
+ * secondary, so that a packet from another PoP never leaves this PoP again and the server counts
+ * it as received (the edge counts FWD_INTRA, as for its own clients' packets).
  */
 #include "icmp.h"
 #include "lookup.h"
@@ -88,7 +89,10 @@ static __always_inline int receive_from_peer(struct xdp_md *ctx, const struct co
 	e.inner_v6 = in.v6;
 	if (too_big(cfg, in.l3_len, e.dst))
 		return verdict(tier, V_DROP_TOO_BIG, bytes, XDP_DROP);
-	return forward(ctx, cfg, in.l3_off - ETH_HLEN, &e, ingress_mac, tier, V_RECEIVED_PEER, bytes);
+	/* FWD_INTRA, not RECEIVED_PEER: the server it goes to counts it as received (it sees
+	 * FLAG_FROM_PEER), so the PoP's nodes together count every packet once.
+	 */
+	return forward(ctx, cfg, in.l3_off - ETH_HLEN, &e, ingress_mac, tier, V_FWD_INTRA, bytes);
 }
 
 SEC("xdp")

@@ -2,7 +2,9 @@
 /* popshift server: the compute server's half of the forwarding unit (74-77, 96-102).
  *
  * GUE from a configured peer prefix is decapsulated. If a local socket owns the flow, or the
- * packet came from another PoP, it is delivered here. Otherwise a non-initial packet gets its
+ * packet came straight from another PoP, it is delivered here; a packet our edge received from
+ * another PoP (FLAG_FROM_PEER) may still take an intra-PoP hop, and is counted RECEIVED_PEER
+ * wherever it is delivered. Otherwise a non-initial packet gets its
  * second chance at the secondary (75), and an initial one follows the bucket's direction (76).
  * It never forwards to itself, and delivers locally once the hops are used up.
  */
@@ -85,8 +87,8 @@ int popshift_server(struct xdp_md *ctx)
 	struct config *cfg;
 	struct encap e = {};
 	__u8 ingress_mac[ETH_ALEN];
-	__u32 zero = 0, tier, v;
-	int v6, rc, initial;
+	__u32 zero = 0, tier, v, local;
+	int v6, rc, initial, inter, from_peer;
 
 	cfg = bpf_map_lookup_elem(&config_map, &zero);
 	if (!cfg)
@@ -114,26 +116,32 @@ int popshift_server(struct xdp_md *ctx)
 	if (rc == PARSE_GUE_BAD)
 		return verdict(NO_TIER, V_DROP_GUE_BAD, bytes, XDP_DROP);
 	tier = e.gue.tier;
+	/* From another PoP, directly or through our edge (FLAG_FROM_PEER): every local delivery
+	 * counts as received, so the PoP's counters keep it out of its native demand.
+	 */
+	from_peer = peer->kind == PEER_REMOTE || (e.gue.priv_flags & FLAG_FROM_PEER);
+	local = from_peer ? V_RECEIVED_PEER : V_LOCAL;
 	if (rc == PARSE_UNSUPPORTED)
-		return deliver(ctx, &in, tier, V_LOCAL, bytes);
+		return deliver(ctx, &in, tier, local, bytes);
 	if (peer->kind == PEER_REMOTE)
 		return deliver(ctx, &in, tier, V_RECEIVED_PEER, bytes);
 	if (owns_flow(ctx, cfg, &in))
-		return deliver(ctx, &in, tier, V_LOCAL, bytes);
+		return deliver(ctx, &in, tier, local, bytes);
 	if (!(e.gue.priv_flags & FLAG_HAS_SECONDARY))
-		return deliver(ctx, &in, tier, V_LOCAL, bytes);
+		return deliver(ctx, &in, tier, local, bytes);
 	initial = in.proto == IPPROTO_UDP ||
 		  (in.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 	if (initial && !(e.gue.priv_flags & FLAG_AWAY))
-		return deliver(ctx, &in, tier, V_LOCAL, bytes);
+		return deliver(ctx, &in, tier, local, bytes);
 	if (e.gue.hop_index >= e.gue.hop_count)
-		return deliver(ctx, &in, tier, V_LOCAL_HOPS_EXHAUSTED, bytes);
+		return deliver(ctx, &in, tier, from_peer ? local : V_LOCAL_HOPS_EXHAUSTED, bytes);
 	if (addr_eq(e.gue.secondary, self_addr(cfg, !is_mapped4(e.gue.secondary))))
-		return deliver(ctx, &in, tier, V_LOCAL_SELF_SECONDARY, bytes);
+		return deliver(ctx, &in, tier, from_peer ? local : V_LOCAL_SELF_SECONDARY, bytes);
+	inter = e.gue.priv_flags & FLAG_INTER_POP;
 	if (!initial)
-		v = V_SECOND_CHANCE;
+		v = inter ? V_SECOND_CHANCE_INTER : V_SECOND_CHANCE;
 	else
-		v = (e.gue.priv_flags & FLAG_INTER_POP) ? V_FWD_INTER : V_FWD_INTRA;
+		v = inter ? V_FWD_INTER : V_FWD_INTRA;
 	__builtin_memcpy(e.dst, e.gue.secondary, 16);
 	e.gue.hop_index += 1;
 	e.gue.priv_flags &= ~FLAG_HAS_SECONDARY;
