@@ -12,12 +12,30 @@ import time
 import uuid
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from pydantic import ValidationError
 
 from popshift.topics import Topic
 
 log = logging.getLogger(__name__)
+
+# A topic created a moment ago may not have its partition leaders yet: ask again.
+_NOT_YET = frozenset(
+    {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError._TIMED_OUT}
+)
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, deadline: float) -> tuple[int, int]:
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                tp, timeout=max(0.1, deadline - time.monotonic())
+            )
+            return int(low), int(high)
+        except KafkaException as exc:
+            if exc.args[0].code() not in _NOT_YET or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
 
 
 def read_all(
@@ -41,10 +59,9 @@ def read_all(
         if meta is None or meta.error is not None:
             return []
         ends: dict[int, int] = {}
+        marks_deadline = time.monotonic() + timeout_s
         for p in meta.partitions:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic.name, p), timeout=timeout_s
-            )
+            low, high = _watermarks(consumer, TopicPartition(topic.name, p), marks_deadline)
             if high > low:
                 ends[p] = high
         if not ends:
