@@ -29,7 +29,9 @@ JAEGER_DIR="$POPSHIFT_STATE_DIR/jaeger"
 JAEGER_BIN_DIR="$JAEGER_DIR/bin"
 JAEGER_BIN="$JAEGER_BIN_DIR/jaeger"
 JAEGER_BUILD_DIR="$JAEGER_DIR/build"   # throwaway Go module that pins the tool
-JAEGER_GO_DIR="$JAEGER_DIR/go"         # GOMODCACHE (mod/) and GOCACHE (cache/) of the build
+# GOMODCACHE (mod/) and GOCACHE (cache/) of the build; point it outside a fresh clone to keep
+# the ~3 GB of caches across clones (e.g. CI runs).
+JAEGER_GO_DIR="${POPSHIFT_JAEGER_GO_DIR:-$JAEGER_DIR/go}"
 JAEGER_BUILD_LOG="$JAEGER_DIR/build.log"
 JAEGER_PID="$JAEGER_DIR/jaeger.pid"
 JAEGER_LOG="$JAEGER_DIR/jaeger.log"
