@@ -7,19 +7,23 @@ Each message carries ``schema_version`` so that a consumer can refuse what it do
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     IPvAnyAddress,
+    PlainValidator,
     TypeAdapter,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 SCHEMA_VERSION = 1
 MAX_SERVERS_PER_POP = 4096
@@ -39,6 +43,40 @@ Cores = Annotated[float, Field(ge=0.0, le=1_000_000.0, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 Millis = Annotated[float, Field(ge=0.0, le=3_600_000.0, allow_inf_nan=False)]
 Counter = Annotated[int, Field(ge=0, lt=2**64)]
+
+_CANONICAL_IPS: dict[str, str] = {}
+_CANONICAL_IPS_MAX = 1 << 17  # a few times every server of the largest deployment
+
+
+def _canonical_ip(value: Any) -> str:
+    """An IPv4 or IPv6 address in its canonical text form, as ``IPvAnyAddress`` would print it.
+
+    Parsing an address costs microseconds and every feedback message carries one, while a
+    server's address rarely changes: the canonical form of each text seen is remembered.
+    """
+    if type(value) is str:
+        canonical = _CANONICAL_IPS.get(value)
+        if canonical is not None:
+            return canonical
+    try:
+        canonical = str(ipaddress.ip_address(value))
+    except (ValueError, TypeError):
+        raise PydanticCustomError(
+            "ip_any_address", "value is not a valid IPv4 or IPv6 address"
+        ) from None
+    if type(value) is str:
+        if len(_CANONICAL_IPS) >= _CANONICAL_IPS_MAX:
+            _CANONICAL_IPS.clear()
+        _CANONICAL_IPS[value] = canonical
+    return canonical
+
+
+IpAddress = Annotated[
+    str,
+    PlainValidator(_canonical_ip),
+    WithJsonSchema({"format": "ipvanyaddress", "type": "string"}),
+]
+"""What ``IPvAnyAddress`` accepts, kept as its canonical text: same wire form, parsed once."""
 
 
 class Message(BaseModel):
@@ -71,7 +109,7 @@ class ServerHeartbeat(Message):
     kind: Literal["server"] = "server"
     pop: PopName
     server: ServerName
-    address: IPvAnyAddress
+    address: IpAddress
     seq: int = Field(ge=0, lt=2**63)
     sent_at: Seconds
     capacity_cores: Cores = Field(gt=0.0)
@@ -92,7 +130,7 @@ class ServerLoad(Message):
     """One server's load inside a per-PoP message."""
 
     server: ServerName
-    address: IPvAnyAddress
+    address: IpAddress
     capacity_cores: Cores = Field(gt=0.0)
     utilisation: Fraction
     healthy: bool = True
