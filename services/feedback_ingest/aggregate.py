@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from ipaddress import IPv4Address, IPv6Address
 
 from schemas.messages import (
     MAX_SERVERS_PER_POP,
@@ -47,22 +46,60 @@ class AggregatorStats:
     forgotten: int = 0
 
 
-@dataclass
 class _Server:
-    name: str
-    address: IPv4Address | IPv6Address
-    capacity_cores: float
-    utilisation: float
-    qos: ServiceQos | None
-    received: float  # the ingest's clock: liveness
-    reported_at: float  # the sender's clock: published as ServerLoad.last_seen (freshness)
-    reported_healthy: bool = True
-    down: bool = False
-    published: ServerLoad | None = None  # built once per report (records are replaced on update)
+    """One server's latest report; updated in place (tens of thousands of updates a second)."""
+
+    __slots__ = (
+        "address",
+        "capacity_cores",
+        "down",
+        "name",
+        "published",
+        "qos",
+        "received",
+        "reported_at",
+        "reported_healthy",
+        "utilisation",
+    )
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.address = ""
+        self.capacity_cores = 0.0
+        self.utilisation = 0.0
+        self.qos: ServiceQos | None = None
+        self.received = 0.0  # the ingest's clock: liveness
+        self.reported_at = 0.0  # the sender's clock: published as ServerLoad.last_seen
+        self.reported_healthy = True
+        self.down = False
+        self.published: ServerLoad | None = None  # built at most once per report
 
     @property
     def healthy(self) -> bool:
         return self.reported_healthy and not self.down
+
+    def heartbeat(self, hb: ServerHeartbeat, now: float) -> None:
+        self.address = hb.address
+        self.capacity_cores = hb.capacity_cores
+        # Normalised: the schema allows 5 % sampling slack over capacity; the PoP view does not.
+        self.utilisation = min(1.0, hb.cpu_busy_cores / hb.capacity_cores)
+        self.qos = hb.qos
+        self.received = now
+        self.reported_at = hb.sent_at
+        self.reported_healthy = True
+        self.down = False
+        self.published = None
+
+    def server_load(self, s: ServerLoad, feed: PopFeedback, now: float) -> None:
+        self.address = s.address
+        self.capacity_cores = s.capacity_cores
+        self.utilisation = s.utilisation
+        self.qos = s.qos
+        self.received = now
+        self.reported_at = s.last_seen or feed.sent_at
+        self.reported_healthy = s.healthy
+        self.down = False
+        self.published = None
 
 
 @dataclass
@@ -71,6 +108,7 @@ class _Pop:
     server_seq: dict[str, int] = field(default_factory=dict)
     feed_seq: int | None = None  # the PoP management server's own sequence
     feed_last_seen: float = 0.0
+    ordered: list[_Server] | None = None  # servers by name; None after one joined or left
 
 
 def _order(last: int | None, seq: int, was_down: bool) -> Outcome:
@@ -96,22 +134,19 @@ class PopAggregator:
         self.forget_after_s = max(forget_after_s, self.down_after_s)
         self.stats = AggregatorStats()
 
-    def _pop(self, name: str) -> _Pop:
-        pop = self._pops.get(name)
-        if pop is None:
-            raise UnknownPop(f"unknown pop: {name}")
-        return pop
-
     def observe(self, feedback: ServerHeartbeat | PopFeedback, now: float) -> Outcome:
         """Take one validated feedback message; raises UnknownPop / TooManyServers."""
-        pop = self._pop(feedback.pop)
+        pop = self._pops.get(feedback.pop)
+        if pop is None:
+            raise UnknownPop(f"unknown pop: {feedback.pop}")
         if isinstance(feedback, ServerHeartbeat):
-            known = pop.servers.get(feedback.server)
+            name = feedback.server
+            known = pop.servers.get(name)
             was_down = known is not None and known.down
-            outcome = _order(pop.server_seq.get(feedback.server), feedback.seq, was_down)
+            outcome = _order(pop.server_seq.get(name), feedback.seq, was_down)
             if outcome is Outcome.ACCEPTED:
-                self._update(pop, _from_heartbeat(feedback, now))
-                pop.server_seq[feedback.server] = feedback.seq
+                self._record(pop, name, known).heartbeat(feedback, now)
+                pop.server_seq[name] = feedback.seq
                 if was_down:
                     outcome = Outcome.REVIVED
         else:
@@ -119,18 +154,22 @@ class PopAggregator:
             outcome = _order(pop.feed_seq, feedback.seq, pop.feed_seq is not None and stale)
             if outcome is Outcome.ACCEPTED:
                 for s in feedback.servers:
-                    self._update(pop, _from_server_load(s, feedback, now))
+                    known = pop.servers.get(s.server)
+                    self._record(pop, s.server, known).server_load(s, feedback, now)
                 pop.feed_seq, pop.feed_last_seen = feedback.seq, now
         self._count(outcome)
         return outcome
 
-    def _update(self, pop: _Pop, record: _Server) -> None:
-        old = pop.servers.get(record.name)
-        if old is None and len(pop.servers) >= MAX_SERVERS_PER_POP:
-            raise TooManyServers(f"too many servers: over {MAX_SERVERS_PER_POP} in one PoP")
-        if old is not None and old.down:
+    def _record(self, pop: _Pop, name: str, known: _Server | None) -> _Server:
+        """The record to update in place: the known one, or a new one if there is room."""
+        if known is None:
+            if len(pop.servers) >= MAX_SERVERS_PER_POP:
+                raise TooManyServers(f"too many servers: over {MAX_SERVERS_PER_POP} in one PoP")
+            known = pop.servers[name] = _Server(name)
+            pop.ordered = None
+        elif known.down:
             self.stats.revived += 1
-        pop.servers[record.name] = record
+        return known
 
     def _count(self, outcome: Outcome) -> None:
         if outcome is Outcome.DUPLICATE:
@@ -144,82 +183,76 @@ class PopAggregator:
         """Apply liveness at ``now`` and return the current load of every PoP that has servers."""
         loads = []
         for name, pop in self._pops.items():
-            for server in list(pop.servers.values()):
-                silent = now - server.received
-                if silent > self.forget_after_s:
-                    del pop.servers[server.name]
-                    pop.server_seq.pop(server.name, None)
-                    self.stats.forgotten += 1
-                elif silent > self.down_after_s and not server.down:
-                    server.down = True
-                    self.stats.marked_down += 1
             if pop.servers:
-                loads.append(_pop_load(name, pop, now))
+                load = self._pop_load(name, pop, now)
+                if load is not None:
+                    loads.append(load)
         return loads
 
+    def _pop_load(self, name: str, pop: _Pop, now: float) -> PopLoad | None:
+        """Liveness and the PoP's load in one pass over its servers (every server, every tick)."""
+        ordered = pop.ordered
+        if ordered is None:
+            ordered = pop.ordered = sorted(pop.servers.values(), key=_name)
+        servers: list[ServerLoad] = []
+        capacity = load = 0.0
+        p95_weighted = p95_weight = 0.0
+        ok_weighted = probes = 0.0
+        forgotten = False
+        for s in ordered:
+            silent = now - s.received
+            if silent > self.down_after_s:
+                if silent > self.forget_after_s:
+                    del pop.servers[s.name]
+                    pop.server_seq.pop(s.name, None)
+                    self.stats.forgotten += 1
+                    forgotten = True
+                    continue
+                if not s.down:
+                    s.down = True
+                    self.stats.marked_down += 1
+            healthy = s.reported_healthy and not s.down
+            published = s.published
+            if published is None or published.healthy != healthy:
+                # From validated, finite values; validating again (in Rust) is cheaper than
+                # model_construct and keeps what is published a valid message.
+                published = s.published = ServerLoad.model_validate(
+                    {
+                        "server": s.name,
+                        "address": s.address,
+                        "capacity_cores": s.capacity_cores,
+                        "utilisation": s.utilisation,
+                        "healthy": healthy,
+                        "last_seen": s.reported_at,
+                        "qos": s.qos,
+                    }
+                )
+            servers.append(published)
+            if not healthy:
+                continue
+            capacity += s.capacity_cores
+            load += s.utilisation * s.capacity_cores
+            qos = s.qos
+            if qos is not None:
+                if qos.latency_p95_ms is not None:
+                    p95_weighted += qos.latency_p95_ms * s.capacity_cores
+                    p95_weight += s.capacity_cores
+                ok_weighted += qos.success_rate * qos.probes
+                probes += qos.probes
+        if forgotten:
+            pop.ordered = None
+        if not servers:
+            return None
+        return PopLoad(
+            pop=name,
+            at=now,
+            servers=servers,
+            healthy_capacity_cores=capacity,
+            combined_load_cores=min(load, capacity),
+            qos_p95_ms=p95_weighted / p95_weight if p95_weight else None,
+            qos_success_rate=min(1.0, ok_weighted / probes) if probes else None,
+        )
 
-def _from_heartbeat(hb: ServerHeartbeat, now: float) -> _Server:
-    return _Server(
-        name=hb.server,
-        address=hb.address,
-        capacity_cores=hb.capacity_cores,
-        # Normalised: the schema allows 5 % sampling slack over capacity; the PoP view does not.
-        utilisation=min(1.0, hb.cpu_busy_cores / hb.capacity_cores),
-        qos=hb.qos,
-        received=now,
-        reported_at=hb.sent_at,
-    )
 
-
-def _from_server_load(s: ServerLoad, feed: PopFeedback, now: float) -> _Server:
-    return _Server(
-        name=s.server,
-        address=s.address,
-        capacity_cores=s.capacity_cores,
-        utilisation=s.utilisation,
-        qos=s.qos,
-        received=now,
-        reported_at=s.last_seen or feed.sent_at,
-        reported_healthy=s.healthy,
-    )
-
-
-def _pop_load(name: str, pop: _Pop, now: float) -> PopLoad:
-    servers: list[ServerLoad] = []
-    capacity = load = 0.0
-    p95_weighted = p95_weight = 0.0
-    ok_weighted = probes = 0.0
-    for s in sorted(pop.servers.values(), key=lambda r: r.name):
-        if s.published is None or s.published.healthy != s.healthy:
-            # Validated on the way in and computed from finite values: not re-validated, it is
-            # the ingest's hottest loop (one ServerLoad per server per report).
-            s.published = ServerLoad.model_construct(
-                schema_version=1,  # given, so that pydantic does not look up the default
-                server=s.name,
-                address=s.address,
-                capacity_cores=s.capacity_cores,
-                utilisation=s.utilisation,
-                healthy=s.healthy,
-                last_seen=s.reported_at,
-                qos=s.qos,
-            )
-        servers.append(s.published)
-        if not s.healthy:
-            continue
-        capacity += s.capacity_cores
-        load += s.utilisation * s.capacity_cores
-        if s.qos is not None:
-            if s.qos.latency_p95_ms is not None:
-                p95_weighted += s.qos.latency_p95_ms * s.capacity_cores
-                p95_weight += s.capacity_cores
-            ok_weighted += s.qos.success_rate * s.qos.probes
-            probes += s.qos.probes
-    return PopLoad(
-        pop=name,
-        at=now,
-        servers=servers,
-        healthy_capacity_cores=capacity,
-        combined_load_cores=min(load, capacity),
-        qos_p95_ms=p95_weighted / p95_weight if p95_weight else None,
-        qos_success_rate=min(1.0, ok_weighted / probes) if probes else None,
-    )
+def _name(server: _Server) -> str:
+    return server.name

@@ -23,7 +23,7 @@ from popshift import topics
 from popshift.bus import Received, RejectMessage, TypedConsumer, TypedProducer, create_topics
 from popshift.network import load_network
 from services.feedback_ingest.aggregate import PopAggregator, TooManyServers, UnknownPop
-from services.feedback_ingest.process import install_stop_signals, setup_logging
+from services.feedback_ingest.process import install_stop_signals, setup_logging, tune_gc
 from services.feedback_ingest.settings import IngestSettings
 
 log = logging.getLogger("popshift.ingest")
@@ -137,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.topic_partitions,
     )
     ingest = Ingest(settings, network.pop_names)
+    tune_gc()
     stop = threading.Event()
     install_stop_signals(stop)
     log.info(
