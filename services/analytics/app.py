@@ -32,7 +32,7 @@ from popshift.network import load_network
 from schemas.messages import DeadLetter, PopLoad, PopStatus
 from services.analytics.config import load_config
 from services.analytics.window import Analyzer
-from services.feedback_ingest.process import setup_logging
+from services.feedback_ingest.process import setup_logging, tune_gc
 from services.feedback_ingest.settings import PipelineSettings
 
 log = logging.getLogger("popshift.analytics")
@@ -164,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     app = build_app(settings)
     worker = faust.Worker(app, loglevel="INFO", stdout=sys.stderr, redirect_stdouts=False)
+    tune_gc()
     log.info("analytics %s: %s", settings.analytics_app_id, settings.topic(topics.POP_LOAD).name)
     worker.execute_from_commandline()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from schemas.messages import PopState, PopStatus
 from services.analytics.config import Band, CanTakeRules, CountBand, PopRules, ShedRules
@@ -17,8 +18,9 @@ from services.analytics.config import Band, CanTakeRules, CountBand, PopRules, S
 NO_CAPACITY = "no_healthy_capacity"
 
 
-@dataclass(frozen=True)
-class ServerMetric:
+class ServerMetric(NamedTuple):
+    """One healthy server over the window (a tuple: a PoP builds a hundred per pop-load)."""
+
     utilisation: float
     capacity_cores: float
 

@@ -21,6 +21,23 @@ class _Sample:
     load_cores: float
     qos_p95_ms: float | None
     servers: dict[str, tuple[float, float]]  # healthy server -> (utilisation, capacity)
+    names: tuple[str, ...]  # the same, as columns: usually every sample has the same servers
+    utilisation: tuple[float, ...]
+    capacity: tuple[float, ...]
+
+    @classmethod
+    def of(cls, load: PopLoad) -> _Sample:
+        servers = {s.server: (s.utilisation, s.capacity_cores) for s in load.servers if s.healthy}
+        values = servers.values()
+        return cls(
+            at=load.at,
+            load_cores=load.combined_load_cores,
+            qos_p95_ms=load.qos_p95_ms,
+            servers=servers,
+            names=tuple(servers),
+            utilisation=tuple(u for u, _ in values),
+            capacity=tuple(c for _, c in values),
+        )
 
 
 class PopWindow:
@@ -34,16 +51,7 @@ class PopWindow:
         """Add a sample; ``None`` if it is older than the newest one (a replay or reordering)."""
         if self._samples and load.at < self._samples[-1].at:
             return None
-        self._samples.append(
-            _Sample(
-                at=load.at,
-                load_cores=load.combined_load_cores,
-                qos_p95_ms=load.qos_p95_ms,
-                servers={
-                    s.server: (s.utilisation, s.capacity_cores) for s in load.servers if s.healthy
-                },
-            )
-        )
+        self._samples.append(_Sample.of(load))
         while self._samples[0].at <= load.at - self.window_s:
             self._samples.popleft()
         return self._metrics(load)
@@ -51,15 +59,24 @@ class PopWindow:
     def _metrics(self, latest: PopLoad) -> Metrics:
         samples = self._samples
         qos = [s.qos_p95_ms for s in samples if s.qos_p95_ms is not None]
-        servers = []
-        for name, (_, capacity) in samples[-1].servers.items():
-            seen = [s.servers[name][0] for s in samples if name in s.servers]
-            servers.append(ServerMetric(sum(seen) / len(seen), capacity))
+        newest = samples[-1]
+        if all(s.names == newest.names for s in samples):
+            # The usual case, the same servers in every sample: column sums, in sample order.
+            n = len(samples)
+            utils = [sum(us) / n for us in zip(*(s.utilisation for s in samples), strict=True)]
+            servers = tuple(map(ServerMetric, utils, newest.capacity))
+        else:
+            # Per server, the mean of its utilisation over the samples that have it.
+            metrics = []
+            for name, (_, capacity) in newest.servers.items():
+                seen = [s.servers[name][0] for s in samples if name in s.servers]
+                metrics.append(ServerMetric(sum(seen) / len(seen), capacity))
+            servers = tuple(metrics)
         return Metrics(
             pop=latest.pop,
             capacity_cores=latest.healthy_capacity_cores,
             load_cores=sum(s.load_cores for s in samples) / len(samples),
-            servers=tuple(servers),
+            servers=servers,
             qos_p95_ms=sum(qos) / len(qos) if qos else None,
         )
 
