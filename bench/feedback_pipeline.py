@@ -12,7 +12,7 @@ private topics of the local broker. Measures over ``--duration`` seconds after a
 
 ``--mode pop`` sends the same servers as per-PoP aggregated feedback (patent (42): one message
 per PoP per second from its management server); its rate is reported in server entries/s.
-``--profile DIR`` runs the ingest under cProfile and prints where its time goes.
+``--profile DIR`` runs the ingest and analytics under cProfile and prints where their time goes.
 
     python bench/feedback_pipeline.py [--rate 30000] [--duration 20] [--mode server|pop]
 
@@ -63,7 +63,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ingest-procs", type=int, default=1)
     p.add_argument("--mode", choices=["server", "pop"], default="server")
     p.add_argument("--lag-pops", type=int, default=20)
-    p.add_argument("--profile", type=Path, default=None, help="cProfile the ingest into DIR")
+    p.add_argument(
+        "--profile", type=Path, default=None, help="cProfile the ingest and analytics into DIR"
+    )
     return p.parse_args()
 
 
@@ -259,7 +261,11 @@ def main() -> int:
         )
         for i in range(args.ingest_procs)
     ]
-    procs.append(start("services.analytics.app", env))
+    procs.append(
+        start(
+            "services.analytics.app", env, args.profile / "analytics.prof" if args.profile else None
+        )
+    )
     ctx = multiprocessing.get_context("spawn")
     record, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
     lag_pops = {p.encode() for p in pops[: args.lag_pops]}
@@ -354,7 +360,7 @@ def main() -> int:
         f"{pct(status_lag, 0.5):.3f}s p99 {pct(status_lag, 0.99):.3f}s"
     )
     if args.profile:
-        for f in sorted(args.profile.glob("ingest*.prof")):
+        for f in sorted(args.profile.glob("*.prof")):
             print(f"--- profile {f} (top 25 by own time) ---")
             pstats.Stats(str(f), stream=sys.stdout).sort_stats("tottime").print_stats(25)
     ok = p99 < LAG_BOUND_S and processed_rate >= 0.98 * offered_rate
