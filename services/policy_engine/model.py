@@ -11,9 +11,18 @@ the measured load into native demand per tier:
                                                               chance (established flows kept on
                                                               their remote secondary)
 
-Packet rates are a proxy for CPU cost; a constant count multiplicity (edge and server both
-counting) cancels in the ratio. Without fresh counters the load is split by a configured tier
-mix, corrected by the traffic our current policies move in and out.
+Packet rates are a proxy for CPU cost. The rates are summed over every node of the PoP (edges
+and servers), which is right because the data plane counts each packet once per PoP, at the
+node that processes it or sends it out (services/forwarder/README.md, "Counted once per PoP"):
+``local`` is our own traffic processed here, ``inter_pop_forward`` + ``second_chance_forward``
+our own traffic sent to another PoP, ``received_from_peer`` another PoP's traffic processed
+here (a server counts it so even when it came through our edge: GUE flag FROM_PEER), and hand-
+offs inside the PoP (``intra_pop_forward``: every packet an edge passes on, second chances to
+an intra-PoP secondary) are not used. Received traffic thus weighs in ``k`` but never in native
+demand: a PoP does not look like a shedder because it takes a neighbour's overflow.
+
+Without fresh counters the load is split by a configured tier mix, corrected by the traffic our
+current policies move in and out.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ class TierRates:
 
 
 def _counts(c: TierCounters) -> tuple[int, int, int]:
+    """(our own processed here, our own sent to another PoP, received from other PoPs)."""
     return c.local, c.inter_pop_forward + c.second_chance_forward, c.received_from_peer
 
 
