@@ -322,23 +322,33 @@ def _reason(
     shedders_in = sorted(
         s for pairs in solution.shares.values() for (s, d) in pairs if d == src and s != src
     )
+    # The solver leaves src over target: its receivers (within the bounds) are full, and the
+    # answer moves only what they can take, perhaps nothing (never "recovered").
+    partial = src in solution.overloaded
+    util = f"{status.utilisation:.2f}" if status is not None else "unknown"
+    rule_of = f" ({status.rule or status.state.value})" if status is not None else ""
+    cap = status.capacity_cores if status is not None else 0.0
+    expect = f", {expected[src] / cap:.2f} expected after" if src in expected and cap > 0 else ""
     trigger = src
     if src in state.overrides.drain:
         why = f"override: {src} drained"
     elif pinned & set(new):
         why = f"override: pinned {', '.join(f't{t}->{d}' for t, d in sorted(pinned))}"
+    elif new and partial:
+        why = f"partial: receivers full, {src} at {util} > target {target_u:.2f}{rule_of}{expect}"
     elif status is not None and new and status.utilisation > target_u:
-        why = (
-            f"shed: {src} at {status.utilisation:.2f} > target {target_u:.2f}"
-            f" ({status.rule or status.state.value})"
-        )
+        why = f"shed: {src} at {util} > target {target_u:.2f}{rule_of}"
     elif new and shedders_in:
         trigger = shedders_in[0]
         why = f"cascade (48): {src} takes {trigger}'s traffic and passes its own on"
     elif new:
         why = f"rebalance: {src} native load over target {target_u:.2f}"
+    elif partial:
+        why = (
+            f"partial: receivers full, nothing can move: {src} at {util}"
+            f" > target {target_u:.2f}{rule_of}"
+        )
     else:
-        util = f"{status.utilisation:.2f}" if status is not None else "unknown"
         why = f"recovered: {src} at {util}, no forwarding needed"
     changes = []
     for key in sorted(set(current) | set(new)):

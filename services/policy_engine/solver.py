@@ -14,7 +14,9 @@ Objective, lexicographic by construction of the weights:
 3. least added latency (cores x ms), plus a small per-hop cost so nothing moves without need.
 
 Size: only PoPs that must shed, their candidate receivers and those receivers' own candidates
-(cascade relays) get variables; pairs beyond the tier's bound are pruned, and each sender keeps
+(cascade relays) get variables. A receiver is a PoP under target, or a shedder that can pass
+its own traffic on to one (so a neighbour slightly over target still relays a far shedder's
+overload); pairs beyond the tier's bound are pruned, and each sender keeps
 its ``max_candidates`` nearest receivers. The LP is exact over that candidate graph; the greedy
 uses the same graph, so its objective can never be lower.
 """
@@ -183,7 +185,7 @@ def build_graph(problem: Problem) -> Graph:
     )
     accepts = np.array([not p.drained for p in pops], dtype=bool)
     shedder = native_load > target + TOLERANCE
-    receiver_ok = accepts & ~shedder
+    has_room = accepts & ~shedder
 
     lat = np.asarray(problem.latency_ms, dtype=np.float64)
     blocked: list[tuple[int, int]] = [
@@ -192,13 +194,31 @@ def build_graph(problem: Problem) -> Graph:
     movable = [ti for ti, t in enumerate(tiers) if t.forwardable]
     k = problem.max_candidates
 
-    def arcs_from(rows: IntArray, ti: int) -> tuple[IntArray, IntArray, FloatArray]:
-        rows = rows[native[ti, rows] > 0.0]
+    def allowed(rows: IntArray, ti: int, to: npt.NDArray[np.bool_]) -> FloatArray:
+        """Latency rows of ``rows`` (those with tier ``ti`` traffic), ``inf`` where not ``to``,
+        to itself or forbidden."""
         sub = lat[rows]  # fancy indexing: a copy we may overwrite
-        sub[:, ~receiver_ok] = np.inf
+        sub[:, ~to] = np.inf
         sub[np.arange(rows.size), rows] = np.inf
         for s, d in blocked:
             sub[rows == s, d] = np.inf
+        return sub
+
+    # A shedder can still take a neighbour's traffic if it passes as much of its own on to a
+    # PoP with room: B slightly over target is the relay that lets A's overload reach C when
+    # A->C is beyond the bound (48). Without it, A would move nothing at all.
+    relay_ok = np.zeros(n, dtype=bool)
+    shedders = np.flatnonzero(shedder & accepts)
+    for ti in movable:
+        rows = shedders[native[ti, shedders] > 0.0]
+        if rows.size:
+            sub = allowed(rows, ti, has_room)
+            relay_ok[rows[(sub <= tiers[ti].max_added_latency_ms).any(axis=1)]] = True
+    receiver_ok = has_room | relay_ok
+
+    def arcs_from(rows: IntArray, ti: int) -> tuple[IntArray, IntArray, FloatArray]:
+        rows = rows[native[ti, rows] > 0.0]
+        sub = allowed(rows, ti, receiver_ok)
         return _nearest(sub, rows, tiers[ti].max_added_latency_ms, k)
 
     parts: list[tuple[int, IntArray, IntArray, FloatArray]] = []
@@ -207,8 +227,9 @@ def build_graph(problem: Problem) -> Graph:
     for ti in movable:
         s_, d_, l_ = arcs_from(shedders, ti)
         parts.append((ti, s_, d_, l_))
-        relays.update(int(x) for x in np.unique(d_))
+        relays.update(int(x) for x in np.unique(d_) if not shedder[x])
     # A receiver may pass on its own traffic, any movable tier, to make room: the cascade of (48).
+    # (A shedder that receives already has its own arcs out.)
     relay_rows = np.array(sorted(relays), dtype=np.int64)
     for ti in movable:
         s_, d_, l_ = arcs_from(relay_rows, ti)

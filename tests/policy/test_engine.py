@@ -81,7 +81,7 @@ def test_forced_shares_bypass_hold_off_and_step() -> None:
     st.floats(0.01, 1.0),
 )
 def test_damped_shares_stay_fractions_and_move_toward_the_target(cur, tgt, step) -> None:
-    def fit(d):
+    def fit(d: dict[str, float]) -> dict[tuple[int, str], float]:
         total = sum(d.values())
         return {(0, k): v / max(1.0, total) for k, v in d.items()}
 
@@ -242,12 +242,8 @@ def test_damping_walks_to_the_target_and_recovery_cancels() -> None:
         if ev.source == "a"
     ]
     # +0.1 every hold-off period until the target 4.5/12 = 0.375; then a steady state is quiet.
-    assert shares == [
-        (0, pytest.approx(0.1)),
-        (10, pytest.approx(0.2)),
-        (20, pytest.approx(0.3)),
-        (30, pytest.approx(0.375)),
-    ]
+    assert [t for t, _ in shares] == [0, 10, 20, 30]
+    assert [x for _, x in shares] == pytest.approx([0.1, 0.2, 0.3, 0.375])
     assert plant.loads(100.0)["a"] == pytest.approx(7.5)
     plant.native["a"] = 3.0  # the spike is over
     tail = [ev for now in range(100, 200, 5) for ev in plant.step(state, float(now))]
@@ -313,3 +309,33 @@ def stats_for(pop: str, at: float, local: int, received: int) -> DataplaneStats:
         at=at,
         tiers=[TierCounters(tier=0, local=local, received_from_peer=received)],
     )
+
+
+def test_receivers_that_can_take_only_part_get_that_part_and_the_reason_says_so() -> None:
+    state = engine()
+    # a at 99 %; b is slightly over target and can only relay to c, which has 0.5 cores of
+    # room; a->c is beyond the bound. Before, a moved nothing (b was no receiver).
+    events = by_source(feed(state, 1.0, {"a": 9.9, "b": 7.6, "c": 7.0}))
+    a = events["a"]
+    assert a.action is PolicyAction.NEW
+    assert [(s.tier, s.destination) for s in a.shares] == [(0, "b")]
+    assert a.shares[0].share == pytest.approx(0.4 / 9.9)
+    assert a.reason.rule.startswith("partial: receivers full, a at 0.99 > target 0.75")
+    assert "0.95 expected after" in a.reason.rule
+    assert a.reason.infeasible
+    assert a.reason.expected_utilisation["a"] == pytest.approx(0.95)
+    assert [(s.tier, s.destination) for s in events["b"].shares] == [(0, "c")]
+
+
+def test_full_receivers_cancel_with_a_partial_reason_not_recovered() -> None:
+    state = engine()
+    first = by_source(feed(state, 1.0, {"a": 9.9, "b": 7.0, "c": 7.5}))
+    assert first["a"].shares[0].share == pytest.approx(0.5 / 9.9)
+    # b's own demand grows to its target (it measures 8.0 with a's 0.5 in): nobody has room.
+    again = by_source(feed(state, 10.0, {"a": 9.9, "b": 8.0, "c": 7.5}))
+    assert state.native["b"][0] == pytest.approx(7.5)
+    a = again["a"]
+    assert a.action is PolicyAction.CANCEL
+    assert a.reason.rule.startswith("partial: receivers full, nothing can move: a at 0.99")
+    assert "recovered" not in a.reason.rule
+    assert a.reason.infeasible

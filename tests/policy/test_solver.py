@@ -231,3 +231,56 @@ def test_greedy_never_beats_the_exact_objective(problem: Problem) -> None:
     assert math.isfinite(exact.objective)
     budget = solve_with_budget(problem, 5.0)
     assert budget.objective == pytest.approx(exact.objective, rel=1e-6, abs=1e-6)
+
+
+def test_a_shedder_next_door_still_relays_a_far_shedders_overload() -> None:
+    # b is a hair over target itself, yet the only way a's overload reaches c (a->c is beyond
+    # the bound): b takes a's excess and passes as much of its own on. Before, b was no
+    # receiver because it was over target, and a moved nothing at all.
+    problem = Problem(
+        pops=[pop("a", t0=9.9), pop("b", t0=7.6), pop("c", t0=2.0)],
+        tiers=[BULK],
+        latency_ms=latency(["a", "b", "c"], {("a", "b"): 10.0, ("b", "c"): 12.0, ("a", "c"): 45.0}),
+    )
+    for sol in both(problem):
+        assert sol.shares == {
+            0: {("a", "b"): pytest.approx(2.4 / 9.9), ("b", "c"): pytest.approx(2.5 / 7.6)}
+        }, sol.method
+        assert sol.load == {
+            "a": pytest.approx(7.5),
+            "b": pytest.approx(7.5),
+            "c": pytest.approx(4.5),
+        }
+        assert not sol.infeasible
+
+
+def test_receivers_that_can_take_only_part_take_that_part_and_it_is_flagged() -> None:
+    # a at 99 %: within the bound only b (over by 0.1) and, through b, c (room 0.5) help, so
+    # a can shed 0.4 of its 2.4 cores over target: the least bad answer moves exactly that.
+    problem = Problem(
+        pops=[pop("a", t0=9.9), pop("b", t0=7.6), pop("c", t0=7.0)],
+        tiers=[BULK],
+        latency_ms=latency(["a", "b", "c"], {("a", "b"): 10.0, ("b", "c"): 12.0, ("a", "c"): 45.0}),
+    )
+    for sol in both(problem):
+        assert sol.shares == {
+            0: {("a", "b"): pytest.approx(0.4 / 9.9), ("b", "c"): pytest.approx(0.5 / 7.6)}
+        }, sol.method
+        assert sol.load == {
+            "a": pytest.approx(9.5),
+            "b": pytest.approx(7.5),
+            "c": pytest.approx(7.5),
+        }
+        assert sol.infeasible and sol.overloaded == ["a"]
+
+
+def test_a_shedder_with_nowhere_to_pass_its_own_traffic_takes_nothing() -> None:
+    # b over target with no PoP with room within reach: no relay, so a sends it nothing.
+    problem = Problem(
+        pops=[pop("a", t0=9.9), pop("b", t0=7.6), pop("c", t0=2.0)],
+        tiers=[BULK],
+        latency_ms=latency(["a", "b", "c"], {("a", "b"): 10.0, ("a", "c"): 45.0, ("b", "c"): 40.0}),
+    )
+    for sol in both(problem):
+        assert sol.shares == {}, sol.method
+        assert sol.overloaded == ["a", "b"]
