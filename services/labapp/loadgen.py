@@ -97,11 +97,19 @@ def _identity(answer: object) -> tuple[str, str]:
     return str(answer["pop"]), str(answer["server"])
 
 
-async def whoami(plan: Plan) -> dict[str, object]:
-    """One GET /whoami on a new connection; raises whatever went wrong."""
+async def whoami(plan: Plan, seen: dict[str, int] | None = None) -> dict[str, object]:
+    """One GET /whoami on a new connection; raises whatever went wrong. `seen` gets the
+    connection's source port ("sport") as soon as it is connected."""
     reader, writer = await _connect(plan)
+    if seen is not None:
+        sockname = writer.get_extra_info("sockname")
+        seen["sport"] = int(sockname[1]) if sockname else 0
     try:
-        writer.write(wire.request("GET", "/whoami", plan.target, {"Connection": "close"}))
+        # No "Connection: close": the client closes first, so the TIME_WAIT stays with the
+        # client, whose kernel then never reuses the source port within a minute. A server
+        # closing first would keep the 5-tuple in TIME_WAIT, and a new connection reusing the
+        # port would be processed by that server (it owns the flow) whatever its bucket says.
+        writer.write(wire.request("GET", "/whoami", plan.target, {}))
         async with asyncio.timeout(plan.timeout):
             head = await _expect(reader, 200)
             answer = json.loads(await wire.read_body(reader, head))
@@ -114,9 +122,10 @@ async def whoami(plan: Plan) -> dict[str, object]:
 async def short_request(plan: Plan, rec: Recorder) -> None:
     start = rec.since_start()
     answer: dict[str, object] = {}
+    seen: dict[str, int] = {}
     exc: BaseException | None = None
     try:
-        answer = await whoami(plan)
+        answer = await whoami(plan, seen)
     except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError, RuntimeError) as e:
         exc = e
     duration = rec.since_start() - start
@@ -130,6 +139,7 @@ async def short_request(plan: Plan, rec: Recorder) -> None:
             server=str(answer.get("server", "")),
             error="" if exc is None else f"{type(exc).__name__}: {exc}",
             max_rtt_ms=round(duration * 1000.0, 3) if exc is None else 0.0,
+            sport=seen.get("sport", 0),
         )
     )
 

@@ -83,6 +83,8 @@ class Record:
     servers_seen: int = 0  # long: distinct servers that answered on this one connection
     max_rtt_ms: float = 0.0  # long: the slowest echo round trip; short: the request's latency
     conn: int = -1  # long: which of the N long-lived slots
+    sport: int = 0  # short: the client's source port (0: not connected), so a test can hash
+    # the connection's 5-tuple and predict which PoP must process it
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
