@@ -53,6 +53,17 @@ class StatusRecord:
 
 
 @dataclass
+class TableRecord:
+    """One edge's forwarding table (the scenario's tier) as read from its BPF map at `t`, kept
+    whenever it changed: which buckets send new connections away, to which PoP."""
+
+    t: float
+    pop: str
+    away: dict[str, list[int]]  # destination PoP -> bucket indexes with direction away
+    since: float  # the read before, which still showed the previous table: changed in (since, t]
+
+
+@dataclass
 class Traffic:
     """One load-generator record and who made it: the client region and which generator."""
 
@@ -74,6 +85,9 @@ class Result:
     # node -> verdict -> packets, summed over tiers, at the marks "load_on" and "end"
     counters: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     settings: dict[str, str] = field(default_factory=dict)
+    tables: list[TableRecord] = field(default_factory=list)  # in time order, per change
+    # "vip" and "client-<region>": the addresses of the flows' 5-tuples (for the bucket hash)
+    addresses: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         raw = asdict(self)
@@ -98,6 +112,8 @@ class Result:
             ],
             counters=raw["counters"],
             settings=raw.get("settings", {}),
+            tables=[TableRecord(**x) for x in raw.get("tables", [])],
+            addresses=raw.get("addresses", {}),
         )
 
     def save(self, path: Path) -> None:
@@ -210,21 +226,159 @@ def check_long_connections(result: Result) -> Check:
     )
 
 
+@dataclass(frozen=True)
+class Window:
+    """A stretch [t0, t1) in which one policy share was in force and applied to the table."""
+
+    t0: float
+    t1: float
+    share: float  # the policy's share
+    table_share: float  # buckets away / 2^N in the edge's table: round(share * 2^N) / 2^N
+
+
+def min_samples(share: float, tolerance: float, sigmas: float = 3.0) -> int:
+    """Connections needed for `tolerance` to be `sigmas` binomial standard deviations: with
+    fewer, a correct data plane would miss the tolerance too often for a CI check."""
+    p = min(max(share, 0.05), 0.95)
+    return int(sigmas * sigmas * p * (1.0 - p) / (tolerance * tolerance)) + 1
+
+
 def check_share(
     result: Result,
     source: str,
     dest: str,
-    t0: float,
-    t1: float,
-    share: float,
+    windows: Sequence[Window],
     tolerance: float = 0.03,
     label: str = "policy",
+    min_n: int | None = None,
 ) -> Check:
-    n, got = share_processed(shorts(result, source, t0, t1), dest)
+    """The share of `source`'s new connections processed in `dest`, pooled over `windows`, is
+    within `tolerance` of the policy's share and of the table's exact share (both weighted by
+    the connections of each window). The check needs enough connections for the tolerance to
+    be 3 binomial standard deviations (`min_samples`, unless `min_n` says otherwise)."""
+    n = hits = 0
+    want = table = var = 0.0
+    for w in windows:
+        ok = [r for r in shorts(result, source, w.t0, w.t1) if r.outcome is Outcome.OK]
+        n += len(ok)
+        hits += sum(1 for r in ok if r.pop == dest)
+        want += w.share * len(ok)
+        table += w.table_share * len(ok)
+        var += w.table_share * (1.0 - w.table_share) * len(ok)
+    got, want, table = (hits / n, want / n, table / n) if n else (0.0, 0.0, 0.0)
+    sd = (var**0.5) / n if n else 0.0
+    need = min_samples(want, tolerance) if min_n is None else min_n
+    spans = ", ".join(f"{w.t0:.0f}..{w.t1:.0f}s" for w in windows) or "none"
     return Check(
         f"share of {source}'s new connections processed in {dest} ({label})",
-        n >= 100 and abs(got - share) <= tolerance,
-        f"{got:.1%} of {n} over t={t0:.0f}..{t1:.0f}s vs {share:.1%} in force (+-{tolerance:.0%})",
+        n >= need and abs(got - want) <= tolerance and abs(got - table) <= tolerance,
+        f"{got:.1%} of {n} (need >= {need}) over t={spans} vs {want:.1%} policy / "
+        f"{table:.1%} table in force (+-{tolerance:.0%}; binomial sd {sd:.2%})",
+    )
+
+
+def table_windows(
+    result: Result,
+    source: str,
+    dest: str,
+    start: float,
+    end: float,
+    settle_s: float,
+) -> list[Window]:
+    """Every stretch in [start, end) in which `source`'s policy sent a share > 0 to `dest` and
+    did not change, from `settle_s` after the edge's table showed it (connections in flight
+    across a change done) to the next change; with the table's exact share."""
+    bits = result.table_bits
+    changes = sorted({p.t for p in result.policies if p.source == source and start <= p.t < end})
+    windows = []
+    for a, b in itertools.pairwise([start, *changes, end]):
+        share = policy_in_force(result, source, a + 1e-6).get(dest, 0.0)
+        want = round(share * (1 << bits))
+        if want == 0:
+            continue
+        applied = next(
+            (
+                x.t
+                for x in result.tables
+                if x.pop == source and a <= x.t < b and len(x.away.get(dest, [])) == want
+            ),
+            None,
+        )
+        if applied is not None and applied + settle_s < b:
+            windows.append(Window(applied + settle_s, b, share, want / (1 << bits)))
+    return windows
+
+
+def bucket_of(result: Result, region: str, sport: int, dport: int = 80) -> int:
+    """The bucket of a TCP connection from region's client to the VIP: the forwarder's own flow
+    hash (services.forwarder.model, the same function as the XDP program's)."""
+    import ipaddress
+    import struct
+
+    from services.forwarder.model import flow_hash
+
+    mapped = bytes(10) + b"\xff\xff"
+    src = mapped + ipaddress.IPv4Address(result.addresses[f"client-{region}"]).packed
+    dst = mapped + ipaddress.IPv4Address(result.addresses["vip"]).packed
+    key = src + dst + struct.pack("!HHB3x", sport, dport, 6)
+    return flow_hash(key) & ((1 << result.table_bits) - 1)
+
+
+def expected_pop(
+    result: Result, region: str, start: float, end: float, bucket: int, margin_s: float
+) -> str:
+    """Where the table sent a new connection of `region` made in [start, end]: the destination
+    whose away buckets hold its bucket, else the region's own PoP. "" when the bucket may have
+    changed within `margin_s` of that (a change lies between a table record's `since` and its
+    `t`): in flight across a change, either side is right; "" too when no table was read
+    before and after it."""
+    own = [x for x in result.tables if x.pop == region]
+    before = [x for x in own if x.t <= start - margin_s]
+    if not before or not result.samples or result.samples[-1].t < end + margin_s:
+        return ""
+
+    def dest(x: TableRecord) -> str:
+        return next((d for d, bs in x.away.items() if bucket in bs), region)
+
+    near = [x for x in own if x.t > start - margin_s and x.since < end + margin_s]
+    seen = {dest(x) for x in [before[-1], *near]}
+    return seen.pop() if len(seen) == 1 else ""
+
+
+def check_placement(result: Result, t0: float, t1: float, margin_s: float = 1.0) -> Check:
+    """Connection by connection: every new connection that started in [t0, t1) was processed
+    by the PoP its bucket (the forwarder's hash of its 5-tuple) pointed to in the landing
+    edge's table at that moment (connections within `margin_s` of a change of their bucket are
+    in flight and may land on either side)."""
+    checked = in_flight = 0
+    wrong: Counter[tuple[str, str, str]] = Counter()
+    examples: list[str] = []
+    for t in result.traffic:
+        r = t.record
+        if r.kind is not Kind.SHORT or r.outcome is not Outcome.OK or not t0 <= r.start < t1:
+            continue
+        if not r.sport or f"client-{t.region}" not in result.addresses:
+            continue
+        b = bucket_of(result, t.region, r.sport)
+        want = expected_pop(result, t.region, r.start, r.start + r.duration_s, b, margin_s)
+        if not want:
+            in_flight += 1
+            continue
+        checked += 1
+        if r.pop != want:
+            wrong[(t.region, want, r.pop)] += 1
+            if len(examples) < 3:
+                examples.append(f"t={r.start:.2f} sport {r.sport} bucket {b} {r.server}")
+    regions = sorted({x.pop for x in result.tables})
+    where = {f"{r}: {w}->{g}": n for (r, w, g), n in wrong.items()}
+    return Check(
+        "every new connection processed where its bucket pointed",
+        checked > 0 and not wrong,
+        f"{checked} connections of regions {','.join(regions)} predicted from the 5-tuple hash "
+        f"and the table in force, {sum(wrong.values())} elsewhere "
+        f"{where or ''}"
+        f"{' e.g. ' + '; '.join(examples) if examples else ''}"
+        f"; {in_flight} in flight across a change (not judged)",
     )
 
 
@@ -251,8 +405,14 @@ def check_one_hop(result: Result) -> Check:
     refused = sum(
         counter_delta(result, n, v) for n in nodes for v in ("drop_gue_unknown_src", "drop_gue_bad")
     )
-    sent = sum(counter_delta(result, n, v) for n in nodes for v in ("fwd_inter", "second_chance"))
-    received = sum(counter_delta(result, n, "received_peer") for n in nodes if "edge" in n)
+    # second chances to another PoP: SECOND_CHANCE_INTER since the forwarder tells them from
+    # intra-PoP ones (count-once fix); before, every SECOND_CHANCE went to another PoP
+    split = any("second_chance_inter" in c for c in nodes.values())
+    out = ("fwd_inter", "second_chance_inter" if split else "second_chance")
+    sent = sum(counter_delta(result, n, v) for n in nodes for v in out)
+    # received: by the server that processes it (since the forwarder counts a peer's packet once;
+    # before, by the receiving edge); summed over all nodes, right with either
+    received = sum(counter_delta(result, n, "received_peer") for n in nodes)
     ok = not stray and exhausted == 0 and refused == 0 and sent > 0 and sent == received
     return Check(
         "at most one inter-PoP hop; received traffic never sent on",

@@ -62,10 +62,90 @@ def test_share_window_takes_the_longest_stretch_without_a_change() -> None:
 
 def test_check_share_within_three_points_needs_enough_samples() -> None:
     r = base()
-    r.traffic = [short("a", 30 + i * 0.01, "b" if i % 4 == 0 else "a") for i in range(400)]
-    assert rep.check_share(r, "a", "b", 30.0, 40.0, 0.25).ok
-    assert not rep.check_share(r, "a", "b", 30.0, 40.0, 0.30).ok  # 5 points off
-    assert not rep.check_share(r, "a", "b", 30.0, 30.5, 0.25).ok  # 50 samples: too few
+    r.traffic = [short("a", 30 + i * 0.001, "b" if i % 4 == 0 else "a") for i in range(4000)]
+    w = rep.Window(30.0, 40.0, 0.25, 64 / 256)
+    assert rep.check_share(r, "a", "b", [w]).ok
+    assert not rep.check_share(r, "a", "b", [rep.Window(30.0, 40.0, 0.30, 77 / 256)]).ok
+    assert not rep.check_share(r, "a", "b", [rep.Window(30.0, 30.5, 0.25, 0.25)]).ok  # 500: few
+    assert not rep.check_share(r, "a", "b", []).ok
+
+
+def test_enough_samples_make_three_points_three_standard_deviations() -> None:
+    for share in (0.1, 0.25, 0.5):
+        n = rep.min_samples(share, 0.03)
+        assert 3 * (share * (1 - share) / n) ** 0.5 <= 0.03
+    assert rep.min_samples(0.5, 0.03) == 2501
+
+
+def test_check_share_pools_windows_weighted_by_their_connections() -> None:
+    r = base()
+    r.traffic = [short("a", 20 + i * 0.005, "b" if i % 5 == 0 else "a") for i in range(2000)]
+    r.traffic += [short("a", 40 + i * 0.005, "b" if i % 2 == 0 else "a") for i in range(2000)]
+    windows = [rep.Window(20.0, 30.0, 0.2, 51 / 256), rep.Window(40.0, 50.0, 0.5, 0.5)]
+    check = rep.check_share(r, "a", "b", windows)
+    assert check.ok, check.detail
+    assert "35.0% of 4000" in check.detail
+
+
+def test_table_windows_start_once_the_table_shows_the_share() -> None:
+    r = base()
+    r.policies = [policy(20.0, "a", {"b": 0.25}), policy(30.0, "a", {}), policy(35.0, "a", {})]
+    away = list(range(64))
+    r.tables = [
+        rep.TableRecord(10.0, "a", {}, 10.0),
+        rep.TableRecord(20.6, "a", {"b": away[:10]}, 20.1),  # half-written: not yet
+        rep.TableRecord(21.1, "a", {"b": away}, 20.6),
+        rep.TableRecord(30.5, "a", {}, 30.0),
+    ]
+    assert rep.table_windows(r, "a", "b", 10.0, 50.0, settle_s=3.0) == [
+        rep.Window(24.1, 30.0, 0.25, 0.25)
+    ]
+
+
+def _addresses(r: rep.Result) -> None:
+    r.addresses = {"vip": "10.200.0.1", "client-a": "10.10.1.2", "client-b": "10.10.2.2"}
+
+
+def test_bucket_is_the_forwarders_hash_of_the_five_tuple() -> None:
+    import ipaddress
+    import struct
+
+    from services.forwarder.model import flow_hash
+
+    r = base()
+    _addresses(r)
+    key = (bytes(10) + b"\xff\xff" + ipaddress.IPv4Address("10.10.1.2").packed
+           + bytes(10) + b"\xff\xff" + ipaddress.IPv4Address("10.200.0.1").packed
+           + struct.pack("!HHB3x", 40000, 80, 6))  # fmt: skip
+    assert rep.bucket_of(r, "a", 40000) == flow_hash(key) & 255
+    assert len({rep.bucket_of(r, "a", port) for port in range(1024, 4096)}) == 256
+
+
+def test_placement_check_predicts_each_connection_from_its_bucket() -> None:
+    r = base()
+    _addresses(r)
+    ports = range(20000, 20400)
+    away = sorted({rep.bucket_of(r, "a", p) for p in ports[:40]})
+    r.tables = [rep.TableRecord(5.0, "a", {}, 5.0), rep.TableRecord(20.3, "a", {"b": away}, 19.8)]
+    r.samples = [sample(0.0), sample(60.0)]
+
+    def conn(i: int, port: int, pop: str) -> rep.Traffic:
+        start = 10.0 + i * 0.1
+        return rep.Traffic("a", "main", Record(Kind.SHORT, start, 0.01, Outcome.OK, pop=pop,
+                                               server=f"{pop}-s1", sport=port))  # fmt: skip
+
+    def where(i: int, port: int) -> str:
+        return "b" if 10.0 + i * 0.1 > 20.3 and rep.bucket_of(r, "a", port) in away else "a"
+
+    r.traffic = [conn(i, port, where(i, port)) for i, port in enumerate(ports)]
+    check = rep.check_placement(r, 0.0, 60.0)
+    assert check.ok, check.detail
+    assert "in flight" in check.detail
+    moved = next(i for i, port in enumerate(ports) if where(i, port) == "b" and i > 120)
+    r.traffic[moved] = conn(moved, ports[moved], "a")  # processed at home: the table said b
+    check = rep.check_placement(r, 0.0, 60.0)
+    assert not check.ok
+    assert "a: b->a" in check.detail
 
 
 def test_long_connections_check_counts_every_failure_and_server_change() -> None:
@@ -97,6 +177,20 @@ def test_one_hop_check_uses_policies_and_counters() -> None:
     r.traffic.pop()
     r.counters["end"]["b-edge"]["received_peer"] = 120  # received more than was sent
     assert not rep.check_one_hop(r).ok
+    # the forwarder that counts a peer's packet once: received by the server, second chances
+    # to another PoP apart from intra-PoP ones
+    zero2 = zero | {"second_chance_inter": 0}
+    r.counters = {
+        "load_on": counters(**{"a-edge": zero2, "a-s1": zero2, "b-s1": zero2}),
+        "end": counters(
+            **{
+                "a-edge": zero2,
+                "a-s1": zero2 | {"fwd_inter": 90, "second_chance_inter": 10, "second_chance": 7},
+                "b-s1": zero2 | {"received_peer": 100},
+            }
+        ),
+    }
+    assert rep.check_one_hop(r).ok
 
 
 def test_dsr_check_fails_when_an_edge_sees_answers() -> None:
