@@ -1,7 +1,7 @@
 """End to end: the overload scenario with every service as a real process, then its checks.
 
-One run of `deploy/lab/scenario.py overload` (module fixture, about 3 minutes): PoP a overloaded
-by a burner that follows its traffic, a -> b and the cascade b -> c, long connections opened
+One run of `deploy/lab/scenario.py overload` (module fixture, 3 to 4 minutes): PoP a overloaded by
+a burner that follows its traffic, a -> b and the cascade b -> c, long connections opened
 while a forwards, load stops, cancel, drain, then a pinned share. Each test asserts one promise
 on the run's record (the same record the demo prints and plots).
 """
@@ -28,7 +28,7 @@ def run(
     out: Path = tmp_path_factory.mktemp("overload")
     with scenario.Harness(out, log=lambda line: print(line, flush=True)) as h:
         try:
-            result = scenario.overload(h, pin=True, overload_s=40.0)
+            result = scenario.overload(h, pin=True)
         finally:
             for name in list(h.traffic):
                 h.stop_traffic(name, 5.0)
@@ -36,17 +36,18 @@ def run(
     yield result
 
 
-def _check(check: object) -> None:
-    from scenario_report import Check
+def _check(run: object, name: str) -> None:
+    import scenario
+    import scenario_report as rep
 
-    assert isinstance(check, Check)
+    assert isinstance(run, rep.Result)
+    check = scenario.checks(run)[name]
+    print(rep.format_checks([check]))
     assert check.ok, f"{check.name}: {check.detail}"
 
 
 def test_zero_failed_long_lived_connections(run: object) -> None:
-    import scenario_report as rep
-
-    _check(rep.check_long_connections(run))  # type: ignore[arg-type]
+    _check(run, "long_connections")
 
 
 def test_a_was_flagged_and_forwarded_to_b_with_a_cascade_to_c(run: object) -> None:
@@ -62,40 +63,28 @@ def test_a_was_flagged_and_forwarded_to_b_with_a_cascade_to_c(run: object) -> No
 
 
 def test_share_processed_in_b_follows_the_policy(run: object) -> None:
-    import scenario_report as rep
-
-    assert isinstance(run, rep.Result)
-    t0, t1, shares = rep.steady_window(
-        run, "a", run.marks["load_on"], run.marks["load_off"], settle_s=3.0
-    )
-    assert t1 - t0 >= 8.0, f"no steady policy long enough: {t0:.1f}..{t1:.1f}"
-    _check(rep.check_share(run, "a", "b", t0, t1, shares.get("b", 0.0), label="engine"))
+    """+-3 points of the engine's share, over >= 3000 connections (3 binomial sd)."""
+    _check(run, "engine_share")
 
 
 def test_pinned_share_is_met_within_three_points(run: object) -> None:
-    import scenario_report as rep
+    _check(run, "pinned_share")
 
-    assert isinstance(run, rep.Result)
-    t0, t1 = run.marks["pin_steady"] + 1.0, run.marks["pin_off"]
-    _check(rep.check_share(run, "a", "b", t0, t1, 0.25, label="pinned"))
+
+def test_every_connection_is_processed_where_its_bucket_points(run: object) -> None:
+    """Deterministic: the forwarder's hash of each connection's 5-tuple and the table in force
+    say which PoP must process it; every one did (except in flight across a table change)."""
+    _check(run, "placement")
 
 
 def test_direct_server_return(run: object) -> None:
-    import scenario_report as rep
-
-    _check(rep.check_dsr(run))  # type: ignore[arg-type]
+    _check(run, "dsr")
 
 
 def test_one_inter_pop_hop_at_most(run: object) -> None:
-    import scenario_report as rep
-
-    _check(rep.check_one_hop(run))  # type: ignore[arg-type]
+    _check(run, "one_hop")
 
 
 def test_after_the_cancel_a_processes_its_own_and_b_keeps_its_connections(run: object) -> None:
-    import scenario_report as rep
-
-    assert isinstance(run, rep.Result)
-    t0 = run.marks["cancel"] + 2.0
-    for check in rep.check_after_cancel(run, t0, run.marks["late_longs_off"]):
-        _check(check)
+    _check(run, "after_cancel_local")
+    _check(run, "after_cancel_longs")
