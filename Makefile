@@ -1,5 +1,5 @@
 # popshift: the two commands in README.md are `make demo` and `make test`.
-.PHONY: setup up down test test-fast lint demo schemas bench
+.PHONY: setup up down test lint demo schemas bench traces traces-down
 
 setup:
 	bash scripts/setup.sh
@@ -7,8 +7,15 @@ setup:
 up: setup
 	bash deploy/local/up.sh
 
-down:
+down: traces-down
 	bash deploy/local/down.sh
+
+# Jaeger (OTLP on 127.0.0.1:4318, query API on :16686), built from the Go module proxy.
+traces:
+	bash deploy/observability/jaeger-start.sh
+
+traces-down:
+	bash deploy/observability/jaeger-stop.sh
 
 # Installs, starts Kafka and Redis, runs every test (root-only tests need root). Services stay up
 # for quick reruns; `make down` stops them.

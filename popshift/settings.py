@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     service_name: str = Field("popshift", description="OpenTelemetry service.name of this process.")
     otlp_endpoint: str | None = Field(
         None,
-        description="OTLP/HTTP traces endpoint (e.g. Tempo's http://127.0.0.1:4318/v1/traces); "
+        description="OTLP/HTTP traces endpoint (the local Jaeger: http://127.0.0.1:4318/v1/traces); "
         "unset = spans are not exported.",
     )
     table_bits: int = Field(
