@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from popshift import topics  # noqa: E402
 from popshift.bus import create_topics  # noqa: E402
-from services.feedback_ingest.settings import PipelineSettings  # noqa: E402
+from popshift.settings import Settings  # noqa: E402
 
 LAG_BOUND_S = 2.0
 
@@ -235,7 +235,7 @@ def main() -> int:
     (tmp / "analytics.yaml").write_text(
         yaml.safe_dump({"defaults": {"window_s": 5.0, "refresh_s": 0.001}})
     )
-    names = PipelineSettings(topic_prefix=prefix)
+    names = Settings(topic_prefix=prefix)
     feedback, pop_load, pop_status = (
         names.topic(t) for t in (topics.FEEDBACK, topics.POP_LOAD, topics.POP_STATUS)
     )

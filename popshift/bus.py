@@ -39,6 +39,15 @@ class RejectMessage(Exception):
     """
 
 
+def transient(exc: KafkaException) -> bool:
+    """Errors a long-running consumer waits out instead of dying on: the broker is away, or a
+    topic created a moment ago is not in the metadata yet."""
+    err = exc.args[0] if exc.args else None
+    return isinstance(err, KafkaError) and (
+        err.retriable() or err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT)
+    )
+
+
 class DeliveryFailed(Exception):
     """The producer could not deliver every message within the time allowed."""
 

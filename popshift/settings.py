@@ -5,11 +5,14 @@ Each field's description is the documentation; README's settings table is checke
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 from pydantic import Field
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from popshift.topics import Topic
 
 
 class Settings(BaseSettings):
@@ -31,8 +34,8 @@ class Settings(BaseSettings):
     service_name: str = Field("popshift", description="OpenTelemetry service.name of this process.")
     otlp_endpoint: str | None = Field(
         None,
-        description="OTLP/HTTP traces endpoint (the local Jaeger: http://127.0.0.1:4318/v1/traces); "
-        "unset = spans are not exported.",
+        description="OTLP/HTTP traces endpoint (the local Jaeger: "
+        "http://127.0.0.1:4318/v1/traces); unset = spans are not exported.",
     )
     table_bits: int = Field(
         16, ge=4, le=20, description="N: each PoP x tier forwarding table has 2^N buckets."
@@ -41,19 +44,27 @@ class Settings(BaseSettings):
         "deploy/config/network.yaml",
         description="YAML describing PoPs, tiers and PoP-to-PoP latency (popshift/network.py).",
     )
+    topic_prefix: str = Field(
+        "",
+        max_length=100,
+        pattern=r"^[A-Za-z0-9._-]*$",
+        description="Prepended as '<prefix>.' to every topic name, so that tests, benchmarks and "
+        "several labs share one broker; empty = the registry's names.",
+    )
     topic_partitions: int = Field(
         3, ge=1, le=1024, description="Partitions of each topic created by `popshift topics`."
     )
 
-
-def load_settings() -> Settings:
-    return Settings()
+    def topic(self, topic: Topic) -> Topic:
+        """The registry's topic under this process's prefix."""
+        if not self.topic_prefix:
+            return topic
+        return dataclasses.replace(topic, name=f"{self.topic_prefix}.{topic.name}")
 
 
 # Every settings class, in the order README documents them (`popshift settings --markdown`).
 DOCUMENTED_SETTINGS = (
     "popshift.settings.Settings",
-    "services.feedback_ingest.settings.PipelineSettings",
     "services.feedback_ingest.settings.AgentSettings",
     "services.feedback_ingest.settings.IngestSettings",
     "services.analytics.app.AnalyticsSettings",

@@ -19,7 +19,7 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 
 
 def setup_tracing(service_name: str, otlp_endpoint: str | None) -> TracerProvider:
-    """Install a process-wide provider; export to OTLP (Jaeger, Tempo, ...) only when an endpoint is set."""
+    """Install a process-wide provider; export over OTLP (Jaeger, Tempo, ...) when configured."""
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

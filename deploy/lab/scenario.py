@@ -75,8 +75,8 @@ from scenario_report import (  # noqa: E402
 from popshift import topics  # noqa: E402
 from popshift.bus import Received, TypedConsumer, TypedProducer, create_topics  # noqa: E402
 from popshift.network import load_network  # noqa: E402
+from popshift.settings import Settings  # noqa: E402
 from schemas.messages import PolicyEvent, PopStatus  # noqa: E402
-from services.feedback_ingest.settings import PipelineSettings  # noqa: E402
 from services.forwarder.layout import BUCKET_BITS, Flag, Verdict  # noqa: E402
 from services.forwarder.loader import Forwarder  # noqa: E402
 from services.forwarder.loader import Role as FwdRole  # noqa: E402
@@ -200,7 +200,7 @@ class Services:
     def start(
         self, cgroups: Mapping[str, lab_work.ServerCgroup], capacity: Mapping[str, float]
     ) -> None:
-        settings = PipelineSettings(topic_prefix=self.run_id)
+        settings = Settings(topic_prefix=self.run_id)
         create_topics(settings.kafka_bootstrap, [settings.topic(t) for t in topics.ALL_TOPICS], 1)
         self.spawn("ingest", ["-m", "services.feedback_ingest.ingest"])
         self.spawn("analytics", ["-m", "services.analytics.app"])
@@ -248,7 +248,7 @@ class Observer:
         self.result = result
         self.topo = topo
         self.interval_s = interval_s
-        settings = PipelineSettings(topic_prefix=run_id)
+        settings = Settings(topic_prefix=run_id)
         self.producer = TypedProducer(settings.kafka_bootstrap)
         self.consumer = TypedConsumer(
             settings.kafka_bootstrap,
@@ -476,7 +476,7 @@ class Harness:
 
     def _wait_ready(self, timeout_s: float = 90.0) -> None:
         """Every PoP has a table in Redis (its writer heard its servers) and a verdict."""
-        client: redis.Redis[bytes] = redis.Redis.from_url(PipelineSettings().redis_url)
+        client: redis.Redis[bytes] = redis.Redis.from_url(Settings().redis_url)
         deadline = time.monotonic() + timeout_s
         try:
             while True:
@@ -630,7 +630,7 @@ class Harness:
             self.log(f"namespaces left behind: {left}")
 
     def _drop_redis(self) -> None:
-        client: redis.Redis[bytes] = redis.Redis.from_url(PipelineSettings().redis_url)
+        client: redis.Redis[bytes] = redis.Redis.from_url(Settings().redis_url)
         try:
             for key in client.scan_iter(f"{self.run_id}:*"):
                 client.delete(key)
@@ -640,7 +640,7 @@ class Harness:
     def _drop_topics(self) -> None:
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": PipelineSettings().kafka_bootstrap})
+        admin = AdminClient({"bootstrap.servers": Settings().kafka_bootstrap})
         names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(self.run_id)]
         if names:
             for fut in admin.delete_topics(names, operation_timeout=10).values():

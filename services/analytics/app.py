@@ -29,11 +29,11 @@ from pydantic import Field, ValidationError
 from popshift import topics, tracing
 from popshift.bus import create_topics
 from popshift.network import load_network
+from popshift.process import setup_logging, tune_gc
+from popshift.settings import Settings
 from schemas.messages import DeadLetter, PopLoad, PopStatus
 from services.analytics.config import load_config
 from services.analytics.window import Analyzer
-from services.feedback_ingest.process import setup_logging, tune_gc
-from services.feedback_ingest.settings import PipelineSettings
 
 log = logging.getLogger("popshift.analytics")
 _tracer = trace.get_tracer("popshift.analytics")
@@ -41,7 +41,7 @@ _tracer = trace.get_tracer("popshift.analytics")
 AGENT_NAME = "analyse"
 
 
-class AnalyticsSettings(PipelineSettings):
+class AnalyticsSettings(Settings):
     """The analytics job's settings (POPSHIFT_* variables)."""
 
     analytics_app_id: str = Field(

@@ -26,10 +26,10 @@ from pydantic_settings import CliApp
 
 from popshift import topics
 from popshift.bus import DeliveryFailed, TypedProducer
+from popshift.process import install_stop_signals, setup_logging
 from schemas.messages import ServerHeartbeat
 from services.feedback_ingest.cpu import CgroupCpu, CpuSampler, ProcStatCpu
 from services.feedback_ingest.probe import Probe, make_check
-from services.feedback_ingest.process import install_stop_signals, setup_logging
 from services.feedback_ingest.settings import AgentSettings
 
 log = logging.getLogger("popshift.agent")

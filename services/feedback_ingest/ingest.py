@@ -17,13 +17,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
-from confluent_kafka import KafkaError, KafkaException
-
 from popshift import topics
 from popshift.bus import Received, RejectMessage, TypedConsumer, TypedProducer, create_topics
 from popshift.network import load_network
+from popshift.process import install_stop_signals, run_ticking, setup_logging, tune_gc
 from services.feedback_ingest.aggregate import PopAggregator, TooManyServers, UnknownPop
-from services.feedback_ingest.process import install_stop_signals, setup_logging, tune_gc
 from services.feedback_ingest.settings import IngestSettings
 
 log = logging.getLogger("popshift.ingest")
@@ -87,42 +85,27 @@ class Ingest:
 
     def run(self, stop: threading.Event, log_every_s: float = 10.0) -> None:
         """Poll and publish until ``stop`` is set; never sleeps past the next publish tick."""
-        interval = self.settings.publish_interval_s
-        next_tick = self.clock() + interval
         next_log = self.clock() + log_every_s
-        while not stop.is_set():
-            wait = min(0.2, max(0.0, next_tick - self.clock()))
-            try:
-                self.consumer.poll_batch(
-                    self.handle, timeout=wait, max_messages=self.settings.ingest_batch
-                )
-            except KafkaException as exc:
-                if not transient(exc):
-                    raise
-                # The broker is away or a topic's metadata is not there yet: keep publishing
-                # liveness (servers time out) and retry; offsets are committed only on handling.
-                log.warning("ingest: %s", exc)
-                stop.wait(0.5)
-            now = self.clock()
-            if now >= next_tick:
-                self.publish(now)
-                next_tick = max(next_tick + interval, now)
+
+        def poll(wait: float) -> None:
+            self.consumer.poll_batch(
+                self.handle, timeout=wait, max_messages=self.settings.ingest_batch
+            )
             self.producer.poll(0)
+
+        def tick() -> None:
+            nonlocal next_log
+            now = self.clock()
+            self.publish(now)
             if now >= next_log:
                 log.info("ingest %s", self.stats())
                 next_log = now + log_every_s
 
+        run_ticking(poll, tick, self.settings.publish_interval_s, stop, self.clock)
+
     def close(self) -> None:
         self.consumer.close()
         self.producer.flush()
-
-
-def transient(exc: KafkaException) -> bool:
-    """Errors a long-running consumer waits out instead of dying on."""
-    err = exc.args[0] if exc.args else None
-    return isinstance(err, KafkaError) and (
-        err.retriable() or err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT)
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

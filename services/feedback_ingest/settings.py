@@ -1,37 +1,17 @@
 """Settings of the agent and the ingest, read from POPSHIFT_* variables (and the agent's flags).
 
-Each field's description is its documentation. ``topic_prefix`` exists so that tests, benchmarks
-and several labs can share one broker without reading each other's topics.
+Each field's description is its documentation.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from popshift.settings import Settings
-from popshift.topics import Topic
 
 
-class PipelineSettings(Settings):
-    """Settings every feedback-pipeline service shares."""
-
-    topic_prefix: str = Field(
-        "",
-        max_length=100,
-        pattern=r"^[A-Za-z0-9._-]*$",
-        description="Prepended as '<prefix>.' to every topic name; empty = the registry's names.",
-    )
-
-    def topic(self, topic: Topic) -> Topic:
-        if not self.topic_prefix:
-            return topic
-        return dataclasses.replace(topic, name=f"{self.topic_prefix}.{topic.name}")
-
-
-class IngestSettings(PipelineSettings):
+class IngestSettings(Settings):
     """feedback_ingest: validate, normalise, track liveness, publish pop-load.v1."""
 
     ingest_group: str = Field(
@@ -58,7 +38,7 @@ class IngestSettings(PipelineSettings):
     )
 
 
-class AgentSettings(PipelineSettings):
+class AgentSettings(Settings):
     """The compute-server agent; every field is also a flag (``--pop a --interval-s 0.5``)."""
 
     model_config = SettingsConfigDict(

@@ -38,8 +38,8 @@ from confluent_kafka import KafkaException
 from popshift import redis_client as popshift_redis
 from popshift import topics
 from popshift.bus import DeliveryFailed, Received, TypedConsumer, TypedProducer, create_topics
+from popshift.process import install_stop_signals, setup_logging
 from schemas.messages import MAX_TIERS, DataplaneStats, TableUpdate, TierCounters
-from services.feedback_ingest.process import install_stop_signals, setup_logging
 from services.forwarder.layout import BUCKET_BITS, Verdict, addr16
 from services.forwarder.layout import Bucket as MapBucket
 from services.forwarder.loader import DEFAULT_PIN_ROOT, Count, Forwarder, Role

@@ -10,11 +10,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from services.feedback_ingest.settings import PipelineSettings
+from popshift.settings import Settings
 from services.table_writer.store import PREFIX
 
 
-class SyncSettings(PipelineSettings):
+class SyncSettings(Settings):
     """forwarder sync: Redis tables (+ table-updates.v1) in; BPF maps, dataplane-stats.v1 out."""
 
     sync_pop: str | None = Field(

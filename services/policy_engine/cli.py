@@ -19,6 +19,7 @@ import redis
 
 from popshift import redis_client, topics
 from popshift.network import load_network
+from popshift.replay import read_all
 from schemas.messages import PolicyEvent
 from services.policy_engine.overrides import (
     Forbid,
@@ -27,7 +28,6 @@ from services.policy_engine.overrides import (
     Pin,
     load_overrides,
 )
-from services.policy_engine.replay import read_all
 from services.policy_engine.service import redis_overrides
 from services.policy_engine.settings import PolicySettings
 

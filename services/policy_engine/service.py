@@ -18,8 +18,9 @@ import redis
 from popshift import redis_client, topics
 from popshift.bus import Received, RejectMessage, TypedConsumer, TypedProducer, create_topics
 from popshift.network import NetworkConfig, load_network
+from popshift.process import install_stop_signals, run_ticking, setup_logging
+from popshift.replay import read_all
 from schemas.messages import PolicyEvent
-from services.feedback_ingest.process import install_stop_signals, setup_logging
 from services.policy_engine.engine import (
     EngineState,
     SetOverrides,
@@ -29,7 +30,6 @@ from services.policy_engine.engine import (
     restore,
 )
 from services.policy_engine.overrides import InvalidOverride, Overrides, load_overrides
-from services.policy_engine.replay import read_all
 from services.policy_engine.settings import PolicySettings
 
 log = logging.getLogger("popshift.policy_engine")
@@ -109,14 +109,13 @@ class PolicyEngineService:
         return events
 
     def run(self, stop: threading.Event) -> None:
-        interval = self.settings.policy_tick_s
-        next_tick = self.clock()
-        while not stop.is_set():
-            wait = min(0.2, max(0.0, next_tick - self.clock()))
-            self.consumer.poll_batch(self.handle, timeout=wait)
-            if self.clock() >= next_tick:
-                self.tick()
-                next_tick = max(next_tick + interval, self.clock())
+        run_ticking(
+            lambda wait: self.consumer.poll_batch(self.handle, timeout=wait),
+            self.tick,
+            self.settings.policy_tick_s,
+            stop,
+            self.clock,
+        )
 
     def close(self) -> None:
         self.consumer.close()

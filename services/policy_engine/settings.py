@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from services.feedback_ingest.settings import PipelineSettings
+from popshift.settings import Settings
 from services.policy_engine.damping import DampingConfig
 from services.policy_engine.engine import EngineConfig
 
 
-class PolicySettings(PipelineSettings):
+class PolicySettings(Settings):
     """policy_engine: pop-status.v1 + dataplane-stats.v1 in, policies.v1 out."""
 
     policy_group: str = Field(

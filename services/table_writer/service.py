@@ -21,9 +21,9 @@ import redis
 from popshift import redis_client, topics
 from popshift.bus import Received, RejectMessage, TypedConsumer, TypedProducer, create_topics
 from popshift.network import NetworkConfig, load_network
+from popshift.process import install_stop_signals, run_ticking, setup_logging
+from popshift.replay import read_all
 from schemas.messages import PolicyEvent, PopLoad, TableUpdate
-from services.feedback_ingest.process import install_stop_signals, setup_logging
-from services.policy_engine.replay import read_all
 from services.table_writer.codec import Header
 from services.table_writer.settings import TableWriterSettings
 from services.table_writer.store import StaleVersion, TableStore
@@ -151,14 +151,13 @@ class TableWriterService:
             self._guarded(lambda: on_tick(self.state, self.clock()))
 
     def run(self, stop: threading.Event) -> None:
-        interval = self.settings.table_tick_s
-        next_tick = self.clock()
-        while not stop.is_set():
-            wait = min(0.2, max(0.0, next_tick - self.clock()))
-            self.consumer.poll_batch(self.handle, timeout=wait)
-            if self.clock() >= next_tick:
-                self.tick()
-                next_tick = max(next_tick + interval, self.clock())
+        run_ticking(
+            lambda wait: self.consumer.poll_batch(self.handle, timeout=wait),
+            self.tick,
+            self.settings.table_tick_s,
+            stop,
+            self.clock,
+        )
 
     def close(self) -> None:
         self.consumer.close()

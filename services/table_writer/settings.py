@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from services.feedback_ingest.settings import PipelineSettings
+from popshift.settings import Settings
 
 
-class TableWriterSettings(PipelineSettings):
+class TableWriterSettings(Settings):
     """table_writer: one PoP's policies.v1 + pop-load.v1 in; Redis tables, table-updates.v1 out."""
 
     table_pop: str | None = Field(

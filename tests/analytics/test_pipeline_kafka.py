@@ -11,8 +11,8 @@ import yaml
 
 from popshift import topics as t
 from popshift.bus import Received, create_topics
+from popshift.settings import Settings
 from schemas.messages import PopState, PopStatus
-from services.feedback_ingest.settings import PipelineSettings
 from tests.feedback.helpers import SimulatedAgents, TopicReader, service
 
 pytestmark = pytest.mark.kafka
@@ -46,7 +46,7 @@ def latest(msgs: list[Received], since: float = 0.0) -> dict[str, PopStatus]:
 def test_overload_is_flagged_within_the_window_and_a_silent_server_leaves_capacity(
     kafka_bootstrap: str, unique: str, tmp_path: Path
 ) -> None:
-    names = PipelineSettings(topic_prefix=unique)
+    names = Settings(topic_prefix=unique)
     create_topics(
         kafka_bootstrap, [names.topic(x) for x in (t.FEEDBACK, t.POP_LOAD, t.POP_STATUS)], 2
     )

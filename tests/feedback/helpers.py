@@ -13,9 +13,8 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
-from popshift.bus import Received, TypedConsumer
+from popshift.bus import Received, TypedConsumer, transient
 from popshift.topics import Topic
-from services.feedback_ingest.ingest import transient
 from tests.conftest import REPO
 
 

@@ -21,8 +21,8 @@ import pytest
 
 from popshift import topics as t
 from popshift.bus import create_topics
+from popshift.settings import Settings
 from schemas.messages import ServerHeartbeat
-from services.feedback_ingest.settings import PipelineSettings
 from tests.feedback.helpers import TopicReader, service
 
 pytestmark = pytest.mark.kafka
@@ -66,7 +66,7 @@ def idle_then_busy(
 ) -> tuple[list[ServerHeartbeat], list[ServerHeartbeat], float]:
     """Heartbeats of a real agent process before and while ``burn`` burners run, and the cores
     the burners got meanwhile (measured from /proc, not by the agent)."""
-    feedback = PipelineSettings(topic_prefix=unique).topic(t.FEEDBACK)
+    feedback = Settings(topic_prefix=unique).topic(t.FEEDBACK)
     create_topics(bootstrap, [feedback], 1)
     reader = TopicReader(bootstrap, feedback, f"{unique}-reader")
     args = ["--pop", "a", "--server", "a1", "--address", "127.0.0.1", "--interval-s", "0.25"]

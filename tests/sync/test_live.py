@@ -23,13 +23,13 @@ import redis
 from popshift import topics
 from popshift.bus import TypedConsumer, TypedProducer, create_topics
 from popshift.network import load_network
+from popshift.replay import read_all
 from schemas.messages import DataplaneStats
 from services.forwarder.layout import Flag
 from services.forwarder.loader import DEFAULT_PIN_ROOT, Forwarder, Role
 from services.forwarder.model import BucketEntry
 from services.forwarder.sync import Image, LoaderMaps, SyncService, map_image
 from services.forwarder.sync_settings import SyncSettings
-from services.policy_engine.replay import read_all
 from services.policy_engine.service import PolicyEngineService
 from services.policy_engine.settings import PolicySettings
 from services.table_writer.codec import Header, decode_records

@@ -12,8 +12,8 @@ import redis
 from popshift import topics
 from popshift.bus import TypedProducer, create_topics
 from popshift.network import load_network
+from popshift.replay import read_all
 from schemas.messages import PolicyAction, PopLoad, PopState, PopStatus, ServerLoad, TableUpdate
-from services.policy_engine.replay import read_all
 from services.policy_engine.service import PolicyEngineService
 from services.policy_engine.settings import PolicySettings
 from services.table_writer.codec import Header

@@ -11,6 +11,12 @@ import logging
 import signal
 import sys
 import threading
+import time
+from collections.abc import Callable
+
+from confluent_kafka import KafkaException
+
+from popshift.bus import transient
 
 log = logging.getLogger("popshift")
 
@@ -45,3 +51,29 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+
+
+def run_ticking(
+    poll: Callable[[float], object],
+    tick: Callable[[], object],
+    interval_s: float,
+    stop: threading.Event,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Handle messages as they come (``poll(max_wait_s)``) and ``tick`` every ``interval_s``.
+
+    A transient Kafka error is logged and waited out: the service keeps its state and its ticks
+    (liveness, drains, re-solves) and catches up when the broker returns.
+    """
+    next_tick = clock()
+    while not stop.is_set():
+        try:
+            poll(min(0.2, max(0.0, next_tick - clock())))
+        except KafkaException as exc:
+            if not transient(exc):
+                raise
+            log.warning("Kafka: %s (retrying)", exc)
+            stop.wait(0.5)
+        if clock() >= next_tick:
+            tick()
+            next_tick = max(next_tick + interval_s, clock())
