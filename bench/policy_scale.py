@@ -17,7 +17,10 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -26,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from services.policy_engine.solver import (
     PopSpec,
     Problem,
+    Solution,
     TierSpec,
     build_graph,
     solve,
@@ -101,7 +105,7 @@ def great_circle_ms(coords: np.ndarray) -> np.ndarray:
     dlon = lon[:, None] - lon[None, :]
     a = np.sin(dlat / 2) ** 2 + np.cos(lat)[:, None] * np.cos(lat)[None, :] * np.sin(dlon / 2) ** 2
     km = 2 * EARTH_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
-    return km / KM_PER_MS
+    return np.asarray(km / KM_PER_MS)
 
 
 def make_problem(n: int, seed: int = 7) -> Problem:
@@ -123,8 +127,12 @@ def make_problem(n: int, seed: int = 7) -> Problem:
     return Problem(pops=pops, tiers=TIERS, latency_ms=great_circle_ms(pop_coordinates(n, seed)))
 
 
-def timed(fn, repeat: int) -> tuple[float, object]:
-    times, result = [], None
+T = TypeVar("T")
+
+
+def timed(fn: Callable[[], T], repeat: int) -> tuple[float, T]:
+    times: list[float] = []
+    result = fn()  # warm-up; its time is not counted
     for _ in range(repeat):
         started = time.perf_counter()
         result = fn()
@@ -145,14 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     exact_ms: dict[int, float] = {}
     for n in sizes:
         problem = make_problem(n)
-        graph_ms, graph = timed(lambda p=problem: build_graph(p), args.repeat)
-        e_ms, exact = timed(lambda p=problem: solve(p), args.repeat)
-        g_ms, greedy = timed(lambda p=problem: solve_greedy(p), args.repeat)
+        graph_ms, graph = timed(partial(build_graph, problem), args.repeat)
+        e_ms, exact = timed(partial(solve, problem), args.repeat)
+        g_ms, greedy = timed(partial(solve_greedy, problem), args.repeat)
         exact_ms[n] = e_ms
         gap = 100.0 * (greedy.objective - exact.objective) / max(exact.objective, 1e-9)
         shedders = sum(p.native_load > p.capacity * p.target_utilisation for p in problem.pops)
 
-        def overload(sol, problem=problem) -> float:
+        def overload(sol: Solution, problem: Problem = problem) -> float:
             return sum(
                 max(0.0, sol.load[p.name] - p.capacity * p.target_utilisation) for p in problem.pops
             )

@@ -16,7 +16,8 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def _all_subclasses(cls: type) -> set[type]:
-    found = set()
+    found: set[type] = set()
+    sub: type
     for sub in cls.__subclasses__():
         found |= {sub} | _all_subclasses(sub)
     return found

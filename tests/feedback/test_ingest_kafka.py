@@ -6,6 +6,7 @@ import base64
 import time
 
 import pytest
+from pydantic import TypeAdapter
 
 from popshift import topics as t
 from popshift.bus import TypedProducer, create_topics
@@ -104,4 +105,4 @@ def test_bad_feedback_is_dead_lettered_with_its_reason_and_the_rest_flows(
 
 def _dlq(ingest: Ingest) -> t.Topic:
     """The dead-letter topic, read with the DeadLetter schema."""
-    return t.Topic(ingest.feedback.dead_letter, "PoP name", t.TypeAdapter(DeadLetter))
+    return t.Topic(ingest.feedback.dead_letter, "PoP name", TypeAdapter(DeadLetter))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -13,7 +14,15 @@ from popshift import topics
 from popshift.bus import TypedProducer, create_topics
 from popshift.network import load_network
 from popshift.replay import read_all
-from schemas.messages import PolicyAction, PopLoad, PopState, PopStatus, ServerLoad, TableUpdate
+from schemas.messages import (
+    PolicyAction,
+    PolicyEvent,
+    PopLoad,
+    PopState,
+    PopStatus,
+    ServerLoad,
+    TableUpdate,
+)
 from services.policy_engine.service import PolicyEngineService
 from services.policy_engine.settings import PolicySettings
 from services.table_writer.codec import Header
@@ -24,6 +33,13 @@ from services.table_writer.table import Peer, Server, apply_policy, forwarded_co
 
 REPO = Path(__file__).resolve().parents[2]
 NETWORK = load_network(REPO / "deploy" / "config" / "network.yaml")
+
+
+def read(store: Any, pop: str, tier: int, version: int | None = None) -> tuple[Any, Any]:
+    """The stored table, which the test has just written (so it must be there)."""
+    got = store.read(pop, tier) if version is None else store.read(pop, tier, version=version)
+    assert got is not None, f"no table for {pop}/{tier}"
+    return got
 
 
 @pytest.fixture
@@ -50,12 +66,12 @@ def test_store_flips_versions_atomically_and_keeps_the_old_one_briefly(
     assert client.get(current_key("a", 0, prefix)) == b"2"
     assert client.ttl(version_key("a", 0, 2, prefix)) == -1  # current: no expiry
     assert 0 < client.pttl(version_key("a", 0, 1, prefix)) <= 30_000  # old: retained briefly
-    header, table = store.read("a", 0)
+    header, table = read(store, "a", 0)
     assert header.version == 2 and header.policy_version == 5 and table == t2
-    assert store.read("a", 0, version=1)[1] == t1
+    assert read(store, "a", 0, version=1)[1] == t1
     with pytest.raises(StaleVersion):
         store.write(t1, Header("a", 0, 2, 5, 16, 3.0))
-    assert store.read("a", 0)[1] == t2  # the refused write changed nothing readers see
+    assert read(store, "a", 0)[1] == t2  # the refused write changed nothing readers see
 
 
 def statuses(now: float) -> list[PopStatus]:
@@ -96,7 +112,11 @@ def pop_load(pop: str, now: float) -> PopLoad:
 def test_pop_status_in_policy_out_tables_in_redis(
     kafka_bootstrap: str, client: redis.Redis, unique: str
 ) -> None:
-    common = {"topic_prefix": unique, "kafka_bootstrap": kafka_bootstrap, "topic_partitions": 1}
+    common: dict[str, Any] = {
+        "topic_prefix": unique,
+        "kafka_bootstrap": kafka_bootstrap,
+        "topic_partitions": 1,
+    }
     ps = PolicySettings(
         **common,
         policy_group=f"{unique}-pe",
@@ -127,7 +147,7 @@ def test_pop_status_in_policy_out_tables_in_redis(
     size = 1 << 16
     want = {"a": {2: round(1.5 / 9.0 * size)}, "b": {3: round(1.5 / 7.5 * size)}}
     deadline = time.monotonic() + 60.0
-    events = []
+    events: list[PolicyEvent] = []
     try:
         while True:
             assert time.monotonic() < deadline, f"tables not as wanted; events {events}"
@@ -146,7 +166,7 @@ def test_pop_status_in_policy_out_tables_in_redis(
             "a": PolicyAction.NEW,
             "b": PolicyAction.NEW,
         }
-        header, table = store.read("a", 0)
+        header, table = read(store, "a", 0)
         assert header.policy_version == next(e.version for e in events if e.source == "a")
         assert all(b.primary in {"192.0.97.1", "192.0.97.2"} for b in table)
         assert {b.secondary for b in table if b.away} == {"10.100.2.1"}
@@ -166,7 +186,7 @@ def test_pop_status_in_policy_out_tables_in_redis(
         writers["a"] = again
         again.tick()
         assert again.written == 0
-        assert store.read("a", 0)[0].version == header.version
+        assert read(store, "a", 0)[0].version == header.version
         # A restarted engine continues the version sequence and re-issues nothing.
         engine.close()
         engine = PolicyEngineService(ps, NETWORK)
