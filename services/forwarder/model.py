@@ -70,6 +70,7 @@ class Parse(enum.IntEnum):
     MALFORMED = 1
     UNSUPPORTED = 2
     GUE_BAD = 3
+    NOT_IP = 4
 
 
 @dataclass(frozen=True)
@@ -524,15 +525,23 @@ def _bucket(st: TableState, tier: int, h: int) -> BucketEntry | None:
     return st.table.get((tier, h & ((1 << st.bucket_bits) - 1)))
 
 
+def parse_frame(pkt: bytes) -> tuple[Parse, bool, Parsed]:
+    """parse_frame of bpf/parsing.h: Ethernet, then the outer IP header."""
+    if len(pkt) < ETH_HLEN:
+        return Parse.MALFORMED, False, Parsed(l3_off=ETH_HLEN, v6=False)
+    v6 = _ethertype(pkt)
+    if v6 is None:
+        return Parse.NOT_IP, False, Parsed(l3_off=ETH_HLEN, v6=False)
+    rc, p = parse_l3(pkt, ETH_HLEN, v6)
+    return rc, v6, p
+
+
 def edge(pkt: bytes, cfg: NodeConfig, st: TableState) -> Outcome:
     """popshift_edge (bpf/edge.bpf.c)."""
     drop, tx, pas = XdpAction.DROP, XdpAction.TX, XdpAction.PASS
-    if len(pkt) < ETH_HLEN:
-        return _done(pkt, Verdict.DROP_MALFORMED, None, drop)
-    v6 = _ethertype(pkt)
-    if v6 is None:
+    rc, v6, p = parse_frame(pkt)
+    if rc == Parse.NOT_IP:
         return _done(pkt, Verdict.PASS_NOT_OURS, None, pas)
-    rc, p = parse_l3(pkt, ETH_HLEN, v6)
     if rc != Parse.OK:
         return _done(pkt, Verdict.DROP_MALFORMED, None, drop)
     if lpm(dict.fromkeys(st.blocklist, True), p.src):
@@ -609,12 +618,9 @@ def no_sockets(_: Parsed) -> bool:
 def server(pkt: bytes, cfg: NodeConfig, st: TableState, owns: OwnsFlow = no_sockets) -> Outcome:
     """popshift_server (bpf/server.bpf.c); `owns` answers the socket lookup."""
     drop, pas = XdpAction.DROP, XdpAction.PASS
-    if len(pkt) < ETH_HLEN:
-        return _done(pkt, Verdict.DROP_MALFORMED, None, drop)
-    v6 = _ethertype(pkt)
-    if v6 is None:
+    rc, v6, p = parse_frame(pkt)
+    if rc == Parse.NOT_IP:
         return _done(pkt, Verdict.PASS_NOT_OURS, None, pas)
-    rc, p = parse_l3(pkt, ETH_HLEN, v6)
     if rc != Parse.OK:
         return _done(pkt, Verdict.DROP_MALFORMED, None, drop)
     if (

@@ -101,7 +101,6 @@ int popshift_edge(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u32 bytes = ctx->data_end - ctx->data;
-	struct ethhdr *eth = data;
 	struct packet p = {};
 	struct encap e = {};
 	struct vip_value *vip;
@@ -109,21 +108,15 @@ int popshift_edge(struct xdp_md *ctx)
 	struct bucket *b;
 	__u8 ingress_mac[ETH_ALEN];
 	__u32 zero = 0, tier, hash;
-	int v6, l4;
+	int v6, l4, rc;
 
 	cfg = bpf_map_lookup_elem(&config_map, &zero);
 	if (!cfg)
 		return XDP_ABORTED;
-	if ((void *)(eth + 1) > data_end)
-		return verdict(NO_TIER, V_DROP_MALFORMED, bytes, XDP_DROP);
-	if (eth->h_proto == bpf_htons(ETH_P_IP))
-		v6 = 0;
-	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
-		v6 = 1;
-	else
+	rc = parse_frame(data, data_end, bytes, &p, ingress_mac, &v6);
+	if (rc == PARSE_NOT_IP)
 		return verdict(NO_TIER, V_PASS_NOT_OURS, bytes, XDP_PASS);
-	__builtin_memcpy(ingress_mac, eth->h_dest, ETH_ALEN);
-	if (parse_l3(data, data_end, bytes, ETH_HLEN, v6, &p) != PARSE_OK)
+	if (rc != PARSE_OK)
 		return verdict(NO_TIER, V_DROP_MALFORMED, bytes, XDP_DROP);
 	if (blocklisted(p.src))
 		return verdict(NO_TIER, V_DROP_BLOCKLIST, bytes, XDP_DROP);

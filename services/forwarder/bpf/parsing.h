@@ -29,6 +29,7 @@ enum parse_result {
 	PARSE_MALFORMED,
 	PARSE_UNSUPPORTED,
 	PARSE_GUE_BAD,
+	PARSE_NOT_IP,
 };
 
 /* What the programs need of one IP packet; offsets count from ctx->data. */
@@ -120,6 +121,27 @@ static __always_inline int parse_l3(void *data, void *data_end, __u32 pkt_len, _
 		__builtin_memcpy(p->dst, &ip6->daddr, 16);
 	}
 	return PARSE_OK;
+}
+
+/* The first step of every program: Ethernet, then the outer IPv4/IPv6 header. PARSE_NOT_IP for
+ * a frame we do not handle (ARP, VLAN, ...); the frame's destination MAC is our ingress MAC,
+ * which a transmitted packet needs as its source.
+ */
+static __always_inline int parse_frame(void *data, void *data_end, __u32 pkt_len,
+				       struct packet *p, __u8 *ingress_mac, int *v6)
+{
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return PARSE_MALFORMED;
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		*v6 = 0;
+	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		*v6 = 1;
+	else
+		return PARSE_NOT_IP;
+	__builtin_memcpy(ingress_mac, eth->h_dest, ETH_ALEN);
+	return parse_l3(data, data_end, pkt_len, ETH_HLEN, *v6, p);
 }
 
 static __always_inline int parse_l4(void *data, void *data_end, __u32 pkt_len, struct packet *p)

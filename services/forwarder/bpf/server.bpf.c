@@ -81,7 +81,6 @@ int popshift_server(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u32 bytes = ctx->data_end - ctx->data;
-	struct ethhdr *eth = data;
 	struct packet p = {}, in = {};
 	struct peer_value *peer;
 	struct config *cfg;
@@ -93,16 +92,10 @@ int popshift_server(struct xdp_md *ctx)
 	cfg = bpf_map_lookup_elem(&config_map, &zero);
 	if (!cfg)
 		return XDP_ABORTED;
-	if ((void *)(eth + 1) > data_end)
-		return verdict(NO_TIER, V_DROP_MALFORMED, bytes, XDP_DROP);
-	if (eth->h_proto == bpf_htons(ETH_P_IP))
-		v6 = 0;
-	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
-		v6 = 1;
-	else
+	rc = parse_frame(data, data_end, bytes, &p, ingress_mac, &v6);
+	if (rc == PARSE_NOT_IP)
 		return verdict(NO_TIER, V_PASS_NOT_OURS, bytes, XDP_PASS);
-	__builtin_memcpy(ingress_mac, eth->h_dest, ETH_ALEN);
-	if (parse_l3(data, data_end, bytes, ETH_HLEN, v6, &p) != PARSE_OK)
+	if (rc != PARSE_OK)
 		return verdict(NO_TIER, V_DROP_MALFORMED, bytes, XDP_DROP);
 	if (parse_l4(data, data_end, bytes, &p) != PARSE_OK || p.proto != IPPROTO_UDP ||
 	    p.dport != bpf_htons(GUE_PORT) || !addr_eq(p.dst, self_addr(cfg, v6)))
