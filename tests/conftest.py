@@ -16,6 +16,19 @@ from popshift.topics import Topic
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL = REPO / "deploy" / "local"
+# CI sets POPSHIFT_REQUIRE_ALL=1: a test skipped for want of root, cgroups, a trace backend or
+# anything else then fails instead, so a green CI means that every test ran.
+REQUIRE_ALL = os.environ.get("POPSHIFT_REQUIRE_ALL") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if REQUIRE_ALL and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but POPSHIFT_REQUIRE_ALL=1 forbids skips: {reason}"
 
 
 def _start(script: str) -> None:
