@@ -33,8 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from popshift.network import load_network
 from schemas.messages import PolicyAction, PolicyEvent, PolicyReason, PopLoad, ServerLoad, Share
 from services.forwarder.loader import DEFAULT_PIN_ROOT, Forwarder, Role

@@ -20,23 +20,17 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-logging.getLogger("scapy").setLevel(logging.ERROR)
+from schemas.bucket import Bucket, Flag
+from services.forwarder import build, libbpf
+from services.forwarder import packets as P
+from services.forwarder.layout import Verdict, XdpAction
+from services.forwarder.loader import Forwarder, Role
+from services.forwarder.model import Outcome, edge, server
+from services.forwarder.types import TableState
 
-from services.forwarder import build, libbpf  # noqa: E402
-from services.forwarder.layout import Flag, Verdict, XdpAction  # noqa: E402
-from services.forwarder.loader import Forwarder, Role  # noqa: E402
-from services.forwarder.model import (  # noqa: E402
-    BucketEntry,
-    Outcome,
-    TableState,
-    edge,
-    server,
-)
-from tests.forwarder import packets as P  # noqa: E402
+logging.getLogger("scapy").setLevel(logging.ERROR)
 
 
 def kernel_ns(prog_fds: tuple[int, ...], frame: bytes, runs: int) -> list[float]:
@@ -57,7 +51,7 @@ def model_ns(fn: Callable[[], Outcome], runs: int) -> float:
     return statistics.median(samples)
 
 
-def full_state(entry: BucketEntry, buckets: int, **kw: Any) -> TableState:
+def full_state(entry: Bucket, buckets: int, **kw: Any) -> TableState:
     st = P.state(None, **kw)
     st.bucket_bits = buckets.bit_length() - 1
     st.table = {(t, i): entry for t in (0, 1) for i in range(buckets)}
@@ -74,11 +68,10 @@ def main() -> int:
     base = libbpf.BpfObject(build.ensure("baseline"))
     try:
         tx_fd = base.program_fds()["popshift_xdp_tx"]
-        s4, s6 = ia.ip_address(P.SERVER4), ia.ip_address(P.SERVER6)
         st4 = full_state(
-            BucketEntry(
-                primary=s4,
-                secondary=ia.ip_address(P.REMOTE4),
+            Bucket(
+                primary=P.SERVER4,
+                secondary=P.REMOTE4,
                 inter_pop=True,
                 away=True,
                 secondary_pop=7,
@@ -86,7 +79,7 @@ def main() -> int:
             edge_fwd.buckets,
             blocklist={ia.ip_network("203.0.113.0/24")},
         )
-        st6 = full_state(BucketEntry(primary=s6), edge_fwd.buckets)
+        st6 = full_state(Bucket(primary=P.SERVER6), edge_fwd.buckets)
         server_st = P.state(None)
         server_fwd.configure(P.SERVER_CFG)
         server_fwd.load_state(server_st)

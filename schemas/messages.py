@@ -1,4 +1,4 @@
-"""Every message popshift puts on Kafka, and the forwarding-table entry it keeps in Redis.
+"""Every message popshift puts on Kafka (the forwarding-table bucket is in schemas/bucket.py).
 
 Strict on purpose: a message that would make a service compute with NaN, a negative load or an
 unknown field is rejected at the edge and dead-lettered with the reason, never half-processed.
@@ -8,7 +8,6 @@ Each message carries ``schema_version`` so that a consumer can refuse what it do
 from __future__ import annotations
 
 import ipaddress
-import math
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -16,7 +15,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    IPvAnyAddress,
     PlainValidator,
     TypeAdapter,
     WithJsonSchema,
@@ -25,7 +23,6 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-SCHEMA_VERSION = 1
 MAX_SERVERS_PER_POP = 4096
 MAX_SHARES_PER_POLICY = 1024
 MAX_TIERS = 16
@@ -197,13 +194,6 @@ class PolicyAction(StrEnum):
     CANCEL = "cancel"
 
 
-class Direction(StrEnum):
-    """Where a bucket sends *new* connections (SPEC section 3, patent (72), (76))."""
-
-    AWAY = "away"
-    BACK = "back"
-
-
 class Share(Message):
     """Forward ``share`` of ``tier``'s native traffic to ``destination``."""
 
@@ -264,7 +254,7 @@ class TableUpdate(Message):
 
 
 class TierCounters(Message):
-    """Packets and new connections per verdict for one tier, monotonic since the node started."""
+    """Packets per verdict for one tier, monotonic since the node started."""
 
     tier: Tier
     local: Counter = 0
@@ -272,8 +262,6 @@ class TierCounters(Message):
     inter_pop_forward: Counter = 0
     second_chance_forward: Counter = 0
     received_from_peer: Counter = 0
-    new_connections_local: Counter = 0
-    new_connections_forwarded: Counter = 0
     dropped: dict[Annotated[str, Field(max_length=32)], Counter] = Field(
         default_factory=dict, max_length=32
     )
@@ -286,27 +274,6 @@ class DataplaneStats(Message):
     node: ServerName
     at: Seconds
     tiers: list[TierCounters] = Field(max_length=MAX_TIERS)
-
-
-class TableEntry(Message):
-    """One bucket of a PoP x tier forwarding table (SPEC section 3)."""
-
-    primary: IPvAnyAddress
-    secondary: IPvAnyAddress | None = None
-    inter_pop: bool = False
-    secondary_pop: int = Field(default=0, ge=0, lt=2**16)
-    direction: Direction = Direction.BACK
-    modified_at: Seconds = 0.0
-
-    @model_validator(mode="after")
-    def _secondary_consistent(self) -> TableEntry:
-        if self.secondary is None and (self.inter_pop or self.direction is Direction.AWAY):
-            raise ValueError("secondary: required when inter_pop or direction is away")
-        if self.inter_pop and self.secondary_pop == 0:
-            raise ValueError("secondary_pop: an inter-PoP secondary names its PoP")
-        if self.secondary is not None and self.secondary == self.primary:
-            raise ValueError("secondary: must differ from primary")
-        return self
 
 
 class DeadLetter(Message):
@@ -328,11 +295,6 @@ class DeadLetter(Message):
         return v
 
 
-def is_finite(x: float) -> bool:
-    """True for a real number; used by adapters that compute loads before building a message."""
-    return not (math.isnan(x) or math.isinf(x))
-
-
 ALL_MODELS: dict[str, type[BaseModel]] = {
     "feedback-server": ServerHeartbeat,
     "feedback-pop": PopFeedback,
@@ -341,6 +303,5 @@ ALL_MODELS: dict[str, type[BaseModel]] = {
     "policy-event": PolicyEvent,
     "table-update": TableUpdate,
     "dataplane-stats": DataplaneStats,
-    "table-entry": TableEntry,
     "dead-letter": DeadLetter,
 }

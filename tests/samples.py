@@ -63,14 +63,6 @@ STATS = m.DataplaneStats(
     at=1_764_000_004.0,
     tiers=[m.TierCounters(tier=0, local=100, inter_pop_forward=25, dropped={"blocklist": 3})],
 )
-ENTRY = m.TableEntry(
-    primary="192.0.2.11",
-    secondary="198.51.100.1",
-    inter_pop=True,
-    secondary_pop=2,
-    direction=m.Direction.AWAY,
-    modified_at=5.0,
-)
 DEAD_LETTER = m.DeadLetter(
     source_topic="feedback.v1",
     partition=0,
@@ -88,6 +80,5 @@ ALL_SAMPLES: dict[str, BaseModel] = {
     "policy-event": POLICY,
     "table-update": TABLE_UPDATE,
     "dataplane-stats": STATS,
-    "table-entry": ENTRY,
     "dead-letter": DEAD_LETTER,
 }

@@ -88,16 +88,6 @@ def test_policy_rejects_shares_over_one_self_forwarding_and_cancel_with_shares()
     assert "cancel carries no shares" in _error_text(m.PolicyEvent, _with(POLICY, action="cancel"))
 
 
-def test_table_entry_consistency() -> None:
-    base = {"primary": "192.0.2.1", "modified_at": 0.0}
-    assert m.TableEntry.model_validate(base).direction is m.Direction.BACK
-    assert "secondary" in _error_text(m.TableEntry, {**base, "direction": "away"})
-    assert "secondary_pop" in _error_text(
-        m.TableEntry, {**base, "secondary": "192.0.2.2", "inter_pop": True}
-    )
-    assert "differ from primary" in _error_text(m.TableEntry, {**base, "secondary": "192.0.2.1"})
-
-
 def test_committed_json_schemas_match_the_models() -> None:
     rendered = render_all()
     committed = {p.name: p.read_text() for p in JSON_DIR.glob("*.schema.json")}

@@ -1,5 +1,7 @@
 """Python mirror of bpf/consts.h and bpf/structs.h: the one place Python learns C layouts.
 
+The bucket flags (enum popshift_flags) are :class:`schemas.bucket.Flag`, shared with Redis.
+
 tests/forwarder/test_layout.py compiles the C headers on the host and proves that every size,
 offset and enum value here matches, so a change on one side cannot silently drift.
 """
@@ -35,17 +37,8 @@ IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class Flag(enum.IntFlag):
-    """enum popshift_flags: bucket flags and GUE private flags share their low bits."""
-
-    HAS_SECONDARY = 0x01
-    INTER_POP = 0x02
-    AWAY = 0x04
-    FROM_PEER = 0x08
-    VALID = 0x80
-
-
 GUE_FLAGS_MASK = 0x0F
+"""The bits of :class:`schemas.bucket.Flag` a GUE header may carry."""
 
 
 class TierFlag(enum.IntFlag):
@@ -153,7 +146,9 @@ class PeerValue(ctypes.Structure):
     ]
 
 
-class Bucket(ctypes.Structure):
+class MapBucket(ctypes.Structure):
+    """struct bucket: one element of the table map (the Python type is schemas.bucket.Bucket)."""
+
     _fields_ = [
         ("primary", Addr16),
         ("secondary", Addr16),
@@ -163,7 +158,7 @@ class Bucket(ctypes.Structure):
     ]
 
 
-BUCKET_DTYPE = np.dtype(Bucket)
+BUCKET_DTYPE = np.dtype(MapBucket)
 """struct bucket as a numpy structured dtype: an array of it is the table map's exact bytes."""
 
 
@@ -206,19 +201,15 @@ GUE_STRUCT = struct.Struct("!BBHBBBBHHB3x16s")
 """The same GUE header as a struct format: what the model packs and unpacks."""
 
 
-def addr16(addr: IpAddress | None) -> bytes:
+def addr16(addr: IpAddress | str | None) -> bytes:
     """16-byte form used in every map and in the GUE header: IPv4 is IPv4-mapped."""
     if addr is None:
         return bytes(16)
+    if isinstance(addr, str):
+        addr = ipaddress.ip_address(addr)
     if isinstance(addr, ipaddress.IPv4Address):
         return bytes(10) + b"\xff\xff" + addr.packed
     return addr.packed
-
-
-def addr_from16(raw: bytes) -> IpAddress:
-    """Inverse of addr16."""
-    v6 = ipaddress.IPv6Address(raw)
-    return v6.ipv4_mapped or v6
 
 
 def lpm_key(net: IpNetwork) -> LpmKey:

@@ -12,7 +12,6 @@ import ctypes
 import ctypes.util
 import os
 from pathlib import Path
-from typing import Any
 
 _lib = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
 
@@ -79,9 +78,22 @@ class MapInfo(ctypes.Structure):
 
 
 class ProgInfo(ctypes.Structure):
-    """The head of struct bpf_prog_info."""
+    """The head of struct bpf_prog_info, up to the program's name."""
 
-    _fields_ = [("type", c_uint32), ("id", c_uint32), ("tag", ctypes.c_uint8 * 8)]
+    _fields_ = [
+        ("type", c_uint32),
+        ("id", c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", c_uint32),
+        ("xlated_prog_len", c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64),
+        ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64),
+        ("created_by_uid", c_uint32),
+        ("nr_map_ids", c_uint32),
+        ("map_ids", ctypes.c_uint64),
+        ("name", ctypes.c_char * 16),
+    ]
 
 
 def _proto(name: str, restype: object, *argtypes: object) -> None:
@@ -222,11 +234,21 @@ def map_info(fd: int) -> MapInfo:
     return info
 
 
-def prog_id(fd: int) -> int:
+def prog_info(fd: int) -> ProgInfo:
     info = ProgInfo()
     size = c_uint32(ctypes.sizeof(info))
     _check("prog info", _lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)))
-    return int(info.id)
+    return info
+
+
+def prog_id(fd: int) -> int:
+    return int(prog_info(fd).id)
+
+
+def prog_name(fd: int) -> str:
+    """The program's name as the kernel keeps it (the first 15 bytes)."""
+    name: bytes = prog_info(fd).name
+    return name.decode()
 
 
 def map_update(fd: int, key: ctypes._CData, value: ctypes._CData) -> None:
@@ -269,13 +291,6 @@ def map_keys(fd: int, key_type: type[ctypes.Structure]) -> list[bytes]:
             raise BpfError("map next key", err)
         keys.append(bytes(nxt))
         cur = key_type.from_buffer_copy(bytes(nxt))
-
-
-def map_update_batch(
-    fd: int, keys: ctypes.Array[ctypes.c_uint32], values: ctypes.Array[Any]
-) -> None:
-    """One syscall for many elements (BPF_MAP_UPDATE_BATCH)."""
-    map_update_batch_ptr(fd, ctypes.addressof(keys), ctypes.addressof(values), len(keys))
 
 
 def map_update_batch_ptr(fd: int, keys: int, values: int, count: int) -> None:

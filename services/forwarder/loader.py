@@ -16,6 +16,7 @@ import ipaddress
 import os
 import shutil
 import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -24,19 +25,20 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from schemas.bucket import Bucket
 from services.forwarder import build, libbpf
 from services.forwarder.layout import (
     BUCKET_DTYPE,
     VERDICTS,
     Addr,
     Bitmap16,
-    Bucket,
     CfgFlag,
     Config,
     Counter,
     FilterRow,
     IpNetwork,
     LpmKey,
+    MapBucket,
     PeerKind,
     PeerValue,
     TierCfg,
@@ -49,7 +51,7 @@ from services.forwarder.layout import (
     addr16,
     lpm_key,
 )
-from services.forwarder.model import BucketEntry, NodeConfig, TableState
+from services.forwarder.types import NodeConfig, TableState
 
 DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/popshift")
 LOCK_DIR = Path("/run/lock")
@@ -131,62 +133,33 @@ def vip4_slots(hosts: Mapping[bytes, int], slots: int) -> npt.NDArray[Any]:
     return out
 
 
-def _bucket_bytes(entry: Any) -> bytes:
-    e = entry if isinstance(entry, BucketEntry) else BucketEntry.from_fields(entry)
-    b = Bucket(secondary_pop=e.secondary_pop, flags=e.flags)
-    b.primary[:] = addr16(e.primary)
-    b.secondary[:] = addr16(e.secondary)
-    return bytes(b)
+def _bucket_bytes(b: Bucket) -> bytes:
+    row = MapBucket(secondary_pop=b.secondary_pop, flags=b.flags)
+    row.primary[:] = addr16(b.primary)
+    row.secondary[:] = addr16(b.secondary)
+    return bytes(row)
 
 
-def _value_key(e: Any) -> tuple[Any, ...]:
-    """What decides an entry's bytes, by value."""
-    if isinstance(e, BucketEntry):
-        return (e.primary, e.secondary, e.inter_pop, e.away, e.secondary_pop)
-    direction = getattr(e, "direction", "back")
-    return (
-        e.primary,
-        getattr(e, "secondary", None),
-        getattr(e, "inter_pop", False),
-        str(getattr(direction, "value", direction)),
-        getattr(e, "secondary_pop", 0),
-    )
+def bucket_array(buckets: Iterable[Bucket | None]) -> Buckets:
+    """Buckets (None = cleared) as the map's bytes, dtype BUCKET_DTYPE.
 
-
-def bucket_array(entries: Iterable[Any]) -> Buckets:
-    """Entries (BucketEntry, anything with the table writer's fields, or None = cleared) as the
-    map's bytes, dtype BUCKET_DTYPE. Each distinct entry is converted once; a table has few
-    (its servers times the secondaries), so the cost is a dict lookup or two per bucket.
-
-    BucketEntry objects are first looked up by the identity of their address objects (cheap
-    to hash; the sync shares one object per address, and the entry kept in the memo keeps
-    them alive), then by value; anything else by value.
+    Each distinct bucket is converted once: a table has few (its servers times the
+    secondaries), so the cost is a dict lookup per bucket. ``modified_at`` is not in the map.
     """
-    by_id: dict[tuple[Any, ...], tuple[int, Any]] = {}
-    by_value: dict[tuple[Any, ...], int] = {}
-    rows: list[bytes] = [bytes(BUCKET_DTYPE.itemsize)]
+    rows: dict[tuple[str, str | None, int, int], int] = {}
+    raw: list[bytes] = [bytes(BUCKET_DTYPE.itemsize)]
     index: list[int] = []
-    for e in entries:
-        if e is None:
+    for b in buckets:
+        if b is None:
             index.append(0)
             continue
-        if isinstance(e, BucketEntry):
-            ikey = (id(e.primary), id(e.secondary), e.inter_pop, e.away, e.secondary_pop)
-            hit = by_id.get(ikey)
-            if hit is not None:
-                index.append(hit[0])
-                continue
-        else:
-            ikey = None
-        vkey = _value_key(e)
-        row = by_value.get(vkey)
+        key = (b.primary, b.secondary, b.secondary_pop, b.flags)
+        row = rows.get(key)
         if row is None:
-            row = by_value[vkey] = len(rows)
-            rows.append(_bucket_bytes(e))
-        if ikey is not None:
-            by_id[ikey] = (row, e)
+            row = rows[key] = len(raw)
+            raw.append(_bucket_bytes(b))
         index.append(row)
-    uniq = np.frombuffer(b"".join(rows), dtype=BUCKET_DTYPE)
+    uniq = np.frombuffer(b"".join(raw), dtype=BUCKET_DTYPE)
     return uniq[np.asarray(index, dtype=np.intp)]
 
 
@@ -245,11 +218,25 @@ def _locked(name: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+class PinError(RuntimeError):
+    """A pinned program this forwarder must not adopt: another role, or an older layout."""
+
+
+class BpffsError(RuntimeError):
+    """bpffs is not mounted and could not be mounted, so nothing can be pinned."""
+
+
 def _mount_bpffs(root: Path) -> None:
-    """bpffs must be mounted under /sys/fs/bpf for pins (SPEC section 8)."""
+    """Pins need bpffs at /sys/fs/bpf (docs/packet-path.md, kernel notes)."""
     base = Path("/sys/fs/bpf")
     if not os.path.ismount(base):
-        os.system("mount -t bpf bpf /sys/fs/bpf")
+        try:
+            subprocess.run(
+                ["mount", "-t", "bpf", "bpf", str(base)], check=True, capture_output=True, text=True
+            )
+        except (OSError, subprocess.CalledProcessError) as exc:
+            why = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else exc
+            raise BpffsError(f"bpffs is not mounted at {base}; mounting it failed: {why}") from exc
     root.mkdir(parents=True, exist_ok=True)
 
 
@@ -290,24 +277,7 @@ class Forwarder:
         pin_dir = pin_root / name
         with _locked(name):
             if (pin_dir / "prog").exists():
-                missing = [m for m in MAP_NAMES if not (pin_dir / m).exists()]
-                if missing:
-                    raise FileNotFoundError(
-                        f"{pin_dir} was pinned by an older forwarder (no {', '.join(missing)}): "
-                        "detach, unpin and open again"
-                    )
-                prog = libbpf.obj_get(pin_dir / "prog")
-                maps = {m: libbpf.obj_get(pin_dir / m) for m in MAP_NAMES}
-                fwd = cls(role, name, prog, maps, pin_dir, adopted=True)
-                rows = libbpf.map_info(maps["counter_map"]).max_entries
-                expected = (fwd.tiers + 1) * VERDICTS
-                if rows != expected:
-                    fwd.close()
-                    raise FileNotFoundError(
-                        f"{pin_dir} was pinned by a forwarder with other verdicts ({rows} counter "
-                        f"rows, expected {expected}): detach, unpin and open again"
-                    )
-                return fwd
+                return cls._adopt(role, name, pin_dir)
             obj = libbpf.BpfObject(build.ensure(role.value, defines))
             try:
                 prog = libbpf.dup(obj.program_fds()[PROGRAM_NAME[role]])
@@ -322,6 +292,32 @@ class Forwarder:
                 libbpf.obj_pin(maps[m], tmp / m)
             tmp.rename(pin_dir)
             return cls(role, name, prog, maps, pin_dir, adopted=False)
+
+    @classmethod
+    def _adopt(cls, role: Role, name: str, pin_dir: Path) -> Forwarder:
+        """The pinned program and maps, if they are this role's and this layout's."""
+        missing = [m for m in MAP_NAMES if not (pin_dir / m).exists()]
+        if missing:
+            raise PinError(
+                f"{pin_dir} was pinned by an older forwarder (no {', '.join(missing)}): "
+                "detach, unpin and open again"
+            )
+        prog = libbpf.obj_get(pin_dir / "prog")
+        pinned = libbpf.prog_name(prog)
+        if pinned != PROGRAM_NAME[role]:
+            os.close(prog)
+            raise PinError(f"{pin_dir} holds {pinned!r}, not the {role} program")
+        maps = {m: libbpf.obj_get(pin_dir / m) for m in MAP_NAMES}
+        fwd = cls(role, name, prog, maps, pin_dir, adopted=True)
+        rows = libbpf.map_info(maps["counter_map"]).max_entries
+        expected = (fwd.tiers + 1) * VERDICTS
+        if rows != expected:
+            fwd.close()
+            raise PinError(
+                f"{pin_dir} was pinned by a forwarder with other verdicts ({rows} counter "
+                f"rows, expected {expected}): detach, unpin and open again"
+            )
+        return fwd
 
     def close(self) -> None:
         """Close our fds; pinned objects and attachments stay."""
@@ -423,11 +419,10 @@ class Forwarder:
             "peer_map", {n: PeerValue(kind=k, pop_id=pop) for n, (k, pop) in peers.items()}
         )
 
-    def apply_table_diff(self, tier: int, diff: Mapping[int, Any]) -> None:
+    def apply_table_diff(self, tier: int, diff: Mapping[int, Bucket | None]) -> None:
         """Write changed buckets of one tier in one batch; None clears a bucket.
 
-        Entries are BucketEntry or anything with the table writer's fields (TableEntry). Each
-        distinct entry is converted once (:func:`bucket_array`); the rest is numpy and one
+        Each distinct bucket is converted once (:func:`bucket_array`); the rest is numpy and one
         BPF_MAP_UPDATE_BATCH. Callers holding map images should use :meth:`write_buckets`.
         """
         if not diff:

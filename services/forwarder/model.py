@@ -14,7 +14,7 @@ import enum
 import ipaddress
 import struct
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from scapy.layers.inet import ICMP, IP, UDP
@@ -22,8 +22,8 @@ from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
+from schemas.bucket import Bucket, Flag
 from services.forwarder.layout import (
-    BUCKET_BITS,
     ENCAP_OVERHEAD_V4,
     ENCAP_OVERHEAD_V6,
     GUE_FLAGS_MASK,
@@ -39,8 +39,6 @@ from services.forwarder.layout import (
     OUTER_TTL,
     TIERS,
     UDP_SPORT_BASE,
-    Flag,
-    IpAddress,
     IpNetwork,
     PeerKind,
     TierFlag,
@@ -48,6 +46,7 @@ from services.forwarder.layout import (
     XdpAction,
     addr16,
 )
+from services.forwarder.types import NodeConfig, TableState
 
 ETH_HLEN = 14
 ETH_P_IP = 0x0800
@@ -71,78 +70,6 @@ class Parse(enum.IntEnum):
     UNSUPPORTED = 2
     GUE_BAD = 3
     NOT_IP = 4
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    """struct config: who this node is and how it sends."""
-
-    pop_id: int
-    self4: ipaddress.IPv4Address | None = None
-    self6: ipaddress.IPv6Address | None = None
-    nexthop_mac: bytes = bytes(6)
-    mtu: int = 1500
-    fib: bool = False
-    syncookies: bool = False
-
-    def self_addr(self, v6: bool) -> bytes:
-        return addr16(self.self6) if v6 else addr16(self.self4)
-
-
-def _ip(value: Any) -> IpAddress:
-    return (
-        value
-        if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address)
-        else (ipaddress.ip_address(str(value)))
-    )
-
-
-@dataclass(frozen=True)
-class BucketEntry:
-    """One bucket (SPEC section 3) as the data plane needs it."""
-
-    primary: IpAddress
-    secondary: IpAddress | None = None
-    inter_pop: bool = False
-    away: bool = False
-    secondary_pop: int = 0
-
-    @classmethod
-    def from_fields(cls, entry: Any) -> BucketEntry:
-        """From any object with the table writer's fields (e.g. schemas.messages.TableEntry)."""
-        direction = getattr(entry, "direction", "back")
-        secondary = getattr(entry, "secondary", None)
-        return cls(
-            primary=_ip(entry.primary),
-            secondary=None if secondary is None else _ip(secondary),
-            inter_pop=bool(getattr(entry, "inter_pop", False)),
-            away=str(getattr(direction, "value", direction)) == "away",
-            secondary_pop=int(getattr(entry, "secondary_pop", 0)),
-        )
-
-    @property
-    def flags(self) -> int:
-        f = Flag.VALID
-        if self.secondary is not None:
-            f |= Flag.HAS_SECONDARY
-        if self.inter_pop:
-            f |= Flag.INTER_POP
-        if self.away:
-            f |= Flag.AWAY
-        return int(f)
-
-
-@dataclass
-class TableState:
-    """Everything in the maps besides the config: VIPs, tiers, blocklist, peers, buckets."""
-
-    bucket_bits: int = BUCKET_BITS
-    tiers: int = TIERS
-    vips: dict[IpNetwork, int] = field(default_factory=dict)
-    tier_flags: dict[int, int] = field(default_factory=dict)
-    blocklist: set[IpNetwork] = field(default_factory=set)
-    peers: dict[IpNetwork, tuple[PeerKind, int]] = field(default_factory=dict)
-    table: dict[tuple[int, int], BucketEntry] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -470,7 +397,7 @@ def icmp_too_big(pkt: bytes, p: Parsed, mtu: int) -> bytes:
     return bytes(eth / ip / ICMP(type=3, code=4, unused=0, nexthopmtu=mtu & 0xFFFF) / Raw(quote))
 
 
-def _gue(flags: int, entry: BucketEntry, landing_pop: int, tier: int) -> Gue:
+def _gue(flags: int, entry: Bucket, landing_pop: int, tier: int) -> Gue:
     """fill_gue() of the edge: the secondary travels only when the flags say it exists."""
     has = bool(flags & Flag.HAS_SECONDARY)
     return Gue(
@@ -521,7 +448,7 @@ def _too_big(cfg: NodeConfig, inner_len: int, dst: bytes) -> bool:
     return bool(cfg.mtu) and inner_len + overhead(dst) > cfg.mtu
 
 
-def _bucket(st: TableState, tier: int, h: int) -> BucketEntry | None:
+def _bucket(st: TableState, tier: int, h: int) -> Bucket | None:
     return st.table.get((tier, h & ((1 << st.bucket_bits) - 1)))
 
 

@@ -4,7 +4,7 @@ Run: ``python -m services.forwarder.sync --pop a --node a-edge1 [--pin-dir DIR]`
 
 Why its own process: the XDP program forwards with whatever its pinned maps hold, so the control
 loop that feeds them may crash, restart or lose Redis while packets keep flowing on the last good
-table (fail static, SPEC section 7). Per tier, a table-updates.v1 notice (fast path) or the poll
+table (fail static, docs/failure.md). Per tier, a table-updates.v1 notice (fast path) or the poll
 of the ``current`` keys (fallback, works without Kafka) finds a version other than the one the
 maps hold; its blob is fetched in one GET, turned into the exact bytes the map holds
 (:func:`map_image`) and compared with what the maps hold; only the buckets that differ are
@@ -39,50 +39,23 @@ from popshift import redis_client as popshift_redis
 from popshift import topics
 from popshift.bus import DeliveryFailed, Received, TypedConsumer, TypedProducer, create_topics
 from popshift.process import install_stop_signals, setup_logging
+from schemas.bucket import BUCKET_FLAGS, Flag
 from schemas.messages import MAX_TIERS, DataplaneStats, TableUpdate, TierCounters
-from services.forwarder.layout import BUCKET_BITS, Verdict, addr16
-from services.forwarder.layout import Bucket as MapBucket
+from services.forwarder.layout import BUCKET_BITS, BUCKET_DTYPE, Verdict, addr16
 from services.forwarder.loader import DEFAULT_PIN_ROOT, Count, Forwarder, Role
-from services.forwarder.model import BucketEntry
 from services.forwarder.sync_settings import SyncSettings
-from services.table_writer.codec import (
-    FLAG_AWAY,
-    FLAG_INTER_POP,
-    NO_ADDRESS,
-    BadTableBlob,
-    Header,
-    decode_records,
-)
+from services.table_writer.codec import NO_ADDRESS, BadTableBlob, Header, decode_records
 from services.table_writer.store import current_key, version_key
 
 log = logging.getLogger("popshift.forwarder.sync")
 
 Image = npt.NDArray[Any]
 """A tier's buckets exactly as the BPF array holds them (dtype :data:`BUCKET_DTYPE`)."""
-BUCKET_DTYPE = np.dtype(MapBucket)
 Counters = Mapping[int | None, Mapping[Verdict, Count]]
 
 # --------------------------------------------------------------------------------------------
 # Pure core: table blob -> map bytes, diffs, version tracking, backoff, counters -> messages.
 # --------------------------------------------------------------------------------------------
-
-
-def _flag_table() -> npt.NDArray[np.uint8]:
-    """Map flags per (has secondary, codec flags), from BucketEntry.flags: one definition."""
-    any_ip = ipaddress.ip_address("0.0.0.1")
-    lut = np.zeros(8, dtype=np.uint8)
-    for i in range(8):
-        lut[i] = BucketEntry(
-            primary=any_ip,
-            secondary=any_ip if i & 4 else None,
-            inter_pop=bool(i & FLAG_INTER_POP),
-            away=bool(i & FLAG_AWAY),
-        ).flags
-    return lut
-
-
-_FLAGS = _flag_table()
-_CODEC_FLAGS = FLAG_INTER_POP | FLAG_AWAY
 
 
 class Refused(Exception):
@@ -94,6 +67,21 @@ def _addresses(header: Header) -> list[ipaddress.IPv4Address | ipaddress.IPv6Add
         return [ipaddress.ip_address(a) for a in header.addresses]
     except ValueError as exc:
         raise Refused(f"bad address in header: {exc}") from exc
+
+
+def _check_flags(flags: npt.NDArray[np.uint8], has_secondary: npt.NDArray[np.bool_]) -> None:
+    """The record's flags go to the map as they are, so only a bucket's own bits pass, and
+    they must agree with the secondary (schemas/redis-table.md)."""
+    has_flag = (flags & int(Flag.HAS_SECONDARY)) != 0
+    bad = (
+        ((flags & (0xFF ^ int(BUCKET_FLAGS))) != 0)
+        | ((flags & int(Flag.VALID)) == 0)
+        | (has_flag != has_secondary)
+        | (((flags & int(Flag.INTER_POP | Flag.AWAY)) != 0) & ~has_flag)
+    )
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise Refused(f"bucket {i}: flags 0x{int(flags[i]):02x} are not a bucket's")
 
 
 def map_image(header: Header, records: npt.NDArray[Any]) -> Image:
@@ -110,14 +98,13 @@ def map_image(header: Header, records: npt.NDArray[Any]) -> Image:
         primary.max() >= n_addr or secondary[has_secondary].max(initial=0) >= n_addr
     ):
         raise Refused(f"address index beyond the header's {n_addr} addresses")
+    _check_flags(records["flags"], has_secondary)
     secondary[~has_secondary] = n_addr
     image = np.zeros(len(records), dtype=BUCKET_DTYPE)
     image["primary"] = table[primary]
     image["secondary"] = table[secondary]
     image["secondary_pop"] = records["secondary_pop"]
-    image["flags"] = _FLAGS[
-        (has_secondary.astype(np.intp) << 2) | (records["flags"] & _CODEC_FLAGS)
-    ]
+    image["flags"] = records["flags"]
     return image
 
 
@@ -275,7 +262,6 @@ def tier_counters(tier: int, counts: Mapping[Verdict, Count]) -> TierCounters:
     intra-PoP secondary) is counted as local or received by the server it lands on. The
     policy engine's native-demand estimate relies on this (policy_engine/model.py).
 
-    The data plane counts packets, not connections, so the new-connection fields stay 0;
     PASS_* verdicts (the kernel stack decides) are not reported.
     """
 
@@ -447,18 +433,21 @@ class SyncService:
         t1 = time.perf_counter()
         held = self.state.tiers[tier].image
         reconcile = held is None
-        try:
-            if held is None:
-                held = self.maps.read(tier)
-            t2 = time.perf_counter()
+        if held is None:
             try:
-                p = plan(self.state, tier, version, blob, held)
-            except Refused as exc:
-                log.error(
-                    "%s tier %d v%d REFUSED, keeping the maps: %s", self.pop, tier, version, exc
-                )
+                held = self.maps.read(tier)
+            except OSError as exc:  # BpfError: nothing was written; read again next round
+                self.state.map_failures += 1
+                log.error("%s tier %d: map read-back failed, will retry: %s", self.pop, tier, exc)
                 return 0
-            t3 = time.perf_counter()
+        t2 = time.perf_counter()
+        try:
+            p = plan(self.state, tier, version, blob, held)
+        except Refused as exc:
+            log.error("%s tier %d v%d REFUSED, keeping the maps: %s", self.pop, tier, version, exc)
+            return 0
+        t3 = time.perf_counter()
+        try:
             self.maps.write(tier, p.indices, p.image[p.indices])
         except OSError as exc:  # BpfError: what the maps hold is now unknown
             lost(self.state, tier)

@@ -1,18 +1,9 @@
-"""The byte layout of one table version in Redis: one blob, so a write is one SET.
+"""One table version in Redis as one blob, so a write is one SET (schemas/redis-table.md).
 
-    offset  size  field
-    0       4     magic b"PSTB"
-    4       2     format version (1), little-endian
-    6       4     header length H, little-endian
-    10      H     header: UTF-8 JSON {pop, tier, version, policy_version, bits, written_at,
-                  shares: {destination: fraction}, addresses: [address, ...]}
-    10+H    16*2^N  one record per bucket, little-endian:
-                  u16 primary (index into addresses), u16 secondary (index, 0xFFFF = none),
-                  u16 secondary_pop, u8 flags (bit 0 inter_pop, bit 1 direction away), u8 0,
-                  f64 modified_at (seconds)
-
-At N=16 that is 1 MiB plus the header; numpy packs and unpacks it in a few milliseconds, and a
-reader (the forwarder sync) can diff two versions vectorised with :func:`decode_records`.
+The blob is a fixed prefix, a JSON header and one 16-byte record per bucket; the record's flag
+byte is the BPF bucket's (:class:`schemas.bucket.Flag`), so a reader copies it as it is. At N=16
+that is 1 MiB plus the header; numpy packs and unpacks it in a few milliseconds, and a reader
+(the forwarder sync) can diff two versions vectorised with :func:`decode_records`.
 """
 
 from __future__ import annotations
@@ -25,14 +16,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from schemas.messages import Direction
-from services.table_writer.table import Bucket, Table
+from schemas.bucket import Bucket, Flag
+from services.table_writer.table import Table
 
 MAGIC = b"PSTB"
-FORMAT = 1
+FORMAT = 2
+"""1 had its own flag bits (inter-PoP 0x01, away 0x02); 2 has the BPF bucket's."""
 NO_ADDRESS = 0xFFFF
-FLAG_INTER_POP = 0x01
-FLAG_AWAY = 0x02
 RECORD = np.dtype(
     [
         ("primary", "<u2"),
@@ -43,7 +33,8 @@ RECORD = np.dtype(
         ("modified_at", "<f8"),
     ]
 )
-_PREFIX = struct.Struct("<4sHI")
+BLOB_PREFIX = struct.Struct("<4sHI")
+"""magic, format, header length H; the JSON header follows, then the records."""
 
 
 class BadTableBlob(ValueError):
@@ -77,25 +68,23 @@ def encode(table: Table, header: Header) -> bytes:
         NO_ADDRESS if b.secondary is None else index[b.secondary] for b in table
     ]
     records["secondary_pop"] = [b.secondary_pop for b in table]
-    records["flags"] = [
-        (FLAG_INTER_POP if b.inter_pop else 0) | (FLAG_AWAY if b.away else 0) for b in table
-    ]
+    records["flags"] = [b.flags for b in table]
     records["modified_at"] = [b.modified_at for b in table]
     meta = dict(header.__dict__, addresses=list(index))
     head = json.dumps(meta, separators=(",", ":"), sort_keys=True).encode()
-    return _PREFIX.pack(MAGIC, FORMAT, len(head)) + head + records.tobytes()
+    return BLOB_PREFIX.pack(MAGIC, FORMAT, len(head)) + head + records.tobytes()
 
 
 def decode_records(blob: bytes) -> tuple[Header, npt.NDArray[Any]]:
     """The header and the raw records (for vectorised readers)."""
-    if len(blob) < _PREFIX.size:
+    if len(blob) < BLOB_PREFIX.size:
         raise BadTableBlob("too short")
-    magic, fmt, head_len = _PREFIX.unpack_from(blob)
+    magic, fmt, head_len = BLOB_PREFIX.unpack_from(blob)
     if magic != MAGIC or fmt != FORMAT:
         raise BadTableBlob(f"not a popshift table (magic {magic!r}, format {fmt})")
-    start = _PREFIX.size + head_len
+    start = BLOB_PREFIX.size + head_len
     try:
-        header = Header(**json.loads(blob[_PREFIX.size : start]))
+        header = Header(**json.loads(blob[BLOB_PREFIX.size : start]))
     except (ValueError, TypeError) as exc:
         raise BadTableBlob(f"bad header: {exc}") from exc
     body = blob[start:]
@@ -105,6 +94,7 @@ def decode_records(blob: bytes) -> tuple[Header, npt.NDArray[Any]]:
 
 
 def decode(blob: bytes) -> tuple[Header, Table]:
+    """The header and the table as :class:`Bucket` s (the writer adopting what Redis holds)."""
     header, records = decode_records(blob)
     addresses = header.addresses
     table: Table = []
@@ -113,9 +103,9 @@ def decode(blob: bytes) -> tuple[Header, Table]:
             Bucket(
                 primary=addresses[p],
                 secondary=None if s == NO_ADDRESS else addresses[s],
-                inter_pop=bool(flags & FLAG_INTER_POP),
+                inter_pop=bool(flags & Flag.INTER_POP),
+                away=bool(flags & Flag.AWAY),
                 secondary_pop=pop,
-                direction=Direction.AWAY if flags & FLAG_AWAY else Direction.BACK,
                 modified_at=at,
             )
         )

@@ -1,6 +1,7 @@
-"""One PoP x tier forwarding table (SPEC section 3) and every change to it, with no I/O.
+"""One PoP x tier forwarding table and every change to it, with no I/O.
 
-A table is a list of ``2^N`` :class:`Bucket` s. The rules that keep established connections alive:
+A table is a list of ``2^N`` :class:`~schemas.bucket.Bucket` s (docs/forwarding-tables.md). The
+rules that keep established connections alive:
 - a policy share ``p`` to PoP B is met by exactly ``round(p * 2^N)`` buckets with secondary B and
   direction away; a change touches only as many buckets as it must, least recently modified
   first (patent (53), (59));
@@ -22,37 +23,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from schemas.messages import Direction, TableEntry
-
-
-@dataclass(frozen=True, slots=True)
-class Bucket:
-    """One bucket; mirrors :class:`schemas.messages.TableEntry` but cheap to build 65,536 of."""
-
-    primary: str
-    secondary: str | None = None
-    inter_pop: bool = False
-    secondary_pop: int = 0
-    direction: Direction = Direction.BACK
-    modified_at: float = 0.0
-
-    def entry(self) -> TableEntry:
-        return TableEntry(
-            primary=self.primary,
-            secondary=self.secondary,
-            inter_pop=self.inter_pop,
-            secondary_pop=self.secondary_pop,
-            direction=self.direction,
-            modified_at=self.modified_at,
-        )
-
-    @property
-    def away(self) -> bool:
-        return self.direction is Direction.AWAY
-
+from schemas.bucket import Bucket
 
 Table = list[Bucket]
-AWAY = Direction.AWAY  # hot loops over 2^N buckets compare against it directly
 
 
 @dataclass(frozen=True)
@@ -165,7 +138,6 @@ def rebalance_primaries(table: Table, servers: Sequence[Server], now: float) -> 
             out[i] = Bucket(
                 primary=new_primary,
                 secondary=b.primary,
-                direction=Direction.BACK,
                 modified_at=now,
             )
     return out
@@ -175,11 +147,7 @@ def expire_drains(table: Table, now: float, drain_period_s: float) -> Table:
     """Clear secondaries that have been draining (direction back) for the whole drain period."""
     out = table
     for i, b in enumerate(table):
-        if (
-            b.secondary is not None
-            and b.direction is not AWAY
-            and now - b.modified_at >= drain_period_s
-        ):
+        if b.secondary is not None and not b.away and now - b.modified_at >= drain_period_s:
             if out is table:
                 out = list(table)
             out[i] = Bucket(primary=b.primary, modified_at=now)
@@ -201,14 +169,14 @@ def apply_policy(
     by_id = {p.id: p for p in peers.values()}
     active: dict[int, list[int]] = {}
     for i, b in enumerate(out):
-        if b.inter_pop and b.direction is AWAY:
+        if b.inter_pop and b.away:
             active.setdefault(b.secondary_pop, []).append(i)
     # Shrink first, so that buckets freed by one destination are not the first taken by another.
     for pop_id, idx in active.items():
         peer = by_id.get(pop_id)
         excess = len(idx) - (want.get(peer.name, 0) if peer else 0)
         for i in _lrm(out, idx)[: max(0, excess)]:
-            out[i] = dataclasses.replace(out[i], direction=Direction.BACK, modified_at=now)
+            out[i] = dataclasses.replace(out[i], away=False, modified_at=now)
     for dest, count in sorted(want.items()):
         peer = peers[dest]
         missing = count - len(active.get(peer.id, []))
@@ -230,14 +198,14 @@ def apply_policy(
             )
             return rank, b.modified_at, i
 
-        free = [i for i, b in enumerate(out) if b.direction is not AWAY]
+        free = [i for i, b in enumerate(out) if not b.away]
         for i in sorted(free, key=cost)[:missing]:
             out[i] = Bucket(
                 primary=out[i].primary,
                 secondary=peer.ingress,
                 inter_pop=True,
                 secondary_pop=peer.id,
-                direction=Direction.AWAY,
+                away=True,
                 modified_at=now,
             )
     return out
@@ -247,7 +215,7 @@ def forwarded_counts(table: Table) -> dict[int, int]:
     """Buckets sending new connections away, per destination PoP id."""
     counts: dict[int, int] = {}
     for b in table:
-        if b.inter_pop and b.direction is AWAY:
+        if b.inter_pop and b.away:
             counts[b.secondary_pop] = counts.get(b.secondary_pop, 0) + 1
     return counts
 
@@ -259,9 +227,9 @@ def changed_buckets(old: Table | None, new: Table) -> list[int]:
     return [i for i, (a, b) in enumerate(zip(old, new, strict=True)) if a is not b and a != b]
 
 
-def diff(old: Table | None, new: Table) -> dict[int, TableEntry]:
-    """Buckets whose entry changed, with the new entry: what a forwarder writes to its map."""
-    return {i: new[i].entry() for i in changed_buckets(old, new)}
+def diff(old: Table | None, new: Table) -> dict[int, Bucket]:
+    """Buckets that changed, with their new value: what a forwarder writes to its map."""
+    return {i: new[i] for i in changed_buckets(old, new)}
 
 
 def check_invariants(

@@ -4,16 +4,9 @@ from __future__ import annotations
 
 from services.forwarder.layout import Verdict, XdpAction
 from services.forwarder.loader import Count, Forwarder, Role
-from services.forwarder.model import (
-    ETH_HLEN,
-    NodeConfig,
-    Outcome,
-    OwnsFlow,
-    TableState,
-    edge,
-    no_sockets,
-)
+from services.forwarder.model import ETH_HLEN, Outcome, OwnsFlow, edge, no_sockets
 from services.forwarder.model import server as server_model
+from services.forwarder.types import NodeConfig, TableState
 
 
 def _counted(

@@ -16,13 +16,14 @@ import random
 import numpy as np
 import pytest
 
+from schemas.bucket import Bucket
+from services.forwarder import packets as P
 from services.forwarder.layout import BUCKET_DTYPE, FilterRow, IpNetwork, Vip4SlotKind, addr16
 from services.forwarder.loader import Forwarder, blocklist_filter, bucket_array, vip4_slots
-from services.forwarder.model import BucketEntry, lpm
-from tests.forwarder import packets as P
+from services.forwarder.model import lpm
 from tests.forwarder.harness import prepare, run_both
 
-ENTRY = BucketEntry(primary=ia.ip_address(P.SERVER4))
+ENTRY = Bucket(primary=P.SERVER4)
 PREFIXES: list[IpNetwork] = [
     ia.ip_network("203.0.113.0/24"),
     ia.ip_network("198.51.100.7/32"),
@@ -129,24 +130,24 @@ def test_host_vips_through_the_program(edge_fwd: Forwarder) -> None:
         run_both(edge_fwd, P.EDGE_CFG, st, bytes(P.client(dst=dst)))
 
 
-def _entries(n: int, seed: int) -> dict[int, BucketEntry | None]:
+def _entries(n: int, seed: int) -> dict[int, Bucket | None]:
     rnd = random.Random(seed)
-    servers = [ia.ip_address(f"10.0.1.{i}") for i in range(1, 5)] + [ia.ip_address("fd00:1::1")]
-    out: dict[int, BucketEntry | None] = {}
+    servers = [f"10.0.1.{i}" for i in range(1, 5)] + ["fd00:1::1"]
+    out: dict[int, Bucket | None] = {}
     for i in range(n):
         k = rnd.randrange(4)
         if k == 0:
             out[i] = None
-        elif k == 1:  # a fresh but equal address object: the by-value memo
-            out[i] = BucketEntry(
-                primary=ia.ip_address(str(rnd.choice(servers))),
-                secondary=ia.ip_address("10.7.0.1"),
+        elif k == 1:
+            out[i] = Bucket(
+                primary=rnd.choice(servers),
+                secondary="10.7.0.1",
                 inter_pop=True,
                 away=rnd.random() < 0.5,
                 secondary_pop=7,
             )
         else:
-            out[i] = BucketEntry(primary=rnd.choice(servers), secondary=rnd.choice(servers))
+            out[i] = Bucket(primary=rnd.choice(servers), secondary=rnd.choice(servers))
     return out
 
 

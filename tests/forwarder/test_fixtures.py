@@ -1,56 +1,89 @@
 """Table-driven packet fixtures through BPF_PROG_TEST_RUN: every branch of edge and server.
 
 Each row: description, program, input frame, table state, expected action, expected verdict and
-the expected output frame, built here with scapy independently of the model.
+the expected output frame, built here with scapy independently of the model: the GUE header is
+packed by hand from schemas/gue.md; only the flow hash behind the UDP source port is the model's
+(model.flow_hash, which test_layout checks against the C hash compiled on the host).
 """
 
 from __future__ import annotations
 
 import ipaddress as ia
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from scapy.layers.inet import ICMP, IP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
+from schemas.bucket import Bucket, Flag
 from schemas.messages import TierCounters
-from services.forwarder.layout import GUE_PORT, Flag, TierFlag, Verdict, XdpAction, addr16
+from services.forwarder import packets as P
+from services.forwarder.layout import GUE_PORT, TierFlag, Verdict, XdpAction, addr16
 from services.forwarder.loader import Count, Forwarder, Role
-from services.forwarder.model import (
-    BucketEntry,
-    Gue,
-    NodeConfig,
-    TableState,
-    entropy_port,
-    parse_l3,
-    parse_l4,
-)
-from services.forwarder.model import packet_hash as model_hash
+from services.forwarder.model import flow_hash
 from services.forwarder.sync import tier_counters
-from tests.forwarder import packets as P
+from services.forwarder.types import NodeConfig, TableState
 from tests.forwarder.harness import prepare, run_both
 
 pytestmark = pytest.mark.root
 
 A, B = XdpAction, Verdict
-S4, S6 = ia.ip_address(P.SERVER4), ia.ip_address(P.SERVER6)
-SIMPLE4 = BucketEntry(primary=S4)
-SIMPLE6 = BucketEntry(primary=S6)
-AWAY_INTER = BucketEntry(
-    primary=S4, secondary=ia.ip_address(P.REMOTE4), inter_pop=True, away=True, secondary_pop=7
+SIMPLE4 = Bucket(primary=P.SERVER4)
+SIMPLE6 = Bucket(primary=P.SERVER6)
+AWAY_INTER = Bucket(
+    primary=P.SERVER4, secondary=P.REMOTE4, inter_pop=True, away=True, secondary_pop=7
 )
-AWAY_INTRA = BucketEntry(primary=S4, secondary=ia.ip_address(P.SERVER2_4), away=True)
+AWAY_INTRA = Bucket(primary=P.SERVER4, secondary=P.SERVER2_4, away=True)
 
 
 def _sport(frame: Packet, st: TableState, tier: int) -> int:
-    raw = bytes(frame)
-    _, p = parse_l3(raw, 14, raw[12:14] == b"\x86\xdd")
-    parse_l4(raw, p)
-    return entropy_port(model_hash(p, tier, st))
+    """The UDP source port, 0xc000 | hash >> 18 (schemas/gue.md), of the flow key (struct
+    flow_key: mapped addresses, then ports and protocol unless the tier hashes addresses only).
+    The hash itself is model.flow_hash, which test_layout checks against hashing.h."""
+    l3 = frame[IPv6] if IPv6 in frame else frame[IP]
+    key = addr16(l3.src) + addr16(l3.dst)
+    if st.tier_flags.get(tier, 0) & TierFlag.HASH_ADDRS:
+        key += bytes(8)
+    else:
+        l4 = l3.payload
+        proto = 6 if isinstance(l4, TCP) else 17
+        key += struct.pack("!HHB3x", l4.sport, l4.dport, proto)
+    return 0xC000 | flow_hash(key) >> 18
+
+
+def _gue_header(
+    *,
+    inner_v6: bool,
+    flags: int,
+    hop_index: int,
+    hop_count: int,
+    landing: int,
+    secondary_pop: int,
+    tier: int,
+    secondary: bytes,
+) -> bytes:
+    """The 32 bytes of schemas/gue.md's table, field by field, in network order."""
+    return (
+        bytes([0x07, 41 if inner_v6 else 4])  # ver 0, C 0, Hlen 7; inner protocol
+        + bytes(2)  # GUE flags
+        + bytes([1, flags, hop_index, hop_count])  # priv version 1
+        + landing.to_bytes(2, "big")
+        + secondary_pop.to_bytes(2, "big")
+        + bytes([tier])
+        + bytes(3)
+        + secondary
+    )
+
+
+def _priv_flags(entry: Bucket) -> int:
+    """What an edge copies from its bucket (schemas/gue.md): has secondary, inter-PoP, away."""
+    has = 0x01 if entry.secondary is not None else 0
+    return has | (0x02 if entry.inter_pop else 0) | (0x04 if entry.away else 0)
 
 
 def encapsulated(
@@ -59,7 +92,7 @@ def encapsulated(
     *,
     dst: str,
     tier: int,
-    entry: BucketEntry,
+    entry: Bucket,
     flags: int | None = None,
     landing: int = P.POP,
     src_mac: str = P.EDGE_MAC,
@@ -73,20 +106,18 @@ def encapsulated(
     inner = removed_inner if removed_inner is not None else bytes(frame)[14:]
     inner_v6 = inner[0] >> 4 == 6
     tos = ((inner[0] & 0xF) << 4 | inner[1] >> 4) if inner_v6 else inner[1]
-    f = (entry.flags & 0x0F) if flags is None else flags
-    has = bool(f & Flag.HAS_SECONDARY)
-    g = Gue(
-        7,
-        41 if inner_v6 else 4,
-        0,
-        1,
-        f,
-        hop_index,
-        (1 if has else 0) if hop_count is None else hop_count,
-        landing,
-        entry.secondary_pop if has or hop_index else 0,
-        tier,
-        addr16(entry.secondary) if has or hop_index else bytes(16),
+    f = _priv_flags(entry) if flags is None else flags
+    has = bool(f & 0x01)
+    carried = has or hop_index
+    gue = _gue_header(
+        inner_v6=inner_v6,
+        flags=f,
+        hop_index=hop_index,
+        hop_count=(1 if has else 0) if hop_count is None else hop_count,
+        landing=landing,
+        secondary_pop=entry.secondary_pop if carried else 0,
+        tier=tier,
+        secondary=addr16(entry.secondary) if carried else bytes(16),
     )
     port = _sport(frame, st, tier) if sport is None else sport
     udp = UDP(sport=port, dport=GUE_PORT, chksum=0)
@@ -95,7 +126,7 @@ def encapsulated(
     else:
         outer = IP(src=outer_src or P.EDGE4, dst=dst, flags="DF", id=0, ttl=64, tos=tos)
     eth = Ether(src=src_mac, dst=P.ROUTER_MAC)
-    return bytes(eth / outer / udp / Raw(g.pack() + inner))
+    return bytes(eth / outer / udp / Raw(gue + inner))
 
 
 def delivered(frame: Packet) -> bytes:
@@ -279,7 +310,7 @@ def _server_cases() -> list[Case]:
     }
     icmp4 = Ether(src=P.CLIENT_MAC, dst=P.EDGE_MAC) / IP(src=P.CLIENT4, dst=P.VIP4) / ICMP()
 
-    def fwd(inner: Packet, entry: BucketEntry, sec: str, flags: int) -> Callable[[], bytes]:
+    def fwd(inner: Packet, entry: Bucket, sec: str, flags: int) -> Callable[[], bytes]:
         return lambda: encapsulated(
             inner,
             st,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress as ia
 from typing import Any
 
 import pytest
@@ -11,15 +10,15 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Packet
 
-from services.forwarder.layout import Flag, Verdict, XdpAction
+from schemas.bucket import Bucket, Flag
+from services.forwarder import packets as P
+from services.forwarder.layout import Verdict, XdpAction
 from services.forwarder.loader import Forwarder
-from services.forwarder.model import BucketEntry
-from tests.forwarder import packets as P
 from tests.forwarder.harness import prepare, run_both
 
 pytestmark = pytest.mark.root
 
-ENTRY = BucketEntry(primary=ia.ip_address(P.SERVER4))
+ENTRY = Bucket(primary=P.SERVER4)
 ST = P.state(ENTRY)
 
 

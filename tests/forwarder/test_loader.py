@@ -1,5 +1,5 @@
-"""Loader: pin, adopt after a restart, attachment that outlives its process, batch table diffs
-from the table writer's TableEntry, counters, and verifier logs on a failed load."""
+"""Loader: pin, adopt after a restart (and refuse another role's pin), attachment that outlives
+its process, batch table diffs, counters, and verifier logs on a failed load."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from schemas.bucket import Bucket, Flag
 from services.forwarder import libbpf
-from services.forwarder.layout import Bucket, Flag, Verdict, XdpAction, addr16
-from services.forwarder.loader import Forwarder, Role
-from tests.forwarder import packets as P
+from services.forwarder import packets as P
+from services.forwarder.layout import MapBucket, Verdict, XdpAction, addr16
+from services.forwarder.loader import Forwarder, PinError, Role
 from tests.forwarder.conftest import TEST_DEFINES, require_root
 
 pytestmark = pytest.mark.root
@@ -39,20 +40,18 @@ def netns() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
-def _bucket(fwd: Forwarder, tier: int, index: int) -> Bucket:
-    b = Bucket()
+def _bucket(fwd: Forwarder, tier: int, index: int) -> MapBucket:
+    b = MapBucket()
     libbpf.map_lookup(fwd.maps["table_map"], ctypes.c_uint32(tier * fwd.buckets + index), b)
     return b
 
 
-def test_table_entry_diff_lands_in_the_map(edge_fwd: Forwarder) -> None:
-    from schemas.messages import TableEntry
-
-    entry = TableEntry(
+def test_table_diff_lands_in_the_map(edge_fwd: Forwarder) -> None:
+    entry = Bucket(
         primary="10.0.1.1",
         secondary="fd07::1",
         inter_pop=True,
-        direction="away",
+        away=True,
         secondary_pop=7,
         modified_at=1.0,
     )
@@ -68,10 +67,8 @@ def test_table_entry_diff_lands_in_the_map(edge_fwd: Forwarder) -> None:
 
 
 def test_counters_per_tier_and_verdict(edge_fwd: Forwarder) -> None:
-    from services.forwarder.model import BucketEntry
-
     edge_fwd.configure(P.EDGE_CFG)
-    edge_fwd.load_state(P.state(BucketEntry(primary=ia.ip_address(P.SERVER4))))
+    edge_fwd.load_state(P.state(Bucket(primary=P.SERVER4)))
     before = edge_fwd.read_counters()[0][Verdict.FWD_INTRA]
     frame = bytes(P.client())
     for _ in range(3):
@@ -104,6 +101,18 @@ def test_restarted_process_adopts_pinned_program_still_attached(netns: str) -> N
     finally:
         fwd.unpin()
         fwd.close()
+
+
+def test_a_pin_of_another_role_or_layout_is_refused(edge_fwd: Forwarder) -> None:
+    root, name = edge_fwd.pin_dir.parent, edge_fwd.pin_dir.name
+    with pytest.raises(PinError, match="popshift_edge"):
+        Forwarder.open(Role.SERVER, name, pin_root=root, defines=TEST_DEFINES)
+    (edge_fwd.pin_dir / "peer_map").rename(edge_fwd.pin_dir / "peer_map_moved")
+    try:
+        with pytest.raises(PinError, match="no peer_map"):
+            Forwarder.open(Role.EDGE, name, pin_root=root, defines=TEST_DEFINES)
+    finally:
+        (edge_fwd.pin_dir / "peer_map_moved").rename(edge_fwd.pin_dir / "peer_map")
 
 
 def test_verifier_failure_carries_its_log(tmp_path: Path) -> None:

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from schemas.bucket import Bucket
 from services.forwarder.layout import PeerKind, Verdict
 from services.forwarder.loader import Forwarder, Role, in_netns
-from services.forwarder.model import BucketEntry, NodeConfig, TableState
+from services.forwarder.types import NodeConfig, TableState
 from tests.forwarder.conftest import TEST_DEFINES, require_root
 
 pytestmark = pytest.mark.root
@@ -206,7 +207,7 @@ def test_tcp_through_edge_and_second_chance(lab: Lab) -> None:
             TableState(
                 bucket_bits=TEST_DEFINES["BUCKET_BITS"],
                 vips={ia.ip_network(f"{VIP}/32"): 0},
-                table={(0, i): BucketEntry(primary=s1) for i in buckets},
+                table={(0, i): Bucket(primary=str(s1)) for i in buckets},
             )
         )
         for i in range(3):
@@ -223,7 +224,7 @@ def test_tcp_through_edge_and_second_chance(lab: Lab) -> None:
 
         # New primary s2; s1 stays as secondary with direction back: existing flows find s1
         # through the second chance, new connections stay on s2.
-        edge.apply_table_diff(0, {i: BucketEntry(primary=s2, secondary=s1) for i in buckets})
+        edge.apply_table_diff(0, {i: Bucket(primary=str(s2), secondary=str(s1)) for i in buckets})
         second = in_netns(lab.client, lambda: socket.create_connection((VIP, PORT), timeout=5))
         conns.append(second)
         assert _ask(second) == b"s2"

@@ -10,10 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.forwarder.layout import Flag, TierFlag
+from schemas.bucket import Bucket, Flag
+from services.forwarder import packets as P
+from services.forwarder.layout import TierFlag
 from services.forwarder.loader import Forwarder
-from services.forwarder.model import BucketEntry, TableState
-from tests.forwarder import packets as P
+from services.forwarder.types import TableState
 from tests.forwarder.harness import prepare, run_both
 
 pytestmark = pytest.mark.root
@@ -24,16 +25,16 @@ SETTINGS = settings(
 
 ipv4 = st.integers(0x0A000000, 0x0A00FFFF).map(ia.IPv4Address)
 ipv6 = st.integers(0, 2**16).map(lambda n: ia.IPv6Address((0xFD00 << 112) | n))
-addr = st.one_of(ipv4, ipv6)
+addr = st.one_of(ipv4, ipv6).map(str)
 
 
 @st.composite
-def entries(draw: st.DrawFn) -> BucketEntry | None:
+def entries(draw: st.DrawFn) -> Bucket | None:
     if draw(st.integers(0, 9)) == 0:
         return None
     secondary = draw(st.none() | addr)
     inter = secondary is not None and draw(st.booleans())
-    return BucketEntry(
+    return Bucket(
         primary=draw(addr),
         secondary=secondary,
         inter_pop=inter,
@@ -97,7 +98,7 @@ def test_server_matches_model(
     server_fwd: Forwarder,
     frame: bytes,
     priv: int,
-    secondary: ia.IPv4Address | ia.IPv6Address | None,
+    secondary: str | None,
     hops: tuple[int, int],
     outer_src: str,
     outer_v6: bool,
@@ -111,7 +112,7 @@ def test_server_matches_model(
         outer_src=src,
         outer_dst=dst,
         flags=flags,
-        secondary=str(secondary) if secondary else None,
+        secondary=secondary,
         hop_index=min(hops),
         hop_count=max(hops),
     )

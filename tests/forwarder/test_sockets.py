@@ -8,9 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.forwarder.layout import Flag, Verdict
+from schemas.bucket import Flag
+from services.forwarder import packets as P
+from services.forwarder.layout import Verdict
 from services.forwarder.loader import Forwarder
-from tests.forwarder import packets as P
 from tests.forwarder.harness import prepare, run_both
 
 pytestmark = pytest.mark.root

@@ -8,22 +8,22 @@ demand, so a PoP that started receiving looked as if it had to shed.
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 
 import pytest
 
+from schemas.bucket import Bucket
 from schemas.messages import DataplaneStats, PolicyEvent
+from services.forwarder import packets as P
 from services.forwarder.layout import Verdict
 from services.forwarder.loader import Count
-from services.forwarder.model import BucketEntry, edge, server
+from services.forwarder.model import edge, server
 from services.forwarder.sync import dataplane_stats
 from services.policy_engine.engine import EngineState, Tick, decide
 from services.policy_engine.model import PopModel, estimate_native
-from tests.forwarder import packets as P
 from tests.policy.test_engine import engine, status
 
-ST = P.state(BucketEntry(primary=ipaddress.ip_address(P.SERVER4)))
+ST = P.state(Bucket(primary=P.SERVER4))
 
 
 class Pop:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from services.forwarder.layout import Bucket as MapBucket
-from services.forwarder.layout import Verdict, addr16
+from schemas.bucket import Bucket, Flag
+from services.forwarder.layout import BUCKET_DTYPE, MapBucket, Verdict, addr16
 from services.forwarder.loader import Count
-from services.forwarder.model import BucketEntry
-from services.forwarder.sync import BUCKET_DTYPE, Counters, Image
-from services.table_writer.codec import FLAG_AWAY, FLAG_INTER_POP, NO_ADDRESS, Header, encode
+from services.forwarder.sync import Counters, Image
+from services.table_writer.codec import NO_ADDRESS, Header, encode
 from services.table_writer.table import Peer, Server, Table, apply_policy, new_table
 
 PEERS = {"b": Peer("b", 2, "10.100.2.1"), "c": Peer("c", 3, "2001:db8:c::1")}
@@ -30,7 +28,7 @@ def blob(t: Table, version: int, bits: int, pop: str = "a", tier: int = 0) -> by
     return encode(t, Header(pop, tier, version, version, bits, float(version)))
 
 
-def entry_bytes(e: BucketEntry | None) -> bytes:
+def entry_bytes(e: Bucket | None) -> bytes:
     """What the loader writes for one entry (its apply_table_diff, element by element)."""
     b = MapBucket()
     if e is not None:
@@ -41,19 +39,17 @@ def entry_bytes(e: BucketEntry | None) -> bytes:
     return bytes(b)
 
 
-def entries(
-    header: Header, records: npt.NDArray[Any], indices: Iterable[int]
-) -> dict[int, BucketEntry]:
+def entries(header: Header, records: npt.NDArray[Any], indices: Iterable[int]) -> dict[int, Bucket]:
     """The loader's entries for ``indices``: the slow per-entry path the image must agree with."""
-    ips = [ipaddress.ip_address(a) for a in header.addresses]
-    out: dict[int, BucketEntry] = {}
+    ips = header.addresses
+    out: dict[int, Bucket] = {}
     for i in indices:
         p, s, pop, flags, _pad, _at = records[i].tolist()
-        out[int(i)] = BucketEntry(
+        out[int(i)] = Bucket(
             primary=ips[p],
             secondary=None if s == NO_ADDRESS else ips[s],
-            inter_pop=bool(flags & FLAG_INTER_POP),
-            away=bool(flags & FLAG_AWAY),
+            inter_pop=bool(flags & Flag.INTER_POP),
+            away=bool(flags & Flag.AWAY),
             secondary_pop=pop,
         )
     return out

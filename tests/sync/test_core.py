@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress as ia
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas.bucket import Flag
 from schemas.messages import DataplaneStats, TableUpdate
-from services.forwarder.layout import Flag, Verdict, addr16
+from services.forwarder.layout import Verdict, addr16
 from services.forwarder.loader import Count
 from services.forwarder.sync import (
     Backoff,
@@ -70,6 +74,38 @@ def test_changed_buckets_are_exactly_the_table_diff(b1: float, c1: float, b2: fl
     strip = [dataclasses.replace(b, modified_at=0.0) for b in old]
     want = set(diff(strip, [dataclasses.replace(b, modified_at=0.0) for b in new]))
     assert set(changed(image_of(old), image_of(new, 2)).tolist()) == want
+
+
+@pytest.mark.parametrize(
+    ("with_secondary", "flags"),
+    [
+        (False, Flag.VALID | Flag.HAS_SECONDARY),  # claims a secondary it does not have
+        (False, Flag.VALID | Flag.AWAY),  # away with nowhere to go
+        (True, Flag.VALID),  # a secondary the flags do not announce
+        (True, Flag.HAS_SECONDARY | Flag.INTER_POP),  # not marked valid
+        (True, Flag.VALID | Flag.HAS_SECONDARY | Flag.FROM_PEER),  # a GUE-only bit
+        (True, Flag.VALID | Flag.HAS_SECONDARY | 0x40),  # an unknown bit
+    ],
+)
+def test_record_flags_that_are_not_a_buckets_are_refused(with_secondary: bool, flags: int):
+    """The flag byte goes to the map as it is, so the sync checks it first."""
+    t = table(BITS, {"b": 0.25})
+    header, records = decode_records(blob(t, 1, BITS))
+    records = records.copy()
+    i = next(i for i, b in enumerate(t) if (b.secondary is not None) == with_secondary)
+    records["flags"][i] = flags
+    with pytest.raises(Refused, match=f"bucket {i}: flags"):
+        map_image(header, records)
+
+
+def test_the_sync_does_not_import_scapy() -> None:
+    """The product stays free of the test oracle: model.py and packets.py need scapy."""
+    code = "import services.forwarder.sync, sys; print('scapy' in sys.modules)"
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo, check=True, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "False"
 
 
 def test_unchanged_table_writes_nothing_and_empty_maps_get_everything() -> None:
@@ -180,4 +216,3 @@ def test_counters_map_to_the_message_with_untiered_drops() -> None:
     assert t1.dropped["too_big_icmp"] == 2
     assert untiered.tier == 2 and untiered.dropped["drop_blocklist"] == 6
     assert untiered.local == 0 and sum(untiered.dropped.values()) == 11
-    assert t0.new_connections_local == t0.new_connections_forwarded == 0

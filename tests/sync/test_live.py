@@ -24,10 +24,9 @@ from popshift import topics
 from popshift.bus import TypedConsumer, TypedProducer, create_topics
 from popshift.network import load_network
 from popshift.replay import read_all
+from schemas.bucket import Bucket, Flag
 from schemas.messages import DataplaneStats
-from services.forwarder.layout import Flag
 from services.forwarder.loader import DEFAULT_PIN_ROOT, Forwarder, Role
-from services.forwarder.model import BucketEntry
 from services.forwarder.sync import Image, LoaderMaps, SyncService, map_image
 from services.forwarder.sync_settings import SyncSettings
 from services.policy_engine.service import PolicyEngineService
@@ -265,7 +264,7 @@ def test_a_restarted_sync_process_reconciles_a_bucket_changed_by_hand(
 
     first = run_until(lambda: np.array_equal(maps.read(1), wanted))
     assert "adopted" in first and f"reconciled, {1 << bits} buckets written" in first
-    fwd.apply_table_diff(1, {17: BucketEntry(primary=ia.ip_address("203.0.113.9"))})
+    fwd.apply_table_diff(1, {17: Bucket(primary="203.0.113.9")})
     assert not np.array_equal(maps.read(1), wanted)
     second = run_until(lambda: np.array_equal(maps.read(1), wanted))
     assert "tier 1: v4 reconciled, 1 buckets written" in second

@@ -121,3 +121,24 @@ def test_a_refused_table_stays_out_and_is_not_fetched_again(
     assert sync.sync() == 0 and sync.state.refused == 1
     assert sync.sync() == 0 and sync.state.refused == 1
     assert np.array_equal(maps.images[0], before)
+
+
+def test_a_failed_read_back_writes_nothing_and_is_retried(
+    sync_settings: SyncSettings, client: redis.Redis[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    store = TableStore(client, prefix=sync_settings.table_key_prefix)
+    store.write(table(BITS), Header("a", 0, 1, 1, BITS, 1.0))
+    maps = FakeMaps(BITS)
+    sync = service(sync_settings, maps, client)
+    real_read = maps.read
+
+    def failing_read(tier: int) -> np.ndarray:
+        raise OSError(5, "lookup batch failed")
+
+    maps.read = failing_read  # type: ignore[method-assign]
+    assert sync.sync() == 0
+    assert maps.writes == [] and sync.state.map_failures == 1
+    assert "map read-back failed" in caplog.text and "map write failed" not in caplog.text
+    maps.read = real_read  # type: ignore[method-assign]
+    assert sync.sync() == 1
+    assert held(maps, 0, client, sync_settings.table_key_prefix)

@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from popshift.network import load_network
-from schemas.messages import Direction, PolicyAction, PolicyEvent, PolicyReason, PopLoad, Share
+from schemas.bucket import Bucket
+from schemas.messages import PolicyAction, PolicyEvent, PolicyReason, PopLoad, Share
 from schemas.messages import ServerLoad as SL
 from services.table_writer import codec
 from services.table_writer.table import (
-    Bucket,
     Peer,
     Server,
     TableInvariantError,
@@ -105,7 +105,7 @@ def test_draining_keeps_the_secondary_until_the_drain_period_ends() -> None:
     assert len(draining) == 64
     for i in draining:
         b = down[i]
-        assert b.inter_pop and b.secondary_pop == 2 and b.direction is Direction.BACK
+        assert b.inter_pop and b.secondary_pop == 2 and not b.away
         assert b.modified_at == 20.0 and b.primary == up[i].primary
     # Still within the drain period: nothing changes.
     later = apply_policy(down, {"b": 0.25}, PEERS, now=20.0 + DRAIN - 1, drain_period_s=DRAIN)
@@ -118,7 +118,7 @@ def test_draining_keeps_the_secondary_until_the_drain_period_ends() -> None:
     done = apply_policy(down, {"b": 0.25}, PEERS, now=20.0 + DRAIN, drain_period_s=DRAIN)
     changes = diff(down, done)
     assert sorted(changes) == draining
-    assert all(e.secondary is None and e.direction is Direction.BACK for e in changes.values())
+    assert all(e.secondary is None and not e.away for e in changes.values())
     check(done, {"b": 0.25}, bits)
 
 
@@ -163,11 +163,11 @@ def test_invariants_refuse_a_bad_table_loudly() -> None:
     with pytest.raises(TableInvariantError, match=r"4 buckets for share 0\.5"):
         check(good, {"b": 0.5}, bits)
     bad = list(good)
-    bad[0] = Bucket(good[0].primary, "10.100.1.1", True, 1, Direction.AWAY, 2.0)
+    bad[0] = Bucket(good[0].primary, "10.100.1.1", True, True, 1, 2.0)
     with pytest.raises(TableInvariantError, match="this PoP itself"):
         check(bad, {"b": 0.25}, bits)
     bad = list(good)
-    bad[0] = Bucket(good[0].primary, "10.100.3.1", False, 0, Direction.BACK, 2.0)
+    bad[0] = Bucket(good[0].primary, "10.100.3.1", modified_at=2.0)
     with pytest.raises(TableInvariantError, match="not a local server") as info:
         check(bad, {"b": 0.25}, bits)
     assert info.value.violations == [

@@ -1,4 +1,8 @@
-"""Packets and node setups shared by the forwarder tests and the benchmark (scapy-built)."""
+"""Packets and node setups shared by the forwarder tests and the benchmarks (scapy-built).
+
+Only tests and benches import this module (like model.py, it needs scapy); the product never
+does, which tests/sync/test_core.py checks.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,10 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
+from schemas.bucket import Bucket
 from services.forwarder.layout import GUE_PORT, PeerKind, addr16
-from services.forwarder.model import BucketEntry, Gue, NodeConfig, TableState
+from services.forwarder.model import Gue
+from services.forwarder.types import NodeConfig, TableState
 
 CLIENT_MAC = "02:00:00:00:00:01"
 EDGE_MAC = "02:00:00:00:00:02"
@@ -43,7 +49,7 @@ SERVER_CFG = NodeConfig(
 )
 
 
-def state(entry: BucketEntry | None, **kw: Any) -> TableState:
+def state(entry: Bucket | None, **kw: Any) -> TableState:
     """VIPs in tiers 0 (IPv4) and 1 (IPv6), every bucket of every tier set to `entry`."""
     st = TableState(
         bucket_bits=BUCKET_BITS,
