@@ -1,1 +1,4 @@
-"""Message and table formats shared by every service (SPEC sections 2 and 3)."""
+"""Message and table formats shared by every service.
+
+What they mean: docs/architecture.md (messages) and docs/forwarding-tables.md (buckets).
+"""

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Trivial programs: the benchmark's cost floor (XDP_TX) and a pass program that gives a veth
- * peer the NAPI context XDP_TX / XDP_REDIRECT into it needs (SPEC section 8).
+ * peer the NAPI context XDP_TX / XDP_REDIRECT into it needs (docs/packet-path.md, kernel notes).
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>

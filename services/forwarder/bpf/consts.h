@@ -7,7 +7,7 @@
 #ifndef POPSHIFT_CONSTS_H
 #define POPSHIFT_CONSTS_H
 
-/* log2 of the buckets in one PoP x tier table (SPEC section 3). Default 16: 65536 buckets. */
+/* log2 of the buckets in one PoP x tier table (docs/forwarding-tables.md). Default 16. */
 #ifndef BUCKET_BITS
 #define BUCKET_BITS 16
 #endif

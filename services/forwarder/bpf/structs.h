@@ -45,7 +45,8 @@ struct peer_value {
 	__u8 pad;
 };
 
-/* One bucket of the PoP x tier table (SPEC section 3). */
+/* One bucket of the PoP x tier table (docs/forwarding-tables.md; schemas/bucket.py in Python,
+ * schemas/redis-table.md for the same bucket in Redis). */
 struct bucket {
 	__u8 primary[16];
 	__u8 secondary[16];
