@@ -194,8 +194,8 @@ def test_pop_status_to_policy_to_redis_to_the_maps(
         writer.close()
 
 
-def redis_script(name: str) -> None:
-    subprocess.run(["bash", str(LOCAL / name)], check=True, timeout=120, capture_output=True)
+def redis_script(name: str, *args: str) -> None:
+    subprocess.run(["bash", str(LOCAL / name), *args], check=True, timeout=120, capture_output=True)
 
 
 @pytest.mark.redis
@@ -215,12 +215,12 @@ def test_redis_outage_keeps_the_last_table_then_converges(
         wait_for("the first table", lambda: sync.state.tiers[0].version == 3)
         assert np.array_equal(maps.read(0), first)
         try:
-            redis_script("redis-stop.sh")
+            redis_script("redis-stop.sh", "--wipe")  # a Redis that lost its data
             wait_for("failed Redis reads", lambda: sync.state.redis_failures >= 3)
             assert np.array_equal(maps.read(0), first)  # fail static
         finally:
             redis_script("redis-start.sh")
-        # Redis came back empty (no persistence): no table is not a reason to clear the maps.
+        # Redis came back empty: no table is not a reason to clear the maps.
         wait_for("Redis back", lambda: sync.backoff.failures == 0, 10.0)
         assert np.array_equal(maps.read(0), first)
         # A writer starts again from version 1: lower than what the maps hold, but current.
