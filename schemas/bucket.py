@@ -25,8 +25,6 @@ class Flag(enum.IntFlag):
     """Bucket only: the entry is set (a zeroed map entry is not)."""
 
 
-BUCKET_FLAGS = Flag.VALID | Flag.HAS_SECONDARY | Flag.INTER_POP | Flag.AWAY
-"""The bits a bucket may carry, in Redis and in the map alike."""
 _VALID, _HAS, _INTER, _AWAY = (
     int(f) for f in (Flag.VALID, Flag.HAS_SECONDARY, Flag.INTER_POP, Flag.AWAY)
 )  # plain ints: IntFlag arithmetic costs a microsecond, and tables have 65,536 buckets

@@ -39,7 +39,7 @@ from popshift import redis_client as popshift_redis
 from popshift import topics
 from popshift.bus import DeliveryFailed, Received, TypedConsumer, TypedProducer, create_topics
 from popshift.process import install_stop_signals, setup_logging
-from schemas.bucket import BUCKET_FLAGS, Flag
+from schemas.bucket import Flag
 from schemas.messages import MAX_TIERS, DataplaneStats, TableUpdate, TierCounters
 from services.forwarder.layout import BUCKET_BITS, BUCKET_DTYPE, Verdict, addr16
 from services.forwarder.loader import DEFAULT_PIN_ROOT, Count, Forwarder, Role
@@ -72,13 +72,10 @@ def _addresses(header: Header) -> list[ipaddress.IPv4Address | ipaddress.IPv6Add
 def _check_flags(flags: npt.NDArray[np.uint8], has_secondary: npt.NDArray[np.bool_]) -> None:
     """The record's flags go to the map as they are, so only a bucket's own bits pass, and
     they must agree with the secondary (schemas/redis-table.md)."""
-    has_flag = (flags & int(Flag.HAS_SECONDARY)) != 0
-    bad = (
-        ((flags & (0xFF ^ int(BUCKET_FLAGS))) != 0)
-        | ((flags & int(Flag.VALID)) == 0)
-        | (has_flag != has_secondary)
-        | (((flags & int(Flag.INTER_POP | Flag.AWAY)) != 0) & ~has_flag)
-    )
+    h = has_secondary.view(np.uint8)
+    optional = h * np.uint8(Flag.INTER_POP | Flag.AWAY)  # allowed only with a secondary
+    required = np.uint8(Flag.VALID) | h * np.uint8(Flag.HAS_SECONDARY)
+    bad = (flags & ~optional) != required
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise Refused(f"bucket {i}: flags 0x{int(flags[i]):02x} are not a bucket's")
