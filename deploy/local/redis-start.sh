@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Starts a throw-away Redis (Debian's redis-server) on 127.0.0.1:$POPSHIFT_REDIS_PORT,
-# without persistence, and waits for PING -> PONG. Idempotent.
+# Starts Redis (Debian's redis-server) on 127.0.0.1:$POPSHIFT_REDIS_PORT with an append-only
+# file (fsync every second), so that tables and operator overrides survive a restart, and waits
+# for PING -> PONG. Idempotent. `redis-stop.sh --wipe` makes the next start empty.
 set -euo pipefail
 # shellcheck source=env.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/env.sh"
@@ -38,10 +39,11 @@ else
     die "port $POPSHIFT_HOST:$POPSHIFT_REDIS_PORT is in use by something that is not Redis; set POPSHIFT_REDIS_PORT"
   fi
   log "starting Redis on $POPSHIFT_HOST:$POPSHIFT_REDIS_PORT"
-  # No RDB/AOF: the state is test data that tests recreate. --daemonize writes the pidfile.
+  # AOF, fsync every second: at most the last second of writes is lost on a crash; no RDB
+  # snapshots (the AOF is the one durable copy). --daemonize writes the pidfile.
   redis-server --bind "$POPSHIFT_HOST" --port "$POPSHIFT_REDIS_PORT" \
     --daemonize yes --pidfile "$REDIS_PID" --logfile "$REDIS_LOG" \
-    --dir "$REDIS_DIR" --save "" --appendonly no 9>&- \
+    --dir "$REDIS_DIR" --save "" --appendonly yes --appendfsync everysec 9>&- \
     || { tail -n 20 -- "$REDIS_LOG" >&2 2>/dev/null || true; die "redis-server failed to start"; }
 fi
 
