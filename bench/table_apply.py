@@ -7,7 +7,8 @@ alternating 0.1 / 0.2), and times, on this machine and in one process:
 2. Redis write: codec encode + the atomic Lua SET/flip (``TableStore.write``);
 3. sync Redis read: MGET of the ``current`` keys + GET of the new blob;
 4. decode + map image + diff (pure, vectorised);
-5. map update: the loader's batch update of the changed buckets (entries built for them only).
+5. map update: the loader's batch update of the changed buckets, a whole-table swap (written to
+   the spare table, swapped in after one RCU grace period, written again to the old one).
 
 The event arrives already validated (Kafka consume and the table-updates.v1 notice hop are not
 included: on the local broker that hop is a few ms plus the producer's 5 ms linger). Needs root
@@ -35,8 +36,8 @@ import numpy as np
 
 from popshift.network import load_network
 from schemas.messages import PolicyAction, PolicyEvent, PolicyReason, PopLoad, ServerLoad, Share
-from services.forwarder.loader import DEFAULT_PIN_ROOT, Forwarder, Role
-from services.forwarder.sync import LoaderMaps, SyncService, changed, map_image, redis_client
+from services.forwarder.loader import DEFAULT_PIN_ROOT, Forwarder, Role, changed
+from services.forwarder.sync import LoaderMaps, SyncService, map_image, redis_client
 from services.forwarder.sync_settings import SyncSettings
 from services.table_writer.codec import Header, decode_records
 from services.table_writer.store import TableStore

@@ -115,9 +115,12 @@ _proto("bpf_program__set_log_buf", c_int, c_void_p, c_void_p, ctypes.c_size_t)
 _proto("bpf_program__set_log_level", c_int, c_void_p, c_uint32)
 _proto("bpf_map__name", c_char_p, c_void_p)
 _proto("bpf_map__fd", c_int, c_void_p)
+_proto("bpf_map__inner_map", c_void_p, c_void_p)
+_proto("bpf_map__max_entries", c_uint32, c_void_p)
 _proto("bpf_obj_pin", c_int, c_int, c_char_p)
 _proto("bpf_obj_get", c_int, c_char_p)
 _proto("bpf_obj_get_info_by_fd", c_int, c_int, c_void_p, ctypes.POINTER(c_uint32))
+_proto("bpf_map_create", c_int, c_int, c_char_p, c_uint32, c_uint32, c_uint32, c_void_p)
 _proto("bpf_map_update_elem", c_int, c_int, c_void_p, c_void_p, ctypes.c_uint64)
 _proto("bpf_map_lookup_elem", c_int, c_int, c_void_p, c_void_p)
 _proto("bpf_map_delete_elem", c_int, c_int, c_void_p)
@@ -160,6 +163,8 @@ class BpfObject:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._obj = self._open()
+        self.inner_entries = self._inner_entries()
+        """max_entries of each map-in-map's inner map (libbpf drops it at load)."""
         rc = _lib.bpf_object__load(self._obj)
         if rc < 0:
             err = ctypes.get_errno() or -rc
@@ -171,6 +176,16 @@ class BpfObject:
         if not obj:
             raise BpfError(f"open {self.path}", ctypes.get_errno())
         return int(obj)
+
+    def _inner_entries(self) -> dict[str, int]:
+        out = {}
+        m = _lib.bpf_object__next_map(self._obj, None)
+        while m:
+            inner = _lib.bpf_map__inner_map(m)
+            if inner:
+                out[_lib.bpf_map__name(m).decode()] = int(_lib.bpf_map__max_entries(inner))
+            m = _lib.bpf_object__next_map(self._obj, m)
+        return out
 
     def _verifier_log(self) -> str:
         """Reload in a fresh object with verbose logs: libbpf gives the log only when asked."""
@@ -249,6 +264,18 @@ def prog_name(fd: int) -> str:
     """The program's name as the kernel keeps it (the first 15 bytes)."""
     name: bytes = prog_info(fd).name
     return name.decode()
+
+
+MAP_TYPE_ARRAY = 2
+MAP_TYPE_ARRAY_OF_MAPS = 12
+
+
+def map_create(map_type: int, name: str, key_size: int, value_size: int, entries: int) -> int:
+    """A new map without a program behind it (a map-in-map's inner map); returns its fd."""
+    return _check(
+        f"map create {name}",
+        _lib.bpf_map_create(map_type, name.encode(), key_size, value_size, entries, None),
+    )
 
 
 def map_update(fd: int, key: ctypes._CData, value: ctypes._CData) -> None:

@@ -4,6 +4,13 @@ Pinned under /sys/fs/bpf/popshift/<name>/ (program `prog` plus one file per map)
 program keeps forwarding with its last table while this process restarts; `Forwarder.open`
 adopts what is pinned instead of loading anew. Loading is crash-safe: pin into a temporary
 directory, then rename it into place, under a lock.
+
+Tables are swapped whole (docs/forwarding-tables.md): each tier has two inner maps, pinned as
+``table_<tier>_0`` and ``table_<tier>_1``; ``table_map`` points at the one in force. A write goes
+to the other, which is then swapped in (the kernel returns from that update only when no
+program still runs on the old one), and is then repeated on the old one, so both hold the same
+table again. ``table_dirty`` marks a tier whose two tables may differ (a writer died between the
+two writes); the next write copies the table in force over the other first.
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ MAP_NAMES = (
     "peer_map",
     "counter_map",
 )
+DIRTY_MAP = "table_dirty"
 CLONE_NEWNET = 0x40000000
 R = TypeVar("R")
 
@@ -133,6 +141,19 @@ def vip4_slots(hosts: Mapping[bytes, int], slots: int) -> npt.NDArray[Any]:
     return out
 
 
+def table_names(tiers: int) -> list[tuple[str, str]]:
+    """Pin names of each tier's two tables."""
+    return [(f"table_{t}_0", f"table_{t}_1") for t in range(tiers)]
+
+
+def changed(held: Buckets, wanted: Buckets) -> npt.NDArray[np.intp]:
+    """Indices of the buckets whose bytes differ (compared as 64-bit words)."""
+    words = BUCKET_DTYPE.itemsize // 8
+    a = held.view(np.uint64).reshape(-1, words)
+    b = wanted.view(np.uint64).reshape(-1, words)
+    return np.flatnonzero((a != b).any(axis=1))
+
+
 def _bucket_bytes(b: Bucket) -> bytes:
     row = MapBucket(secondary_pop=b.secondary_pop, flags=b.flags)
     row.primary[:] = addr16(b.primary)
@@ -161,6 +182,46 @@ def bucket_array(buckets: Iterable[Bucket | None]) -> Buckets:
         index.append(row)
     uniq = np.frombuffer(b"".join(raw), dtype=BUCKET_DTYPE)
     return uniq[np.asarray(index, dtype=np.intp)]
+
+
+def _new_tables(maps: Mapping[str, int], buckets: int) -> dict[str, int]:
+    """Two empty tables per tier, the first in force, and the all-clean dirty map."""
+    tiers = libbpf.map_info(maps["tier_map"]).max_entries
+    out = {DIRTY_MAP: libbpf.map_create(libbpf.MAP_TYPE_ARRAY, DIRTY_MAP, 4, 4, tiers)}
+    for tier, names in enumerate(table_names(tiers)):
+        for n in names:
+            out[n] = libbpf.map_create(libbpf.MAP_TYPE_ARRAY, n, 4, BUCKET_DTYPE.itemsize, buckets)
+        libbpf.map_update(maps["table_map"], ctypes.c_uint32(tier), ctypes.c_uint32(out[names[0]]))
+    return out
+
+
+def _write_rows(fd: int, keys: Any, values: Buckets, batch_size: int = 1 << 20) -> None:
+    """BPF_MAP_UPDATE_BATCH of one table in calls of at most `batch_size` rows."""
+    for start in range(0, len(keys), batch_size):
+        k, v = keys[start : start + batch_size], values[start : start + batch_size]
+        libbpf.map_update_batch_ptr(fd, k.ctypes.data, v.ctypes.data, len(k))
+
+
+def _read_rows(fd: int) -> Buckets:
+    """Every row of one table (BPF_MAP_LOOKUP_BATCH), in key order."""
+    n = libbpf.map_info(fd).max_entries
+    out = np.zeros(n, dtype=BUCKET_DTYPE)
+    keys = np.zeros(n, dtype=np.uint32)
+    done = 0
+    while done < n:
+        got, _ = libbpf.map_lookup_batch_ptr(
+            fd,
+            done - 1 if done else None,
+            keys[done:].ctypes.data,
+            out[done:].ctypes.data,
+            n - done,
+        )
+        if got <= 0:
+            raise libbpf.BpfError("map lookup batch", 61)  # ENODATA: the map ended early
+        done += got
+    if not np.array_equal(keys, np.arange(n, dtype=np.uint32)):
+        raise libbpf.BpfError("map lookup batch", 74)  # EBADMSG: keys out of order
+    return out
 
 
 class Role(enum.StrEnum):
@@ -259,7 +320,9 @@ class Forwarder:
         self.pin_dir = pin_dir
         self.adopted = adopted
         self.tiers = libbpf.map_info(maps["tier_map"]).max_entries
-        self.buckets = libbpf.map_info(maps["table_map"]).max_entries // self.tiers
+        self._tables = [(maps[a], maps[b]) for a, b in table_names(self.tiers)]
+        self._table_ids = [tuple(libbpf.map_info(fd).id for fd in t) for t in self._tables]
+        self.buckets = libbpf.map_info(self._tables[0][0]).max_entries
         self.vip4_slots = libbpf.map_info(maps["vip4_slot_map"]).max_entries
         self._cpus = libbpf.possible_cpus()
 
@@ -282,13 +345,15 @@ class Forwarder:
             try:
                 prog = libbpf.dup(obj.program_fds()[PROGRAM_NAME[role]])
                 maps = {m: libbpf.dup(fd) for m, fd in obj.map_fds().items()}
+                buckets = obj.inner_entries["table_map"]
             finally:
                 obj.close()
+            maps |= _new_tables(maps, buckets)
             tmp = pin_root / f"_tmp_{name}_{os.getpid()}"  # bpffs names may not contain dots
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
             libbpf.obj_pin(prog, tmp / "prog")
-            for m in MAP_NAMES:
+            for m in maps:
                 libbpf.obj_pin(maps[m], tmp / m)
             tmp.rename(pin_dir)
             return cls(role, name, prog, maps, pin_dir, adopted=False)
@@ -308,6 +373,17 @@ class Forwarder:
             os.close(prog)
             raise PinError(f"{pin_dir} holds {pinned!r}, not the {role} program")
         maps = {m: libbpf.obj_get(pin_dir / m) for m in MAP_NAMES}
+        tiers = libbpf.map_info(maps["tier_map"]).max_entries
+        tables = [DIRTY_MAP, *(n for pair in table_names(tiers) for n in pair)]
+        kind = libbpf.map_info(maps["table_map"]).type
+        if kind != libbpf.MAP_TYPE_ARRAY_OF_MAPS or not all((pin_dir / m).exists() for m in tables):
+            for fd in [prog, *maps.values()]:
+                os.close(fd)
+            raise PinError(
+                f"{pin_dir} was pinned by a forwarder that wrote its tables in place: "
+                "detach, unpin and open again"
+            )
+        maps |= {m: libbpf.obj_get(pin_dir / m) for m in tables}
         fwd = cls(role, name, prog, maps, pin_dir, adopted=True)
         rows = libbpf.map_info(maps["counter_map"]).max_entries
         expected = (fwd.tiers + 1) * VERDICTS
@@ -435,10 +511,18 @@ class Forwarder:
         if not 0 <= tier < self.tiers:
             raise ValueError(f"tier {tier} outside 0..{self.tiers - 1}")
 
-    def write_buckets(self, tier: int, indices: npt.ArrayLike, buckets: Buckets) -> None:
+    def write_buckets(
+        self,
+        tier: int,
+        indices: npt.ArrayLike,
+        buckets: Buckets,
+        batch_size: int = 1 << 20,
+    ) -> None:
         """The fast path: bucket `indices[k]` of `tier` := `buckets[k]` (dtype BUCKET_DTYPE,
-        e.g. rows of a map image), in one BPF_MAP_UPDATE_BATCH straight from the numpy
-        buffers. Nothing is written when an index or the tier is out of range.
+        e.g. rows of a map image), straight from the numpy buffers in BPF_MAP_UPDATE_BATCH
+        calls of at most `batch_size`. A packet sees the table before or after the whole call,
+        never a mix (the module docstring says how). Nothing is written when an index or the
+        tier is out of range.
         """
         self._check_tier(tier)
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -450,33 +534,46 @@ class Forwarder:
         if idx.min() < 0 or idx.max() >= self.buckets:
             bad = idx[(idx < 0) | (idx >= self.buckets)][0]
             raise ValueError(f"bucket {bad} outside 0..{self.buckets - 1}")
-        keys = (idx + tier * self.buckets).astype(np.uint32)
-        libbpf.map_update_batch_ptr(
-            self.maps["table_map"], keys.ctypes.data, values.ctypes.data, len(keys)
-        )
+        keys = idx.astype(np.uint32)
+        with _locked(self.name):
+            active = self._active(tier)
+            in_force, spare = self._tables[tier][active], self._tables[tier][1 - active]
+            if self._dirty(tier):
+                _write_rows(spare, np.arange(self.buckets, dtype=np.uint32), _read_rows(in_force))
+            self._set_dirty(tier, True)
+            _write_rows(spare, keys, values, batch_size)
+            libbpf.map_update(self.maps["table_map"], ctypes.c_uint32(tier), ctypes.c_uint32(spare))
+            _write_rows(in_force, keys, values, batch_size)
+            self._set_dirty(tier, False)
+
+    def write_table(self, tier: int, image: Buckets) -> int:
+        """Make the tier's table equal to `image`, writing only the buckets that differ (none:
+        no swap); returns how many were written."""
+        idx = changed(self.read_table(tier), image)
+        self.write_buckets(tier, idx, image[idx])
+        return len(idx)
 
     def read_table(self, tier: int) -> Buckets:
-        """All buckets of `tier` as the map holds them (BPF_MAP_LOOKUP_BATCH, a few ms)."""
+        """All buckets of the tier's table in force (BPF_MAP_LOOKUP_BATCH, a few ms)."""
         self._check_tier(tier)
-        out = np.zeros(self.buckets, dtype=BUCKET_DTYPE)
-        keys = np.zeros(self.buckets, dtype=np.uint32)
-        first = tier * self.buckets
-        done = 0
-        while done < self.buckets:
-            after = first + done - 1 if first + done else None
-            n, _ = libbpf.map_lookup_batch_ptr(
-                self.maps["table_map"],
-                after,
-                keys[done:].ctypes.data,
-                out[done:].ctypes.data,
-                self.buckets - done,
-            )
-            if n <= 0:
-                raise libbpf.BpfError("map lookup batch", 61)  # ENODATA: the map ended early
-            done += n
-        if not np.array_equal(keys, np.arange(first, first + self.buckets, dtype=np.uint32)):
-            raise libbpf.BpfError("map lookup batch", 74)  # EBADMSG: keys out of order
-        return out
+        return _read_rows(self._tables[tier][self._active(tier)])
+
+    def _active(self, tier: int) -> int:
+        """Which of the tier's two tables is in force (0 or 1)."""
+        map_id = ctypes.c_uint32()
+        libbpf.map_lookup(self.maps["table_map"], ctypes.c_uint32(tier), map_id)
+        try:
+            return self._table_ids[tier].index(map_id.value)
+        except ValueError:
+            raise PinError(f"{self.pin_dir}: tier {tier} forwards by a table not pinned") from None
+
+    def _dirty(self, tier: int) -> bool:
+        flag = ctypes.c_uint32()
+        libbpf.map_lookup(self.maps[DIRTY_MAP], ctypes.c_uint32(tier), flag)
+        return bool(flag.value)
+
+    def _set_dirty(self, tier: int, dirty: bool) -> None:
+        libbpf.map_update(self.maps[DIRTY_MAP], ctypes.c_uint32(tier), ctypes.c_uint32(dirty))
 
     def load_state(self, st: TableState) -> None:
         """Make every map but the config equal to a model state (tests, cold start)."""
@@ -485,8 +582,9 @@ class Forwarder:
         self.set_peers(st.peers)
         for tier in range(self.tiers):
             self.set_tier_hash(tier, bool(st.tier_flags.get(tier, 0) & TierFlag.HASH_ADDRS))
-            rows = bucket_array(st.table.get((tier, i)) for i in range(self.buckets))
-            self.write_buckets(tier, np.arange(self.buckets), rows)
+            self.write_table(
+                tier, bucket_array(st.table.get((tier, i)) for i in range(self.buckets))
+            )
 
     def read_counters(self) -> dict[int | None, dict[Verdict, Count]]:
         """Per tier (None = no tier known) and verdict, summed over CPUs."""

@@ -42,7 +42,7 @@ from popshift.process import install_stop_signals, setup_logging
 from schemas.bucket import Flag
 from schemas.messages import MAX_TIERS, DataplaneStats, TableUpdate, TierCounters
 from services.forwarder.layout import BUCKET_BITS, BUCKET_DTYPE, Verdict, addr16
-from services.forwarder.loader import DEFAULT_PIN_ROOT, Count, Forwarder, Role
+from services.forwarder.loader import DEFAULT_PIN_ROOT, Count, Forwarder, Role, changed
 from services.forwarder.sync_settings import SyncSettings
 from services.table_writer.codec import NO_ADDRESS, BadTableBlob, Header, decode_records
 from services.table_writer.store import current_key, version_key
@@ -103,14 +103,6 @@ def map_image(header: Header, records: npt.NDArray[Any]) -> Image:
     image["secondary_pop"] = records["secondary_pop"]
     image["flags"] = records["flags"]
     return image
-
-
-def changed(held: Image, wanted: Image) -> npt.NDArray[np.intp]:
-    """Indices of the buckets whose bytes differ (compared as 64-bit words)."""
-    words = BUCKET_DTYPE.itemsize // 8
-    a = held.view(np.uint64).reshape(-1, words)
-    b = wanted.view(np.uint64).reshape(-1, words)
-    return np.flatnonzero((a != b).any(axis=1))
 
 
 @dataclass
@@ -319,10 +311,9 @@ class LoaderMaps:
         self.batch_size = batch_size
 
     def write(self, tier: int, indices: npt.NDArray[np.intp], rows: Image) -> None:
-        """The map's own bytes straight from numpy, in BPF_MAP_UPDATE_BATCH calls."""
-        for start in range(0, len(indices), self.batch_size):
-            end = start + self.batch_size
-            self.fwd.write_buckets(tier, indices[start:end], rows[start:end])
+        """The map's own bytes straight from numpy, in BPF_MAP_UPDATE_BATCH calls; packets see
+        the whole version or none of it (a table swap)."""
+        self.fwd.write_buckets(tier, indices, rows, self.batch_size)
 
     def read(self, tier: int) -> Image:
         return self.fwd.read_table(tier)

@@ -12,13 +12,14 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from schemas.bucket import Bucket, Flag
-from services.forwarder import libbpf
+from services.forwarder import libbpf, loader
 from services.forwarder import packets as P
 from services.forwarder.layout import MapBucket, Verdict, XdpAction, addr16
-from services.forwarder.loader import Forwarder, PinError, Role
+from services.forwarder.loader import Forwarder, PinError, Role, bucket_array, table_names
 from tests.forwarder.conftest import TEST_DEFINES, require_root
 
 pytestmark = pytest.mark.root
@@ -41,9 +42,22 @@ def netns() -> Iterator[str]:
 
 
 def _bucket(fwd: Forwarder, tier: int, index: int) -> MapBucket:
-    b = MapBucket()
-    libbpf.map_lookup(fwd.maps["table_map"], ctypes.c_uint32(tier * fwd.buckets + index), b)
-    return b
+    return MapBucket.from_buffer_copy(fwd.read_table(tier)[index].tobytes())
+
+
+def _tables(fwd: Forwarder, tier: int) -> tuple[bytes, bytes]:
+    """Both pinned tables of a tier, whichever is in force."""
+    a, b = table_names(fwd.tiers)[tier]
+    return (
+        loader._read_rows(fwd.maps[a]).tobytes(),
+        loader._read_rows(fwd.maps[b]).tobytes(),
+    )
+
+
+def _in_force(fwd: Forwarder, tier: int) -> int:
+    map_id = ctypes.c_uint32()
+    libbpf.map_lookup(fwd.maps["table_map"], ctypes.c_uint32(tier), map_id)
+    return int(map_id.value)
 
 
 def test_table_diff_lands_in_the_map(edge_fwd: Forwarder) -> None:
@@ -64,6 +78,37 @@ def test_table_diff_lands_in_the_map(edge_fwd: Forwarder) -> None:
     assert _bucket(edge_fwd, 2, 4).flags == 0
     with pytest.raises(ValueError):
         edge_fwd.apply_table_diff(0, {edge_fwd.buckets: None})
+
+
+def test_a_write_swaps_tables_and_leaves_both_equal(edge_fwd: Forwarder) -> None:
+    """The table in force is never written: a write lands in the other one, which is swapped
+    in, then repeated on the old one."""
+    edge_fwd.apply_table_diff(3, {1: Bucket(primary="10.0.1.1")})
+    before = _in_force(edge_fwd, 3)
+    edge_fwd.apply_table_diff(3, {1: Bucket(primary="10.0.1.2"), 2: Bucket(primary="10.0.1.3")})
+    assert _in_force(edge_fwd, 3) != before
+    a, b = _tables(edge_fwd, 3)
+    assert a == b == edge_fwd.read_table(3).tobytes()
+    assert bytes(_bucket(edge_fwd, 3, 1).primary) == addr16("10.0.1.2")
+
+
+def test_a_write_cut_short_is_healed_by_the_next(edge_fwd: Forwarder) -> None:
+    """A writer that died between its two writes leaves the tier dirty: the next write first
+    copies the table in force over the other, so no stale bucket is ever swapped in."""
+    edge_fwd.apply_table_diff(3, {5: Bucket(primary="10.0.2.1")})
+    held = edge_fwd.read_table(3)[6].tobytes()
+    in_force = edge_fwd._tables[3][edge_fwd._active(3)]
+    spare = edge_fwd._tables[3][1 - edge_fwd._active(3)]
+    stale = bucket_array([Bucket(primary="10.9.9.9")])
+    loader._write_rows(spare, np.array([6], dtype=np.uint32), stale)  # as if cut short
+    edge_fwd._set_dirty(3, True)
+    edge_fwd.apply_table_diff(3, {7: Bucket(primary="10.0.2.2")})
+    table = edge_fwd.read_table(3)
+    assert table[6].tobytes() == held
+    assert bytes(table[7]["primary"]) == addr16("10.0.2.2")
+    assert len(set(_tables(edge_fwd, 3))) == 1
+    assert not edge_fwd._dirty(3)
+    assert in_force != edge_fwd._tables[3][edge_fwd._active(3)]
 
 
 def test_counters_per_tier_and_verdict(edge_fwd: Forwarder) -> None:
@@ -113,6 +158,12 @@ def test_a_pin_of_another_role_or_layout_is_refused(edge_fwd: Forwarder) -> None
             Forwarder.open(Role.EDGE, name, pin_root=root, defines=TEST_DEFINES)
     finally:
         (edge_fwd.pin_dir / "peer_map_moved").rename(edge_fwd.pin_dir / "peer_map")
+    (edge_fwd.pin_dir / "table_0_1").rename(edge_fwd.pin_dir / "table_0_1_moved")
+    try:
+        with pytest.raises(PinError, match="tables in place"):
+            Forwarder.open(Role.EDGE, name, pin_root=root, defines=TEST_DEFINES)
+    finally:
+        (edge_fwd.pin_dir / "table_0_1_moved").rename(edge_fwd.pin_dir / "table_0_1")
 
 
 def test_verifier_failure_carries_its_log(tmp_path: Path) -> None:

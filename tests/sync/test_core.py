@@ -16,12 +16,11 @@ from hypothesis import strategies as st
 from schemas.bucket import Flag
 from schemas.messages import DataplaneStats, TableUpdate
 from services.forwarder.layout import Verdict, addr16
-from services.forwarder.loader import Count
+from services.forwarder.loader import Count, changed
 from services.forwarder.sync import (
     Backoff,
     Image,
     Refused,
-    changed,
     commit,
     dataplane_stats,
     forget,

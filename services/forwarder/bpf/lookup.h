@@ -79,11 +79,16 @@ static __always_inline __u32 packet_hash(const struct packet *p, __u32 tier)
 	return flow_hash(&key);
 }
 
+/* The tier's table in force, then the bucket: no tier table (not yet written) = no bucket. */
 static __always_inline struct bucket *bucket_lookup(__u32 tier, __u32 hash)
 {
-	__u32 key = tier * BUCKETS + (hash & BUCKET_MASK);
-	struct bucket *b = bpf_map_lookup_elem(&table_map, &key);
+	__u32 key = hash & BUCKET_MASK;
+	void *table = bpf_map_lookup_elem(&table_map, &tier);
+	struct bucket *b;
 
+	if (!table)
+		return 0;
+	b = bpf_map_lookup_elem(table, &key);
 	return b && (b->flags & FLAG_VALID) ? b : 0;
 }
 

@@ -14,12 +14,25 @@ struct {
 	__type(value, struct config);
 } config_map SEC(".maps");
 
-/* The PoP x tier table of this node's PoP: key = tier * BUCKETS + bucket. */
-struct {
+/* One PoP x tier table: key = bucket. The loader creates two per tier (loader.py). Sizes, not
+ * types: clang emits only a forward declaration of a struct this deep in a map definition. */
+struct bucket_table {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, TIERS * BUCKETS);
+	__uint(max_entries, BUCKETS);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct bucket));
+};
+
+/* The table in force per tier: key = tier. A table in force is never written; the loader
+ * writes the other one and swaps it in here. The kernel waits for running programs when an
+ * entry of a map-in-map is replaced from user space, so a packet sees one whole table, old or
+ * new, never a bucket that is half written.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, TIERS);
 	__type(key, __u32);
-	__type(value, struct bucket);
+	__array(values, struct bucket_table);
 } table_map SEC(".maps");
 
 struct {
