@@ -12,14 +12,25 @@ written, in batch syscalls. "What the maps hold" is what this process last wrote
 restart and every ``sync_reconcile_s``, what it reads back from the maps: the first apply of a
 restarted sync is therefore a reconcile that writes only the buckets that differ.
 
-The pure core (version tracking, images and diffs, backoff, counters to messages) does no I/O;
-the adapters (:class:`RedisTables`, :class:`LoaderMaps`, :class:`SyncService`) stay thin.
+Lease: a table is trusted for ``sync_lease_s`` after its header's ``written_at``; the table
+writer renews it by writing the table again as a new version. A tier whose lease ran out is cut
+back to local (:func:`local_image`): first every bucket's direction goes back, so new
+connections stay in this PoP while every secondary is kept and established connections still
+reach their server or PoP by second chance; after ``sync_lease_drain_s`` more the inter-PoP
+secondaries go too, leaving plain anycast with intra-PoP second chance. A renewed table comes
+back as it is. The cut runs whether or not Redis answers: a controller that is gone is the case
+it is for.
+
+The pure core (version tracking, images and diffs, leases, backoff, counters to messages) does
+no I/O; the adapters (:class:`RedisTables`, :class:`LoaderMaps`, :class:`SyncService`) stay
+thin.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import enum
 import ipaddress
 import logging
 import sys
@@ -105,6 +116,51 @@ def map_image(header: Header, records: npt.NDArray[Any]) -> Image:
     return image
 
 
+class Lease(enum.IntEnum):
+    """How much of its table a tier still follows; each stage keeps less of it."""
+
+    LIVE = 0
+    """Renewed within the lease: the table as written."""
+    EXPIRED = 1
+    """Direction back in every bucket; every secondary kept (second chance)."""
+    LOCAL = 2
+    """Also no inter-PoP secondary: plain anycast, intra-PoP second chance only."""
+
+
+@dataclass(frozen=True)
+class LeaseRule:
+    lease_s: float
+    """A table is followed this long after its written_at; 0 = for ever (no lease)."""
+    drain_s: float
+    """After expiry, inter-PoP secondaries are kept this much longer."""
+
+    def stage(self, now: float, renewed_at: float) -> Lease:
+        age = now - renewed_at
+        if self.lease_s <= 0 or age <= self.lease_s:
+            return Lease.LIVE
+        return Lease.EXPIRED if age <= self.lease_s + self.drain_s else Lease.LOCAL
+
+
+NO_LEASE = LeaseRule(0.0, 0.0)
+_AWAY, _INTER, _HAS = np.uint8(Flag.AWAY), np.uint8(Flag.INTER_POP), np.uint8(Flag.HAS_SECONDARY)
+
+
+def local_image(image: Image, stage: Lease) -> Image:
+    """What is left of a table at a lease stage (the image itself when live)."""
+    if stage is Lease.LIVE:
+        return image
+    out = image.copy()
+    flags = out["flags"]
+    flags &= ~_AWAY
+    if stage is Lease.LOCAL:
+        inter = (flags & _INTER) != 0
+        out["secondary"][inter] = 0
+        out["secondary_pop"][inter] = 0
+        flags[inter] &= ~(_INTER | _HAS)
+    out["flags"] = flags
+    return out
+
+
 @dataclass
 class TierState:
     version: int = 0
@@ -113,6 +169,16 @@ class TierState:
     """What the maps hold, as last written or read back; None: read the maps before a diff."""
     refused: int = 0
     """The last version refused (bad blob, wrong size); not fetched again."""
+    table: Image | None = None
+    """The table the maps follow before any lease cut (None: what the maps hold)."""
+    renewed_at: float = 0.0
+    """written_at of the version held, or when this process began to follow the tier."""
+    lease: Lease = Lease.LIVE
+    """The lease stage the maps hold."""
+
+    def reset(self) -> TierState:
+        """Forget the maps and the version; keep what is refused and how old the lease is."""
+        return TierState(refused=self.refused, renewed_at=self.renewed_at, lease=self.lease)
 
 
 @dataclass
@@ -128,10 +194,13 @@ class SyncState:
     notices: int = 0
     redis_failures: int = 0
     map_failures: int = 0
+    lease_expiries: int = 0
+    """Times a tier's lease ran out (live -> expired); each is logged as an error."""
 
 
-def new_state(pop: str, bits: int, tiers: int) -> SyncState:
-    return SyncState(pop=pop, bits=bits, tiers={t: TierState() for t in range(tiers)})
+def new_state(pop: str, bits: int, tiers: int, now: float = 0.0) -> SyncState:
+    """A fresh process grants the maps one lease from ``now``, whatever they hold."""
+    return SyncState(pop=pop, bits=bits, tiers={t: TierState(renewed_at=now) for t in range(tiers)})
 
 
 def on_notice(state: SyncState, update: TableUpdate) -> bool:
@@ -165,11 +234,23 @@ class Plan:
     version: int
     header: Header
     records: npt.NDArray[Any]
+    table: Image
+    """The version as written."""
+    lease: Lease
     image: Image
+    """What the maps must hold: the table, cut to its lease stage."""
     indices: npt.NDArray[np.intp]
 
 
-def plan(state: SyncState, tier: int, version: int, blob: bytes, held: Image) -> Plan:
+def plan(
+    state: SyncState,
+    tier: int,
+    version: int,
+    blob: bytes,
+    held: Image,
+    now: float = 0.0,
+    rule: LeaseRule = NO_LEASE,
+) -> Plan:
     """Decode, check and diff one fetched version; raises :class:`Refused` (and remembers it)."""
     try:
         try:
@@ -183,32 +264,67 @@ def plan(state: SyncState, tier: int, version: int, blob: bytes, held: Image) ->
             )
         if header.bits != state.bits:
             raise Refused(f"table has 2^{header.bits} buckets, the maps 2^{state.bits}")
-        image = map_image(header, records)
+        table = map_image(header, records)
     except Refused:
         state.tiers[tier].refused = version
         state.refused += 1
         raise
-    return Plan(tier, version, header, records, image, changed(held, image))
+    stage = rule.stage(now, header.written_at)
+    image = local_image(table, stage)
+    return Plan(tier, version, header, records, table, stage, image, changed(held, image))
 
 
 def commit(state: SyncState, p: Plan) -> None:
-    """The maps now hold ``p``'s version."""
+    """The maps now hold ``p``'s version (cut to its lease stage)."""
     t = state.tiers[p.tier]
-    t.version, t.image = p.version, p.image
+    if p.lease > t.lease == Lease.LIVE:
+        state.lease_expiries += 1
+    t.version, t.image, t.table = p.version, p.image, p.table
+    t.renewed_at, t.lease = p.header.written_at, p.lease
     state.applied += 1
     state.buckets_written += len(p.indices)
 
 
+def lease_due(state: SyncState, now: float, rule: LeaseRule) -> dict[int, Lease]:
+    """Tiers whose lease stage differs from what their maps hold, with the stage due."""
+    due = {tier: rule.stage(now, t.renewed_at) for tier, t in state.tiers.items()}
+    return {tier: stage for tier, stage in due.items() if stage != state.tiers[tier].lease}
+
+
+def cut(t: TierState, stage: Lease, held: Image) -> tuple[Image, Image]:
+    """(table, image): what a tier's maps must hold at a lease stage, and the table it is cut
+    from. Without a known table, the maps' own content is the table (a cut of a cut is the
+    deeper cut, so that is exact)."""
+    table = t.table if t.table is not None else held
+    return table, local_image(table, stage)
+
+
+def commit_cut(
+    state: SyncState, tier: int, stage: Lease, table: Image, image: Image, written: int
+) -> bool:
+    """The maps now hold ``image``, ``table`` cut to ``stage`` by writing ``written`` buckets.
+
+    True when this is a lease expiry (counted): the tier followed a Redis table, or the cut
+    changed its maps. A tier no writer ever wrote, whose maps the cut leaves as they are, is
+    not one.
+    """
+    t = state.tiers[tier]
+    expiry = stage > t.lease == Lease.LIVE and bool(t.version or written)
+    state.lease_expiries += expiry
+    t.table, t.image, t.lease = table, image, stage
+    return expiry
+
+
 def lost(state: SyncState, tier: int) -> None:
     """A map write failed part-way: what the maps hold is unknown until read back."""
-    state.tiers[tier] = TierState(refused=state.tiers[tier].refused)
+    state.tiers[tier] = state.tiers[tier].reset()
     state.map_failures += 1
 
 
 def forget(state: SyncState) -> None:
     """Read back every tier's maps and Redis table on the next round (periodic reconcile)."""
     for tier, t in state.tiers.items():
-        state.tiers[tier] = TierState(refused=t.refused)
+        state.tiers[tier] = t.reset()
 
 
 @dataclass
@@ -359,7 +475,8 @@ class SyncService:
         self.node = node
         self.tables = RedisTables(client, pop, settings.table_key_prefix)
         bits = maps.buckets.bit_length() - 1
-        self.state = new_state(pop, bits, maps.tiers)
+        self.state = new_state(pop, bits, maps.tiers, clock())
+        self.rule = LeaseRule(settings.sync_lease_s, settings.sync_lease_drain_s)
         self.backoff = Backoff(settings.sync_backoff_initial_s, settings.sync_backoff_max_s)
         self.consumer = consumer
         self.producer = producer
@@ -380,18 +497,70 @@ class SyncService:
             self._check_now = True
 
     def sync(self) -> int:
-        """Bring every tier to Redis's current version; returns how many versions were applied.
+        """Bring every tier to Redis's current version, then hold every lease; returns how
+        many versions were applied.
 
         A Redis error leaves the maps as they are and backs off; a refused table is logged and
-        kept out; a failed map write is read back and reconciled on the next round.
+        kept out; a failed map write is read back and reconciled on the next round. Leases
+        are held whether Redis answers or not.
         """
         now = self.clock()
         self._check_now = False
         if now >= self._next_reconcile:
             forget(self.state)
             self._next_reconcile = now + self.settings.sync_reconcile_s
-        if not self.backoff.ready(now):
-            return 0
+        applied = self._follow_redis() if self.backoff.ready(now) else 0
+        self._hold_leases()
+        return applied
+
+    def _held(self, tier: int) -> Image | None:
+        """What the tier's maps hold: as last written, else read back (None: the read failed,
+        logged and counted; nothing was written)."""
+        held = self.state.tiers[tier].image
+        if held is not None:
+            return held
+        try:
+            return self.maps.read(tier)
+        except OSError as exc:  # BpfError
+            self.state.map_failures += 1
+            log.error("%s tier %d: map read-back failed, will retry: %s", self.pop, tier, exc)
+            return None
+
+    def _hold_leases(self) -> None:
+        """Cut the tiers whose lease ran out back to local, loudly."""
+        for tier, stage in lease_due(self.state, self.clock(), self.rule).items():
+            held = self._held(tier)
+            if held is None:
+                continue
+            t = self.state.tiers[tier]
+            table, image = cut(t, stage, held)
+            idx = changed(held, image)
+            try:
+                self.maps.write(tier, idx, image[idx])
+            except OSError as exc:
+                lost(self.state, tier)
+                log.error("%s tier %d: map write failed, will read back: %s", self.pop, tier, exc)
+                continue
+            commit_cut(self.state, tier, stage, table, image, len(idx))
+            log.log(
+                logging.ERROR if t.version or len(idx) else logging.INFO,
+                "%s tier %d: LEASE %s: v%d written at %.0f, not renewed for %.0f s (lease %.0f s)"
+                " -> %s; %d buckets written (%d lease expiries so far)",
+                self.pop,
+                tier,
+                stage.name,
+                t.version,
+                t.renewed_at,
+                self.clock() - t.renewed_at,
+                self.rule.lease_s,
+                "direction back everywhere, secondaries kept"
+                if stage is Lease.EXPIRED
+                else "inter-PoP secondaries cleared too (local)",
+                len(idx),
+                self.state.lease_expiries,
+            )
+
+    def _follow_redis(self) -> int:
         applied = 0
         try:
             currents = self.tables.currents(sorted(self.state.tiers))
@@ -419,18 +588,14 @@ class SyncService:
         if blob is None:
             return 0  # replaced (and expired) since the pointer was read: the next round
         t1 = time.perf_counter()
-        held = self.state.tiers[tier].image
-        reconcile = held is None
+        reconcile = self.state.tiers[tier].image is None
+        held = self._held(tier)
         if held is None:
-            try:
-                held = self.maps.read(tier)
-            except OSError as exc:  # BpfError: nothing was written; read again next round
-                self.state.map_failures += 1
-                log.error("%s tier %d: map read-back failed, will retry: %s", self.pop, tier, exc)
-                return 0
+            return 0
         t2 = time.perf_counter()
+        was = self.state.tiers[tier].lease
         try:
-            p = plan(self.state, tier, version, blob, held)
+            p = plan(self.state, tier, version, blob, held, self.clock(), self.rule)
         except Refused as exc:
             log.error("%s tier %d v%d REFUSED, keeping the maps: %s", self.pop, tier, version, exc)
             return 0
@@ -458,6 +623,16 @@ class SyncService:
             len(p.indices),
             (t4 - t0) * 1000.0,
         )
+        if p.lease != was:
+            log.log(
+                logging.WARNING if p.lease is Lease.LIVE else logging.ERROR,
+                "%s tier %d: v%d written at %.0f: lease %s",
+                self.pop,
+                tier,
+                version,
+                p.header.written_at,
+                "renewed, the table is followed again" if p.lease is Lease.LIVE else p.lease.name,
+            )
         return 1
 
     def publish_stats(self) -> DataplaneStats | None:

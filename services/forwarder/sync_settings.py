@@ -79,6 +79,19 @@ class SyncSettings(Settings):
         description="Socket timeout of every Redis call, so that a hung Redis never stalls "
         "the stats.",
     )
+    sync_lease_s: float = Field(
+        15.0,
+        ge=0.0,
+        description="A tier's table is followed this long after its header's written_at (3 x "
+        "the table writer's 5 s renewal); then new connections stay local (direction back, "
+        "secondaries kept for established ones). 0 = no lease.",
+    )
+    sync_lease_drain_s: float = Field(
+        120.0,
+        ge=0.0,
+        description="After a lease ran out, inter-PoP secondaries are kept this long (like the "
+        "table writer's drain period), then cleared: plain anycast with intra-PoP second chance.",
+    )
     table_key_prefix: str = Field(
         PREFIX,
         description="Prefix of every table key in Redis (the table writer's setting of the "

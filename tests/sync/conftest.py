@@ -36,4 +36,5 @@ def sync_settings(unique: str) -> SyncSettings:
         sync_backoff_initial_s=0.1,
         sync_backoff_max_s=0.5,
         sync_redis_timeout_s=0.5,
+        sync_lease_s=0.0,  # tables written at t=1.0 would be long expired; test_lease sets one
     )

@@ -13,7 +13,14 @@ from services.forwarder.layout import BUCKET_DTYPE, MapBucket, Verdict, addr16
 from services.forwarder.loader import Count
 from services.forwarder.sync import Counters, Image
 from services.table_writer.codec import NO_ADDRESS, Header, encode
-from services.table_writer.table import Peer, Server, Table, apply_policy, new_table
+from services.table_writer.table import (
+    Peer,
+    Server,
+    Table,
+    apply_policy,
+    new_table,
+    rebalance_primaries,
+)
 
 PEERS = {"b": Peer("b", 2, "10.100.2.1"), "c": Peer("c", 3, "2001:db8:c::1")}
 SERVERS = [Server("192.0.97.1", 4.0), Server("192.0.97.2", 4.0), Server("2001:db8:a::3", 8.0)]
@@ -22,6 +29,14 @@ SERVERS = [Server("192.0.97.1", 4.0), Server("192.0.97.2", 4.0), Server("2001:db
 def table(bits: int, shares: Mapping[str, float] | None = None, now: float = 1.0) -> Table:
     t = new_table(SERVERS, bits, 0.0)
     return apply_policy(t, shares or {}, PEERS, now, 60.0) if shares else t
+
+
+def mixed_table(bits: int) -> Table:
+    """Every kind of bucket: local, intra-PoP second chance (a server left), inter-PoP away
+    (to b and c) and inter-PoP draining (b's share went down)."""
+    t = rebalance_primaries(new_table(SERVERS, bits, 0.0), SERVERS[:2], 1.0)
+    t = apply_policy(t, {"b": 0.25, "c": 0.1}, PEERS, 2.0, 60.0)
+    return apply_policy(t, {"b": 0.1, "c": 0.1}, PEERS, 3.0, 60.0)
 
 
 def blob(t: Table, version: int, bits: int, pop: str = "a", tier: int = 0) -> bytes:

@@ -1,4 +1,5 @@
-"""The sync's pure core: map images of table blobs, diffs, version tracking, backoff, stats."""
+"""The sync's pure core: map images of table blobs, diffs, version tracking, leases, backoff,
+stats."""
 
 from __future__ import annotations
 
@@ -18,12 +19,19 @@ from schemas.messages import DataplaneStats, TableUpdate
 from services.forwarder.layout import Verdict, addr16
 from services.forwarder.loader import Count, changed
 from services.forwarder.sync import (
+    NO_LEASE,
     Backoff,
     Image,
+    Lease,
+    LeaseRule,
     Refused,
     commit,
+    commit_cut,
+    cut,
     dataplane_stats,
     forget,
+    lease_due,
+    local_image,
     lost,
     map_image,
     new_state,
@@ -31,9 +39,9 @@ from services.forwarder.sync import (
     plan,
     to_fetch,
 )
-from services.table_writer.codec import decode_records
+from services.table_writer.codec import Header, decode_records, encode
 from services.table_writer.table import Table, diff
-from tests.sync.helpers import blob, entries, entry_bytes, table
+from tests.sync.helpers import blob, entries, entry_bytes, mixed_table, table
 
 BITS = 6
 
@@ -215,3 +223,65 @@ def test_counters_map_to_the_message_with_untiered_drops() -> None:
     assert t1.dropped["too_big_icmp"] == 2
     assert untiered.tier == 2 and untiered.dropped["drop_blocklist"] == 6
     assert untiered.local == 0 and sum(untiered.dropped.values()) == 11
+
+
+def test_lease_stages_by_age() -> None:
+    rule = LeaseRule(lease_s=15.0, drain_s=120.0)
+    assert rule.stage(100.0, 100.0 - 15.0) is Lease.LIVE
+    assert rule.stage(100.0, 100.0 - 15.1) is Lease.EXPIRED
+    assert rule.stage(100.0, 100.0 - 135.0) is Lease.EXPIRED
+    assert rule.stage(100.0, 100.0 - 135.1) is Lease.LOCAL
+    assert NO_LEASE.stage(1e9, 0.0) is Lease.LIVE
+
+
+def test_a_cut_table_keeps_primaries_and_only_the_second_chances_its_stage_allows() -> None:
+    table = image_of(mixed_table(BITS))
+    flags = table["flags"]
+    inter = (flags & Flag.INTER_POP) != 0
+    intra = ((flags & Flag.HAS_SECONDARY) != 0) & ~inter
+    assert ((flags & Flag.AWAY) != 0).any() and inter.any() and intra.any()
+    assert (inter & ((flags & Flag.AWAY) == 0)).any()  # some inter-PoP buckets drain already
+    assert local_image(table, Lease.LIVE) is table
+
+    expired = local_image(table, Lease.EXPIRED)
+    assert not ((expired["flags"] & Flag.AWAY) != 0).any()  # new connections stay
+    assert np.array_equal(expired["flags"], flags & ~np.uint8(Flag.AWAY))
+    for field in ("primary", "secondary", "secondary_pop"):  # every second chance kept
+        assert np.array_equal(expired[field], table[field])
+
+    local = local_image(table, Lease.LOCAL)
+    assert np.array_equal(local["primary"], table["primary"])
+    assert not ((local["flags"] & (Flag.AWAY | Flag.INTER_POP)) != 0).any()
+    assert not local["secondary"][inter].any() and not local["secondary_pop"].any()
+    assert (local["flags"][inter] == Flag.VALID).all()
+    assert np.array_equal(local[intra], table[intra])  # intra-PoP second chance kept
+    assert np.array_equal(local_image(expired, Lease.LOCAL), local)  # a cut of a cut
+    map_image(*decode_records(blob(mixed_table(BITS), 1, BITS)))  # the cut is a valid table
+
+
+def test_an_unrenewed_tier_is_cut_in_stages_and_a_renewal_restores_it() -> None:
+    rule = LeaseRule(lease_s=15.0, drain_s=120.0)
+    state = new_state("a", BITS, 2, now=1000.0)
+    raw = blob(mixed_table(BITS), 1, BITS)  # written_at = 1.0: long expired
+    assert lease_due(state, 1010.0, rule) == {}  # a fresh process grants one lease
+    p = plan(state, 0, 1, raw, np.zeros(1 << BITS, image_of(table(BITS)).dtype), 1010.0, rule)
+    assert p.lease is Lease.LOCAL and np.array_equal(p.image, local_image(p.table, Lease.LOCAL))
+    commit(state, p)
+    assert state.lease_expiries == 1 and state.tiers[0].renewed_at == 1.0
+    assert lease_due(state, 1016.0, rule) == {1: Lease.EXPIRED}  # no table known for tier 1
+    held = image_of(mixed_table(BITS))
+    table_1, image_1 = cut(state.tiers[1], Lease.EXPIRED, held)
+    assert table_1 is held and np.array_equal(image_1, local_image(held, Lease.EXPIRED))
+    assert commit_cut(state, 1, Lease.EXPIRED, table_1, image_1, written=3)
+    assert state.lease_expiries == 2 and lease_due(state, 1100.0, rule) == {}
+    assert lease_due(state, 1136.0, rule) == {1: Lease.LOCAL}
+    assert not commit_cut(state, 1, Lease.LOCAL, *cut(state.tiers[1], Lease.LOCAL, image_1), 5)
+    assert state.lease_expiries == 2  # deeper, not again
+    empty = new_state("a", BITS, 1, now=0.0)
+    assert not commit_cut(empty, 0, Lease.EXPIRED, held, held, written=0)  # never written
+    forget(state)
+    assert state.tiers[1].renewed_at == 1000.0 and state.tiers[1].lease is Lease.LOCAL
+    fresh = Header("a", 0, 2, 2, BITS, 1200.0)
+    renewed = plan(state, 0, 2, encode(mixed_table(BITS), fresh), p.image, 1201.0, rule)
+    assert renewed.lease is Lease.LIVE and np.array_equal(renewed.image, renewed.table)
+    assert len(renewed.indices) > 0
