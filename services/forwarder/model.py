@@ -448,6 +448,10 @@ def _too_big(cfg: NodeConfig, inner_len: int, dst: bytes) -> bool:
     return bool(cfg.mtu) and inner_len + overhead(dst) > cfg.mtu
 
 
+def _blocklisted(st: TableState, src: bytes) -> bool:
+    return lpm(dict.fromkeys(st.blocklist, True), src) is not None
+
+
 def _bucket(st: TableState, tier: int, h: int) -> Bucket | None:
     return st.table.get((tier, h & ((1 << st.bucket_bits) - 1)))
 
@@ -471,7 +475,7 @@ def edge(pkt: bytes, cfg: NodeConfig, st: TableState) -> Outcome:
         return _done(pkt, Verdict.PASS_NOT_OURS, None, pas)
     if rc != Parse.OK:
         return _done(pkt, Verdict.DROP_MALFORMED, None, drop)
-    if lpm(dict.fromkeys(st.blocklist, True), p.src):
+    if _blocklisted(st, p.src):
         return _done(pkt, Verdict.DROP_BLOCKLIST, None, drop)
     l4 = parse_l4(pkt, p)
     if (
@@ -515,6 +519,8 @@ def _receive_from_peer(pkt: bytes, cfg: NodeConfig, st: TableState, outer: Parse
         return _done(pkt, Verdict.DROP_MALFORMED, None, drop)
     if rc != Parse.OK or g is None:
         return _done(pkt, Verdict.DROP_GUE_BAD, None, drop)
+    if _blocklisted(st, inner.src):
+        return _done(pkt, Verdict.DROP_BLOCKLIST, None, drop)
     tier = lpm(st.vips, inner.dst)
     if tier is None or tier >= st.tiers:
         return _done(pkt, Verdict.DROP_NO_BUCKET, None, drop)
@@ -565,6 +571,8 @@ def server(pkt: bytes, cfg: NodeConfig, st: TableState, owns: OwnsFlow = no_sock
         return _done(pkt, Verdict.DROP_MALFORMED, None, drop)
     if rc == Parse.GUE_BAD or g is None:
         return _done(pkt, Verdict.DROP_GUE_BAD, None, drop)
+    if peer[0] == PeerKind.REMOTE and _blocklisted(st, inner.src):
+        return _done(pkt, Verdict.DROP_BLOCKLIST, None, drop)
     tier = g.tier
 
     def deliver(verdict: Verdict) -> Outcome:

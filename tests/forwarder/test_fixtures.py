@@ -216,6 +216,14 @@ def _edge_cases() -> list[Case]:
             B.DROP_BLOCKLIST,
         ),
         Case(
+            "edge: GUE from a peer PoP whose inner source is blocklisted -> dropped",
+            Role.EDGE,
+            peer_in,
+            blocked,
+            A.DROP,
+            B.DROP_BLOCKLIST,
+        ),
+        Case(
             "edge: not a VIP -> the stack",
             Role.EDGE,
             P.client(dst="203.0.113.1"),
@@ -309,6 +317,7 @@ def _server_cases() -> list[Case]:
         "secondary": P.SERVER2_4,
     }
     icmp4 = Ether(src=P.CLIENT_MAC, dst=P.EDGE_MAC) / IP(src=P.CLIENT4, dst=P.VIP4) / ICMP()
+    blocked = P.state(None, blocklist={ia.ip_network("198.51.100.0/24")})
 
     def fwd(inner: Packet, entry: Bucket, sec: str, flags: int) -> Callable[[], bytes]:
         return lambda: encapsulated(
@@ -406,6 +415,23 @@ def _server_cases() -> list[Case]:
             A.PASS,
             B.RECEIVED_PEER,
             lambda: delivered(P.gue(ack4, outer_src=P.REMOTE4, **sec_inter)),
+        ),
+        Case(
+            "server: from another PoP, inner source blocklisted -> dropped",
+            Role.SERVER,
+            P.gue(ack4, outer_src=P.REMOTE4, **sec_inter),
+            blocked,
+            A.DROP,
+            B.DROP_BLOCKLIST,
+        ),
+        Case(
+            "server: from our edge, inner source blocklisted -> the edge checked it: local",
+            Role.SERVER,
+            P.gue(ack4),
+            blocked,
+            A.PASS,
+            B.LOCAL,
+            lambda: delivered(P.gue(ack4)),
         ),
         Case(
             "server: from our edge with FROM_PEER, no secondary -> received, not local",

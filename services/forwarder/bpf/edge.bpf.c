@@ -4,7 +4,7 @@
  *
  * Client packet: blocklist -> tier by VIP -> flow hash -> bucket -> GUE to the bucket's primary
  * with its secondary, flags and the landing PoP id. GUE addressed to this node from a peer PoP:
- * decapsulate and re-encapsulate to a local server with FLAG_FROM_PEER, dropping any inter-PoP
+ * blocklist on the inner source, decapsulate and re-encapsulate to a local server with FLAG_FROM_PEER, dropping any inter-PoP
  * secondary, so that a packet from another PoP never leaves this PoP again and the server counts
  * it as received (the edge counts FWD_INTRA, as for its own clients' packets).
  */
@@ -70,6 +70,8 @@ static __always_inline int receive_from_peer(struct xdp_md *ctx, const struct co
 		return verdict(NO_TIER, V_DROP_MALFORMED, bytes, XDP_DROP);
 	if (rc != PARSE_OK)
 		return verdict(NO_TIER, V_DROP_GUE_BAD, bytes, XDP_DROP);
+	if (blocklisted(in.src))	/* another PoP's client: our blocklist too (91) */
+		return verdict(NO_TIER, V_DROP_BLOCKLIST, bytes, XDP_DROP);
 	vip = vip_lookup(in.dst);
 	if (!vip || vip->tier >= TIERS)
 		return verdict(NO_TIER, V_DROP_NO_BUCKET, bytes, XDP_DROP);

@@ -108,6 +108,9 @@ int popshift_server(struct xdp_md *ctx)
 		return verdict(NO_TIER, V_DROP_MALFORMED, bytes, XDP_DROP);
 	if (rc == PARSE_GUE_BAD)
 		return verdict(NO_TIER, V_DROP_GUE_BAD, bytes, XDP_DROP);
+	/* Straight from another PoP: no edge of ours checked the client's source. */
+	if (peer->kind == PEER_REMOTE && blocklisted(in.src))
+		return verdict(NO_TIER, V_DROP_BLOCKLIST, bytes, XDP_DROP);
 	tier = e.gue.tier;
 	/* From another PoP, directly or through our edge (FLAG_FROM_PEER): every local delivery
 	 * counts as received, so the PoP's counters keep it out of its native demand.
