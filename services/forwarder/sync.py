@@ -49,11 +49,19 @@ from confluent_kafka import KafkaException
 from popshift import redis_client as popshift_redis
 from popshift import topics
 from popshift.bus import DeliveryFailed, Received, TypedConsumer, TypedProducer, create_topics
+from popshift.network import NetworkConfig, load_network
 from popshift.process import install_stop_signals, setup_logging
 from schemas.bucket import Flag
 from schemas.messages import MAX_TIERS, DataplaneStats, TableUpdate, TierCounters
 from services.forwarder.layout import BUCKET_BITS, BUCKET_DTYPE, Verdict, addr16
 from services.forwarder.loader import DEFAULT_PIN_ROOT, Count, Forwarder, Role, changed
+from services.forwarder.node_config import (
+    NodeFile,
+    NodeFileError,
+    apply_node,
+    attach_node,
+    read_node,
+)
 from services.forwarder.sync_settings import SyncSettings
 from services.table_writer.codec import NO_ADDRESS, BadTableBlob, Header, decode_records
 from services.table_writer.store import current_key, version_key
@@ -469,6 +477,7 @@ class SyncService:
         consumer: TypedConsumer | None = None,
         producer: TypedProducer | None = None,
         clock: Callable[[], float] = time.time,
+        on_reconcile: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.maps = maps
@@ -485,6 +494,8 @@ class SyncService:
         self.timings: dict[str, float] = {}
         """Seconds spent in each part of the last apply (the benchmark reads them)."""
         self.published = 0
+        self.on_reconcile = on_reconcile
+        """Called on every reconcile, before the maps are read back (the node file)."""
         self._check_now = True
         self._next_reconcile = clock() + settings.sync_reconcile_s
 
@@ -507,6 +518,8 @@ class SyncService:
         now = self.clock()
         self._check_now = False
         if now >= self._next_reconcile:
+            if self.on_reconcile is not None:
+                self.on_reconcile()
             forget(self.state)
             self._next_reconcile = now + self.settings.sync_reconcile_s
         applied = self._follow_redis() if self.backoff.ready(now) else 0
@@ -687,9 +700,68 @@ def parse_args(argv: Sequence[str] | None) -> SyncSettings:
     parser.add_argument("--pop", help="this node's PoP (POPSHIFT_SYNC_POP)")
     parser.add_argument("--node", help="this node's name (POPSHIFT_SYNC_NODE)")
     parser.add_argument("--pin-dir", help="bpffs pin directory (POPSHIFT_SYNC_PIN_DIR)")
+    parser.add_argument(
+        "--node-file",
+        help="the node's YAML (deploy/config/node-example.yaml): configure the maps and attach "
+        "XDP at start and on every reconcile (POPSHIFT_SYNC_NODE_FILE)",
+    )
     args = parser.parse_args(argv)
-    given = {"sync_pop": args.pop, "sync_node": args.node, "sync_pin_dir": args.pin_dir}
+    given = {
+        "sync_pop": args.pop,
+        "sync_node": args.node,
+        "sync_pin_dir": args.pin_dir,
+        "sync_node_file": args.node_file,
+    }
     return SyncSettings(**{k: v for k, v in given.items() if v is not None})
+
+
+def with_node(settings: SyncSettings, node: NodeFile) -> SyncSettings:
+    """The node file names the PoP, the node and the role; a flag that says otherwise is an
+    error, not a silent override."""
+    for field, value in (("sync_pop", node.pop), ("sync_node", node.node)):
+        given = getattr(settings, field)
+        if given is not None and given != value:
+            raise NodeFileError(f"--{field[5:]} {given!r} contradicts the node file's {value!r}")
+    return settings.model_copy(
+        update={"sync_pop": node.pop, "sync_node": node.node, "sync_role": node.role}
+    )
+
+
+class NodeKeeper:
+    """Applies the node file at start and on every reconcile; the last good file stays."""
+
+    def __init__(self, path: Path, network: NetworkConfig, fwd: Forwarder) -> None:
+        self.path = path
+        self.network = network
+        self.fwd = fwd
+        self.node, self.plan = read_node(path, network)
+
+    def start(self) -> None:
+        booted = apply_node(self.fwd, self.plan)
+        mode = attach_node(self.fwd, self.node)
+        log.info(
+            "node %s/%s (%s): maps configured from %s, XDP on %s%s: %s%s",
+            self.node.pop,
+            self.node.node,
+            self.node.role,
+            self.path,
+            self.node.interface,
+            f" in netns {self.node.netns}" if self.node.netns else "",
+            mode,
+            f"; bootstrap table in tiers {booted}" if booted else "",
+        )
+
+    def reconcile(self) -> None:
+        try:
+            node, plan = read_node(self.path, self.network)
+            if node.identity != self.node.identity:
+                raise NodeFileError(
+                    f"{self.path}: role, pop, node, interface or netns changed: restart the sync"
+                )
+            self.node, self.plan = node, plan
+            self.start()
+        except (NodeFileError, OSError) as exc:
+            log.error("node file NOT applied, keeping the last good one: %s", exc)
 
 
 def redis_client(settings: SyncSettings) -> redis.Redis[bytes]:
@@ -715,11 +787,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m services.forwarder.sync``."""
     setup_logging()
     settings = parse_args(argv)
+    keeper: NodeKeeper | None = None
+    if settings.sync_node_file:
+        try:
+            path = Path(settings.sync_node_file)
+            network = load_network(settings.network_file)
+            settings = with_node(settings, read_node(path, network)[0])
+        except NodeFileError as exc:
+            log.error("node file refused: %s", exc)
+            return 2
     pop, node = settings.sync_pop, settings.sync_node
     if not pop or not node:
         log.error("which PoP and node? pass --pop and --node (or POPSHIFT_SYNC_POP/NODE)")
         return 2
     fwd = open_maps(settings)
+    if settings.sync_node_file:
+        try:
+            keeper = NodeKeeper(Path(settings.sync_node_file), network, fwd)
+            keeper.start()
+        except (NodeFileError, OSError) as exc:
+            log.error("node file not applied: %s", exc)
+            fwd.close()
+            return 2
     client = redis_client(settings)
     consumer = producer = None
     if settings.sync_kafka:
@@ -751,6 +840,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         node=node,
         consumer=consumer,
         producer=producer,
+        on_reconcile=keeper.reconcile if keeper else None,
     )
     stop = threading.Event()
     install_stop_signals(stop)

@@ -1,7 +1,8 @@
 """Settings of the forwarder sync (one process per node), read from POPSHIFT_* variables.
 
-The command line (``--pop``, ``--node``, ``--pin-dir``) overrides the first three; everything
-else comes from the environment so that a node's unit file and a test set it the same way.
+The command line (``--pop``, ``--node``, ``--pin-dir``, ``--node-file``) overrides those;
+everything else comes from the environment so that a node's unit file and a test set it the
+same way.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ class SyncSettings(Settings):
     )
     sync_role: Literal["edge", "server"] = Field(
         "edge", description="Which program to load if none is pinned yet (edge or server)."
+    )
+    sync_node_file: str | None = Field(
+        None,
+        description="The node's YAML (deploy/config/node-example.yaml): PoP, node, role, "
+        "addresses, VIPs, peers, blocklist; applied and XDP attached at start and on every "
+        "reconcile. Unset = the maps' config is someone else's (e.g. the lab).",
     )
     sync_poll_s: float = Field(
         1.0,
