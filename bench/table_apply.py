@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         network = load_network(REPO / "deploy/config/network.yaml")
         state = new_state(network, "a", args.bits, drain_period_s=3600.0)
-        now = 1.0
+        now = time.time()  # written_at: a table older than the sync lease would be cut
 
         def write(writes: list[Write]) -> None:
             for w in writes:
