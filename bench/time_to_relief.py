@@ -2,7 +2,7 @@
 
     sudo .venv/bin/python bench/time_to_relief.py [--runs 5] [--out DIR]
 
-One lab and one set of services (deploy/lab/scenario.py's Harness: every service a real
+One lab and one set of services (lab.harness.Harness: every service a real
 process, 1 s heartbeats, the lab's analytics windows) serve all runs. Traffic runs throughout;
 each run switches the load on (PoP a overloads), waits until a forwards, switches it off and
 waits until every policy is cancelled and a is calm again. Per run it prints the time from the
@@ -20,14 +20,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "deploy" / "lab"))
-
-import scenario  # noqa: E402
-import scenario_report as rep  # noqa: E402
+from lab.harness import Harness
+from lab.record import first_time
+from lab.settings import ANALYTICS
 
 
-def one_run(h: scenario.Harness, i: int) -> float:
+def one_run(h: Harness, i: int) -> float:
     """Load on until a forwards (and a little longer), then off until everything is calm."""
     assert h.observer is not None
     on = h.mark(f"load_on_{i}")
@@ -62,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("needs root (the namespace lab)")
     out = args.out or Path(tempfile.mkdtemp(prefix="popshift-relief-"))
     starts: list[float] = []
-    with scenario.Harness(out, log=log) as h:
+    with Harness(out, log=log) as h:
         h.progress_s = 10.0
         for pop in h.topo.pops:
             rate, longs = h.plan.rates.get(pop.name, 0.0), h.plan.longs.get(pop.name, 0)
@@ -80,12 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'run':>3} {'flagged_s':>10} {'policy_s':>9} {'applied_s':>10} {'first_in_b_s':>13}")
     relief: list[float] = []
     for i, on in enumerate(starts):
-        times = rep.first_time(result, on)
+        times = first_time(result, on)
         cells = [f"{times[k]:.2f}" if times[k] is not None else "-" for k in times]
         print(f"{i + 1:>3} {cells[0]:>10} {cells[1]:>9} {cells[2]:>10} {cells[3]:>13}")
         if times["first_in_b"] is not None:
             relief.append(float(times["first_in_b"]))
-    print(f"settings: analytics {scenario.ANALYTICS.name}, {result.settings}")
+    print(f"settings: analytics {ANALYTICS.name}, {result.settings}")
     if len(relief) < len(starts):
         print(f"{len(starts) - len(relief)} run(s) saw no connection moved to b", file=sys.stderr)
     print(f"time_to_relief_p50_s: {statistics.median(relief) if relief else float('nan'):.2f}")

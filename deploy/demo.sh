@@ -4,8 +4,8 @@
 #
 # Builds the XDP programs, starts the namespace lab (3 PoPs, clients, internet, inter-PoP
 # latency) and every popshift service as a real process, and runs the overload scenario
-# (deploy/lab/scenario.py): PoP a overloads, a -> b, cascade b -> c, load stops, cancel, drain,
-# then a pinned share. Prints the timeline and the end-to-end checks, writes a PNG plot, and
+# (`python -m lab demo`, lab/scenario.py): PoP a overloads, a -> b, cascade b -> c, load
+# stops, cancel, drain, then a pinned share. Prints the timeline and the end-to-end checks, writes a PNG plot, and
 # cleans up (processes, namespaces, pins, cgroups, Redis keys, topics) even on failure or
 # Ctrl-C. About 3 minutes. Output: $POPSHIFT_DEMO_OUT (default /tmp/popshift-demo).
 set -euo pipefail
@@ -17,16 +17,12 @@ if [[ "$(id -u)" != 0 ]]; then
   echo "demo: needs root (network namespaces, XDP, cgroups); run: sudo make demo" >&2
   exit 1
 fi
-if ! "$PY" -c 'import matplotlib' 2>/dev/null; then
-  echo "demo: matplotlib is not in the venv; installing it (add it to pyproject.toml)" >&2
-  .venv/bin/pip install -q matplotlib
-fi
 
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   # The scenario cleans up after itself; this catches a hard kill of it.
-  "$PY" deploy/lab/scenario.py cleanup --out "$OUT" >/dev/null 2>&1 || true
+  "$PY" -m lab cleanup --out "$OUT" >/dev/null 2>&1 || true
   exit "$rc"
 }
 trap cleanup EXIT
@@ -37,4 +33,4 @@ echo "== building the XDP programs"
 .venv/bin/popshift build-bpf
 mkdir -p "$OUT"
 echo "== overload scenario (logs: $OUT/logs, lab: $OUT/lab)"
-"$PY" deploy/lab/scenario.py demo --out "$OUT"
+"$PY" -m lab demo --out "$OUT"

@@ -1,9 +1,9 @@
 """End to end: the overload scenario with every service as a real process, then its checks.
 
-One run of `deploy/lab/scenario.py overload` (module fixture, 3 to 4 minutes): PoP a overloaded by
-a burner that follows its traffic, a -> b and the cascade b -> c, long connections opened
-while a forwards, load stops, cancel, drain, then a pinned share. Each test asserts one promise
-on the run's record (the same record the demo prints and plots).
+One run of the overload scenario (lab.scenario; module fixture, 3 to 4 minutes): PoP a
+overloaded by a burner that follows its traffic, a -> b and the cascade b -> c, long
+connections opened while a forwards, load stops, cancel, drain, then a pinned share. Each
+test asserts one promise on the run's record (the same record the demo prints and plots).
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from lab import checks, scenario
+from lab.harness import Harness
+from lab.record import Result
 from tests.e2e.conftest import require_lab
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.kafka, pytest.mark.redis]
@@ -21,12 +24,10 @@ pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.kafka, pytest.mark
 @pytest.fixture(scope="module")
 def run(
     tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str, redis_url: str
-) -> Iterator[object]:
+) -> Iterator[Result]:
     require_lab()
-    import scenario
-
     out: Path = tmp_path_factory.mktemp("overload")
-    with scenario.Harness(out, log=lambda line: print(line, flush=True)) as h:
+    with Harness(out, log=lambda line: print(line, flush=True)) as h:
         try:
             result = scenario.overload(h, pin=True)
         finally:
@@ -36,24 +37,17 @@ def run(
     yield result
 
 
-def _check(run: object, name: str) -> None:
-    import scenario
-    import scenario_report as rep
-
-    assert isinstance(run, rep.Result)
-    check = scenario.checks(run)[name]
-    print(rep.format_checks([check]))
+def _check(run: Result, name: str) -> None:
+    check = checks.checks(run)[name]
+    print(checks.format_checks([check]))
     assert check.ok, f"{check.name}: {check.detail}"
 
 
-def test_zero_failed_long_lived_connections(run: object) -> None:
+def test_zero_failed_long_lived_connections(run: Result) -> None:
     _check(run, "long_connections")
 
 
-def test_a_was_flagged_and_forwarded_to_b_with_a_cascade_to_c(run: object) -> None:
-    import scenario_report as rep
-
-    assert isinstance(run, rep.Result)
+def test_a_was_flagged_and_forwarded_to_b_with_a_cascade_to_c(run: Result) -> None:
     assert any(s.pop == "a" and s.state == "shed" for s in run.statuses)
     assert any(p.source == "a" and "b" in p.shares for p in run.policies)
     assert any(p.source == "b" and "c" in p.shares for p in run.policies), [
@@ -62,29 +56,29 @@ def test_a_was_flagged_and_forwarded_to_b_with_a_cascade_to_c(run: object) -> No
     assert not any(p.source == "a" and "c" in p.shares for p in run.policies)  # too far
 
 
-def test_share_processed_in_b_follows_the_policy(run: object) -> None:
+def test_share_processed_in_b_follows_the_policy(run: Result) -> None:
     """+-3 points of the engine's share, over >= 3000 connections (3 binomial sd)."""
     _check(run, "engine_share")
 
 
-def test_pinned_share_is_met_within_three_points(run: object) -> None:
+def test_pinned_share_is_met_within_three_points(run: Result) -> None:
     _check(run, "pinned_share")
 
 
-def test_every_connection_is_processed_where_its_bucket_points(run: object) -> None:
+def test_every_connection_is_processed_where_its_bucket_points(run: Result) -> None:
     """Deterministic: the forwarder's hash of each connection's 5-tuple and the table in force
     say which PoP must process it; every one did (except in flight across a table change)."""
     _check(run, "placement")
 
 
-def test_direct_server_return(run: object) -> None:
+def test_direct_server_return(run: Result) -> None:
     _check(run, "dsr")
 
 
-def test_one_inter_pop_hop_at_most(run: object) -> None:
+def test_one_inter_pop_hop_at_most(run: Result) -> None:
     _check(run, "one_hop")
 
 
-def test_after_the_cancel_a_processes_its_own_and_b_keeps_its_connections(run: object) -> None:
+def test_after_the_cancel_a_processes_its_own_and_b_keeps_its_connections(run: Result) -> None:
     _check(run, "after_cancel_local")
     _check(run, "after_cancel_longs")

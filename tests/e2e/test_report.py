@@ -4,36 +4,35 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lab_work
 import pytest
-import scenario_report as rep
 
-from services.labapp.results import Kind, Outcome, Record
+from lab import checks, record, report, work
+from lab.app.results import Kind, Outcome, Record
 
 
-def short(region: str, start: float, pop: str, outcome: Outcome = Outcome.OK) -> rep.Traffic:
-    return rep.Traffic(
+def short(region: str, start: float, pop: str, outcome: Outcome = Outcome.OK) -> record.Traffic:
+    return record.Traffic(
         region, "main", Record(Kind.SHORT, start, 0.01, outcome, pop=pop, server=f"{pop}-s1")
     )
 
 
 def long(
     region: str, start: float, end: float, pop: str, tag: str = "main", ok: bool = True
-) -> rep.Traffic:
+) -> record.Traffic:
     outcome = Outcome.OK if ok else Outcome.RESET
-    record = Record(Kind.LONG, start, end - start, outcome, pop=pop, server=f"{pop}-s1",
-                    exchanges=int((end - start) * 10), servers_seen=1)  # fmt: skip
-    return rep.Traffic(region, tag, record)
+    rec = Record(Kind.LONG, start, end - start, outcome, pop=pop, server=f"{pop}-s1",
+                 exchanges=int((end - start) * 10), servers_seen=1)  # fmt: skip
+    return record.Traffic(region, tag, rec)
 
 
-def policy(t: float, source: str, shares: dict[str, float]) -> rep.PolicyRecord:
-    return rep.PolicyRecord(t, source, "update" if shares else "cancel", shares, 1, "why")
+def policy(t: float, source: str, shares: dict[str, float]) -> record.PolicyRecord:
+    return record.PolicyRecord(t, source, "update" if shares else "cancel", shares, 1, "why")
 
 
 def sample(
     t: float, away: int = 0, shares: dict[str, dict[str, float]] | None = None
-) -> rep.Sample:
-    return rep.Sample(
+) -> record.Sample:
+    return record.Sample(
         t=t,
         util={"a": 0.9, "b": 0.5, "c": 0.2},
         state={"a": "shed", "b": "neutral", "c": "can_take"},
@@ -47,42 +46,36 @@ def counters(**per_node: dict[str, int]) -> dict[str, dict[str, int]]:
     return {node: dict(values) for node, values in per_node.items()}
 
 
-def base() -> rep.Result:
-    r = rep.Result(epoch=1000.0, pops=["a", "b", "c"], table_bits=8)
+def base() -> record.Result:
+    r = record.Result(epoch=1000.0, pops=["a", "b", "c"], table_bits=8)
     r.marks = {"load_on": 10.0, "load_off": 50.0, "cancel": 60.0, "late_longs_off": 68.0}
     return r
-
-
-def test_share_window_takes_the_longest_stretch_without_a_change() -> None:
-    r = base()
-    r.policies = [policy(20.0, "a", {"b": 0.1}), policy(25.0, "a", {"b": 0.3})]
-    t0, t1, shares = rep.steady_window(r, "a", 10.0, 50.0, settle_s=3.0)
-    assert (t0, t1, shares) == (28.0, 50.0, {"b": 0.3})
 
 
 def test_check_share_within_three_points_needs_enough_samples() -> None:
     r = base()
     r.traffic = [short("a", 30 + i * 0.001, "b" if i % 4 == 0 else "a") for i in range(4000)]
-    w = rep.Window(30.0, 40.0, 0.25, 64 / 256)
-    assert rep.check_share(r, "a", "b", [w]).ok
-    assert not rep.check_share(r, "a", "b", [rep.Window(30.0, 40.0, 0.30, 77 / 256)]).ok
-    assert not rep.check_share(r, "a", "b", [rep.Window(30.0, 30.5, 0.25, 0.25)]).ok  # 500: few
-    assert not rep.check_share(r, "a", "b", []).ok
+    w = checks.Window(30.0, 40.0, 0.25, 64 / 256)
+    assert checks.check_share(r, "a", "b", [w]).ok
+    assert not checks.check_share(r, "a", "b", [checks.Window(30.0, 40.0, 0.30, 77 / 256)]).ok
+    few = checks.Window(30.0, 30.5, 0.25, 0.25)  # 500 connections: too few
+    assert not checks.check_share(r, "a", "b", [few]).ok
+    assert not checks.check_share(r, "a", "b", []).ok
 
 
 def test_enough_samples_make_three_points_three_standard_deviations() -> None:
     for share in (0.1, 0.25, 0.5):
-        n = rep.min_samples(share, 0.03)
+        n = checks.min_samples(share, 0.03)
         assert 3 * (share * (1 - share) / n) ** 0.5 <= 0.03
-    assert rep.min_samples(0.5, 0.03) == 2501
+    assert checks.min_samples(0.5, 0.03) == 2501
 
 
 def test_check_share_pools_windows_weighted_by_their_connections() -> None:
     r = base()
     r.traffic = [short("a", 20 + i * 0.005, "b" if i % 5 == 0 else "a") for i in range(2000)]
     r.traffic += [short("a", 40 + i * 0.005, "b" if i % 2 == 0 else "a") for i in range(2000)]
-    windows = [rep.Window(20.0, 30.0, 0.2, 51 / 256), rep.Window(40.0, 50.0, 0.5, 0.5)]
-    check = rep.check_share(r, "a", "b", windows)
+    windows = [checks.Window(20.0, 30.0, 0.2, 51 / 256), checks.Window(40.0, 50.0, 0.5, 0.5)]
+    check = checks.check_share(r, "a", "b", windows)
     assert check.ok, check.detail
     assert "35.0% of 4000" in check.detail
 
@@ -92,17 +85,17 @@ def test_table_windows_start_once_the_table_shows_the_share() -> None:
     r.policies = [policy(20.0, "a", {"b": 0.25}), policy(30.0, "a", {}), policy(35.0, "a", {})]
     away = list(range(64))
     r.tables = [
-        rep.TableRecord(10.0, "a", {}, 10.0),
-        rep.TableRecord(20.6, "a", {"b": away[:10]}, 20.1),  # half-written: not yet
-        rep.TableRecord(21.1, "a", {"b": away}, 20.6),
-        rep.TableRecord(30.5, "a", {}, 30.0),
+        record.TableRecord(10.0, "a", {}, 10.0),
+        record.TableRecord(20.6, "a", {"b": away[:10]}, 20.1),  # half-written: not yet
+        record.TableRecord(21.1, "a", {"b": away}, 20.6),
+        record.TableRecord(30.5, "a", {}, 30.0),
     ]
-    assert rep.table_windows(r, "a", "b", 10.0, 50.0, settle_s=3.0) == [
-        rep.Window(24.1, 30.0, 0.25, 0.25)
+    assert checks.table_windows(r, "a", "b", 10.0, 50.0, settle_s=3.0) == [
+        checks.Window(24.1, 30.0, 0.25, 0.25)
     ]
 
 
-def _addresses(r: rep.Result) -> None:
+def _addresses(r: record.Result) -> None:
     r.addresses = {"vip": "10.200.0.1", "client-a": "10.10.1.2", "client-b": "10.10.2.2"}
 
 
@@ -117,33 +110,36 @@ def test_bucket_is_the_forwarders_hash_of_the_five_tuple() -> None:
     key = (bytes(10) + b"\xff\xff" + ipaddress.IPv4Address("10.10.1.2").packed
            + bytes(10) + b"\xff\xff" + ipaddress.IPv4Address("10.200.0.1").packed
            + struct.pack("!HHB3x", 40000, 80, 6))  # fmt: skip
-    assert rep.bucket_of(r, "a", 40000) == flow_hash(key) & 255
-    assert len({rep.bucket_of(r, "a", port) for port in range(1024, 4096)}) == 256
+    assert checks.bucket_of(r, "a", 40000) == flow_hash(key) & 255
+    assert len({checks.bucket_of(r, "a", port) for port in range(1024, 4096)}) == 256
 
 
 def test_placement_check_predicts_each_connection_from_its_bucket() -> None:
     r = base()
     _addresses(r)
     ports = range(20000, 20400)
-    away = sorted({rep.bucket_of(r, "a", p) for p in ports[:40]})
-    r.tables = [rep.TableRecord(5.0, "a", {}, 5.0), rep.TableRecord(20.3, "a", {"b": away}, 19.8)]
+    away = sorted({checks.bucket_of(r, "a", p) for p in ports[:40]})
+    r.tables = [
+        record.TableRecord(5.0, "a", {}, 5.0),
+        record.TableRecord(20.3, "a", {"b": away}, 19.8),
+    ]
     r.samples = [sample(0.0), sample(60.0)]
 
-    def conn(i: int, port: int, pop: str) -> rep.Traffic:
+    def conn(i: int, port: int, pop: str) -> record.Traffic:
         start = 10.0 + i * 0.1
-        return rep.Traffic("a", "main", Record(Kind.SHORT, start, 0.01, Outcome.OK, pop=pop,
+        return record.Traffic("a", "main", Record(Kind.SHORT, start, 0.01, Outcome.OK, pop=pop,
                                                server=f"{pop}-s1", sport=port))  # fmt: skip
 
     def where(i: int, port: int) -> str:
-        return "b" if 10.0 + i * 0.1 > 20.3 and rep.bucket_of(r, "a", port) in away else "a"
+        return "b" if 10.0 + i * 0.1 > 20.3 and checks.bucket_of(r, "a", port) in away else "a"
 
     r.traffic = [conn(i, port, where(i, port)) for i, port in enumerate(ports)]
-    check = rep.check_placement(r, 0.0, 60.0)
+    check = checks.check_placement(r, 0.0, 60.0)
     assert check.ok, check.detail
     assert "in flight" in check.detail
     moved = next(i for i, port in enumerate(ports) if where(i, port) == "b" and i > 120)
     r.traffic[moved] = conn(moved, ports[moved], "a")  # processed at home: the table said b
-    check = rep.check_placement(r, 0.0, 60.0)
+    check = checks.check_placement(r, 0.0, 60.0)
     assert not check.ok
     assert "a: b->a" in check.detail
 
@@ -151,9 +147,9 @@ def test_placement_check_predicts_each_connection_from_its_bucket() -> None:
 def test_long_connections_check_counts_every_failure_and_server_change() -> None:
     r = base()
     r.traffic = [long("a", 0, 70, "a"), long("a", 30, 66, "b", tag="late")]
-    assert rep.check_long_connections(r).ok
+    assert checks.check_long_connections(r).ok
     r.traffic.append(long("b", 0, 40, "b", ok=False))
-    assert not rep.check_long_connections(r).ok
+    assert not checks.check_long_connections(r).ok
 
 
 def test_one_hop_check_uses_policies_and_counters() -> None:
@@ -171,12 +167,12 @@ def test_one_hop_check_uses_policies_and_counters() -> None:
             }
         ),
     }
-    assert rep.check_one_hop(r).ok
+    assert checks.check_one_hop(r).ok
     r.traffic.append(short("a", 31, "c"))  # region a answered by c: two hops
-    assert not rep.check_one_hop(r).ok
+    assert not checks.check_one_hop(r).ok
     r.traffic.pop()
     r.counters["end"]["b-edge"]["received_peer"] = 120  # received more than was sent
-    assert not rep.check_one_hop(r).ok
+    assert not checks.check_one_hop(r).ok
     # the forwarder that counts a peer's packet once: received by the server, second chances
     # to another PoP apart from intra-PoP ones
     zero2 = zero | {"second_chance_inter": 0}
@@ -190,7 +186,7 @@ def test_one_hop_check_uses_policies_and_counters() -> None:
             }
         ),
     }
-    assert rep.check_one_hop(r).ok
+    assert checks.check_one_hop(r).ok
 
 
 def test_dsr_check_fails_when_an_edge_sees_answers() -> None:
@@ -200,28 +196,31 @@ def test_dsr_check_fails_when_an_edge_sees_answers() -> None:
         "load_on": {"a-edge": {"fwd_intra": 0, "pass_not_ours": 0}},
         "end": {"a-edge": {"fwd_intra": 10_000, "pass_not_ours": 5}},
     }
-    assert rep.check_dsr(r).ok
+    assert checks.check_dsr(r).ok
     r.counters["end"]["a-edge"]["pass_not_ours"] = 4000
-    assert not rep.check_dsr(r).ok
+    assert not checks.check_dsr(r).ok
 
 
 def test_after_cancel_checks() -> None:
     r = base()
     r.traffic = [short("a", 62 + i * 0.1, "a") for i in range(50)]
     r.traffic += [long("a", 30, 66, "b", tag="late"), long("a", 30, 66, "a", tag="late")]
-    assert all(c.ok for c in rep.check_after_cancel(r, 62.0, 68.0))
+    assert all(c.ok for c in checks.check_after_cancel(r, 62.0, 68.0))
     r.traffic.append(short("a", 63, "b"))
-    assert not rep.check_after_cancel(r, 62.0, 68.0)[0].ok
+    assert not checks.check_after_cancel(r, 62.0, 68.0)[0].ok
 
 
 def test_first_times_for_the_benchmark() -> None:
     r = base()
-    r.statuses = [rep.StatusRecord(12.5, "a", "shed", 0.99), rep.StatusRecord(5, "a", "shed", 1)]
+    r.statuses = [
+        record.StatusRecord(12.5, "a", "shed", 0.99),
+        record.StatusRecord(5, "a", "shed", 1),
+    ]
     r.statuses.sort(key=lambda s: s.t)
     r.policies = [policy(13.0, "a", {"b": 0.2})]
     r.samples = [sample(12.0), sample(13.5, away=51)]
     r.traffic = [short("a", 13.6, "b"), short("a", 13.2, "a")]
-    times = rep.first_time(r, since=10.0)
+    times = record.first_time(r, since=10.0)
     assert times == pytest.approx(
         {"flagged": 2.5, "policy": 3.0, "applied": 3.5, "first_in_b": 3.61}
     )
@@ -232,26 +231,25 @@ def test_timeline_rows_and_text_and_json_round_trip(tmp_path: Path) -> None:
     r.samples = [sample(0.0), sample(2.0, away=64, shares={"a": {"b": 0.25}})]
     r.traffic = [short("a", 1.0, "a"), short("a", 3.0, "b"), short("b", 3.5, "b", Outcome.RESET)]
     r.traffic.append(long("a", 0.0, 4.0, "a"))
-    rows = rep.timeline(r, step_s=2.0)
+    rows = report.timeline(r, step_s=2.0)
     assert [row.t for row in rows] == [2.0]
     assert rows[0].new_a == {"a": 1} and rows[0].shares == "a->b 25%"
     assert rows[0].long_live == {"a": 1}
-    text = rep.format_timeline(r)
+    text = report.format_timeline(r)
     assert "a->b 25%" in text and "load a" in text
     path = tmp_path / "r.json"
     r.save(path)
-    again = rep.Result.from_json(path.read_text())
+    again = record.Result.from_json(path.read_text())
     assert again == r
-    assert rep.totals(r)["short"]["by_outcome"] == {"ok": 2, "reset": 1}
+    assert report.totals(r)["short"]["by_outcome"] == {"ok": 2, "reset": 1}
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     r = base()
     r.samples = [sample(float(t), shares={"a": {"b": 0.2}}) for t in range(10)]
     r.traffic = [short("a", t * 0.1, "b" if t % 5 == 0 else "a") for t in range(100)]
     path = tmp_path / "timeline.png"
-    rep.plot(r, path)
+    report.plot(r, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -259,4 +257,4 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     ("rate", "cost", "duty"), [(0.0, 1.0, 0.0), (100.0, 1.0, 0.1), (5000.0, 1.0, 1.0)]
 )
 def test_burner_duty_follows_the_packet_rate(rate: float, cost: float, duty: float) -> None:
-    assert lab_work.duty_for(rate, cost) == pytest.approx(duty)
+    assert work.duty_for(rate, cost) == pytest.approx(duty)

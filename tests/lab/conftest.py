@@ -1,21 +1,15 @@
-"""Lab test fixtures: deploy/lab's modules on the path, root gating, one XDP lab per module."""
+"""Lab test fixtures: root gating, and one XDP lab per module."""
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-LAB_DIR = Path(__file__).resolve().parents[2] / "deploy" / "lab"
-sys.path.insert(0, str(LAB_DIR))  # deploy/lab is a directory of scripts, not a package
-
-from lab import DEFAULT_NETWORK, DataPlane, Lab  # noqa: E402
-from lab_topology import build  # noqa: E402
-
-from popshift.network import load_network  # noqa: E402
+from lab.namespaces import DEFAULT_NETWORK, DataPlane, Lab
+from lab.topology import build
+from popshift.network import load_network
 
 TABLE_BITS = 8  # 256 buckets: the same programs, a table that loads in milliseconds
 

@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from services.labapp import burner, wire
-from services.labapp.loadgen import Plan, run, whoami
-from services.labapp.results import (
+from lab.app import burner, wire
+from lab.app.loadgen import Plan, run, whoami
+from lab.app.results import (
     ConnectTimeout,
     Kind,
     Outcome,
@@ -26,7 +26,7 @@ from services.labapp.results import (
     percentile,
     summarize,
 )
-from services.labapp.server import Identity, start
+from lab.app.server import Identity, start
 
 T = TypeVar("T")
 

@@ -11,9 +11,10 @@ import subprocess
 import time
 
 import pytest
-from lab import DataPlane, Lab, lab_namespaces, python
 
-from services.labapp.results import Record, summarize
+from lab import dataplane
+from lab.app.results import Record, summarize
+from lab.namespaces import DataPlane, Lab, lab_namespaces, python
 from tests.lab.conftest import make_lab, require_root
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -21,7 +22,7 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 def whoami(lab: Lab, client: str, tier: str | None = None) -> dict[str, object]:
     vip = str(lab.topo.vip(tier))
-    proc = lab.run(client, python("services.labapp.loadgen", "whoami", "--target", vip))
+    proc = lab.run(client, python("lab.app.loadgen", "whoami", "--target", vip))
     answer: dict[str, object] = json.loads(proc.stdout)
     assert proc.returncode == 0, answer
     return answer
@@ -31,7 +32,7 @@ def loadgen(lab: Lab, client: str, *args: str) -> tuple[dict[str, object], list[
     """Run the load generator in `client`; its printed summary and its JSON-lines records."""
     out = lab.state_dir / f"{client}.loadgen.jsonl"
     vip = str(lab.topo.vip())
-    cmd = python("services.labapp.loadgen", "run", "--target", vip, "--out", str(out), *args)
+    cmd = python("lab.app.loadgen", "run", "--target", vip, "--out", str(out), *args)
     proc = lab.run(client, cmd, check=True)
     records = [Record.from_json(line) for line in out.read_text().splitlines()]
     return json.loads(proc.stdout), records
@@ -77,14 +78,12 @@ def test_every_tier_vip_is_served(xdp_lab: Lab) -> None:
 
 def test_responses_go_straight_from_server_to_client(xdp_lab: Lab) -> None:
     """DSR: a 4 MB download crosses the edge only as requests and ACKs, never as data."""
-    import lab_dataplane
-
     from services.forwarder.layout import Verdict
 
     pop = xdp_lab.topo.pop("a")
     size = 4_000_000
     before = xdp_lab.link_stats(pop.edge, "eth0")
-    encapsulated = lab_dataplane.counters(xdp_lab.topo, pop.edge)[Verdict.FWD_INTRA].packets
+    encapsulated = dataplane.counters(xdp_lab.topo, pop.edge)[Verdict.FWD_INTRA].packets
     url = f"http://{xdp_lab.topo.vip()}/blob?bytes={size}"
     fetch = f"import urllib.request; print(len(urllib.request.urlopen({url!r}).read()))"
     got = xdp_lab.run(pop.client, ["python3", "-c", fetch], check=True)
@@ -93,7 +92,7 @@ def test_responses_go_straight_from_server_to_client(xdp_lab: Lab) -> None:
     edge_rx = after["rx_bytes"] - before["rx_bytes"]
     assert edge_rx < size // 20, f"the edge saw {edge_rx} bytes of a {size}-byte download"
     # ...and the client->server direction did cross it, encapsulated by XDP.
-    now = lab_dataplane.counters(xdp_lab.topo, pop.edge)[Verdict.FWD_INTRA].packets
+    now = dataplane.counters(xdp_lab.topo, pop.edge)[Verdict.FWD_INTRA].packets
     assert now - encapsulated > 100
 
 
@@ -147,22 +146,20 @@ def test_forwarding_moves_new_connections_and_keeps_established_ones(xdp_lab: La
     """PoP a hands all new connections of a tier to PoP b (GUE over the a-b wire); the long
     connections that already live in a keep their server with zero errors (second chance).
     """
-    import lab_dataplane
-
     topo = xdp_lab.topo
     tier = topo.vips[0].tier
     out = xdp_lab.state_dir / "moving.jsonl"
-    cmd = python("services.labapp.loadgen", "run", "--target", str(topo.vip()), "--rate", "0",
+    cmd = python("lab.app.loadgen", "run", "--target", str(topo.vip()), "--rate", "0",
                  "--long", "3", "--duration", "4", "--no-reconnect", "--out", str(out))  # fmt: skip
     longs = xdp_lab.spawn("client-a", cmd, stdout=subprocess.PIPE)
     try:
         time.sleep(1.0)
-        assert lab_dataplane.redirect(topo, "a", tier, "b") == 2**topo.table_bits
+        assert dataplane.redirect(topo, "a", tier, "b") == 2**topo.table_bits
         moved = [whoami(xdp_lab, "client-a") for _ in range(5)]
         assert {m["pop"] for m in moved} == {"b"}
         stdout, _ = longs.communicate(timeout=30)
     finally:
-        lab_dataplane.redirect(topo, "a", tier, None)
+        dataplane.redirect(topo, "a", tier, None)
     summary = json.loads(stdout)
     records = [Record.from_json(line) for line in out.read_text().splitlines()]
     assert summary["failed"] == 0, records
@@ -171,7 +168,7 @@ def test_forwarding_moves_new_connections_and_keeps_established_ones(xdp_lab: La
 
 
 def test_burner_runs_inside_a_server(xdp_lab: Lab) -> None:
-    burn = python("services.labapp.burner", "--procs", "2", "--seconds", "0.3")
+    burn = python("lab.app.burner", "--procs", "2", "--seconds", "0.3")
     out = xdp_lab.run("a-s1", burn, check=True).stdout
     assert out.startswith("burner: 2 procs")
 
@@ -180,7 +177,7 @@ def test_loadgen_records_a_pop_that_stops_serving(xdp_lab: Lab) -> None:
     """Servers gone: long connections end (eof/reset), new connections are refused."""
     pop = xdp_lab.topo.pop("c")
     out = xdp_lab.state_dir / "failing.jsonl"
-    cmd = python("services.labapp.loadgen", "run", "--target", str(xdp_lab.topo.vip()),
+    cmd = python("lab.app.loadgen", "run", "--target", str(xdp_lab.topo.vip()),
                  "--rate", "20", "--long", "2", "--duration", "3", "--no-reconnect",
                  "--timeout", "1", "--out", str(out))  # fmt: skip
     run = xdp_lab.spawn(pop.client, cmd, stdout=subprocess.PIPE)

@@ -1,13 +1,13 @@
-"""The lab's address plan, checked without root: what lab.py builds is exactly this data."""
+"""The lab's address plan, checked without root: what lab.namespaces builds is exactly this data."""
 
 from __future__ import annotations
 
 import ipaddress
 
 import pytest
-from lab import DEFAULT_NETWORK
-from lab_topology import LAN_MTU, Role, XdpRole, build
 
+from lab.namespaces import DEFAULT_NETWORK
+from lab.topology import LAN_MTU, Role, XdpRole, build
 from popshift.network import NetworkConfig, load_network
 
 

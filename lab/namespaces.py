@@ -1,22 +1,16 @@
 """The live lab: anycast PoPs, clients and an internet as network namespaces joined by veths.
 
-`lab_topology.py` says what exists (as data); this module makes it so, one function per
-step, with `ip`, `tc`, `ethtool` and `sysctl`, and tears it down again. Every namespace name
-starts with the lab prefix (`ps-`); `up` first removes whatever a crashed run left (processes
-in those namespaces, the namespaces, the lab's BPF pins), so `up` and `down` are idempotent.
+lab.topology says what exists (as data); this module makes it so, one function per step, with
+`ip`, `tc`, `ethtool` and `sysctl`, and tears it down again. Every namespace name starts with
+the lab prefix (`ps-`); `up` first removes whatever a crashed run left (processes in those
+namespaces, the namespaces, the lab's BPF pins), so `up` and `down` are idempotent.
 
-    python deploy/lab/lab.py up [--dataplane routing|xdp]    # build (rebuild) the lab
-    python deploy/lab/lab.py status [--json]
-    python deploy/lab/lab.py exec client-a -- python -m services.labapp.loadgen whoami \\
-        --target 10.200.1.1
-    python deploy/lab/lab.py down
-
-Tests use the same steps through `Lab` (`up`, `down`, `run`, `spawn`).
+`python -m lab up|status|exec|down` (lab/__main__.py), the tests and the scenario's harness
+all drive it through `Lab` (`up`, `down`, `run`, `spawn`).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
@@ -32,13 +26,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from lab_topology import DEFAULT_PREFIX, HTTP_PORT, Role, Topology, XdpRole, build
-
+from lab.topology import HTTP_PORT, Role, Topology, XdpRole, build
 from popshift.network import NetworkConfig, load_network
-from popshift.settings import Settings
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
+REPO = HERE.parent
 
 DEFAULT_NETWORK = REPO / "deploy" / "config" / "network.yaml"
 DEFAULT_STATE = Path(os.environ.get("POPSHIFT_LAB_STATE", "/run/popshift-lab"))
@@ -149,7 +141,8 @@ def create_links(topo: Topology) -> None:
 
 
 def disable_offloads(topo: Topology) -> None:
-    """XDP sees packets whose checksums are not final when veth offloads are on (SPEC 8)."""
+    """XDP sees packets whose checksums are not final when veth offloads are on
+    (docs/packet-path.md, kernel notes)."""
     for end in topo.ends():
         sh("ip", "netns", "exec", topo.netns(end.host), "ethtool", "-K", end.ifname,
            "tx", "off", "rx", "off", "gso", "off", "tso", "off", "gro", "off")  # fmt: skip
@@ -301,8 +294,7 @@ class Lab:
             for port in (w.a, w.b):
                 sh("ip", "-n", self.topo.netns(w.host), "link", "set", "dev", port, "promisc", "on")
             args = ("--a", w.a, "--b", w.b, "--delay-ms", str(w.delay_ms))
-            relay = [sys.executable, str(HERE / "lab_delay.py"), *args]
-            self.spawn(w.host, relay, log_name="delay")
+            self.spawn(w.host, python("lab.delay", *args), log_name="delay")
 
     def start_services(self) -> None:
         for h in self.topo.by_role(Role.SERVER):
@@ -312,7 +304,7 @@ class Lab:
         """The lab HTTP server on a compute server, listening on all addresses (the VIPs)."""
         pop, server = self.topo.server_identity(host)
         args = ("--pop", pop, "--server", server, "--port", str(HTTP_PORT))
-        return self.spawn(host, python("services.labapp.server", *args), log_name="http")
+        return self.spawn(host, python("lab.app.server", *args), log_name="http")
 
     def stop_service(self, host: str) -> None:
         """Stop every process in a server's namespace (its HTTP server): a server failing."""
@@ -325,9 +317,9 @@ class Lab:
         Routing mode leaves the edge's plain route (VIPs -> first server) in charge.
         """
         if self.dataplane is DataPlane.XDP:
-            import lab_dataplane
+            from lab import dataplane
 
-            lab_dataplane.attach(self.topo, self.network)
+            dataplane.attach(self.topo, self.network)
 
     def wait_ready(self, timeout_s: float = 20.0) -> None:
         """Every server answers on the VIP from inside its namespace, then every client region
@@ -339,7 +331,7 @@ class Lab:
 
     def _probe(self, hosts: list[str], deadline: float) -> None:
         vip = str(self.topo.vip())
-        whoami = python("services.labapp.loadgen", "whoami", "--target", vip, "--timeout", "1")
+        whoami = python("lab.app.loadgen", "whoami", "--target", vip, "--timeout", "1")
         pending = hosts
         while pending:
             probes = {
@@ -386,7 +378,7 @@ class Lab:
             log = open(self.state_dir / f"{host}.{log_name}.log", "ab")  # noqa: SIM115
             popen = {"stdout": log, "stderr": subprocess.STDOUT, **popen}
         popen.setdefault("stdin", subprocess.DEVNULL)
-        popen.setdefault("start_new_session", True)  # survives `lab.py up` exiting
+        popen.setdefault("start_new_session", True)  # survives `python -m lab up` exiting
         try:
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.topo.netns(host), *cmd], cwd=REPO, **popen
@@ -473,80 +465,3 @@ def load_state(state_dir: Path, prefix: str) -> dict[str, Any]:
         return dict(json.loads(state_file(state_dir, prefix).read_text()))
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
-
-
-# -- command line ----------------------------------------------------------------------------
-
-
-def _print_status(status: dict[str, Any]) -> None:
-    print(f"lab {status['prefix']}*  state={status['state'] or 'down'}")
-    print(f"VIPs {status['vips']}  catchments {status['catchments']}  wires {status['wires_ms']}")
-    for name, h in status["hosts"].items():
-        extra = ""
-        if h["up"]:
-            extra = f"pids={h['pids']}" + "".join(
-                f" xdp[{i}]={pid or '-'}" for i, pid in h["xdp"].items()
-            )
-        print(f"  {name:12} {h['role']:8} {'up' if h['up'] else 'DOWN':5} {extra}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="popshift network-namespace lab")
-    parser.add_argument("--network", type=Path, default=DEFAULT_NETWORK)
-    parser.add_argument("--servers", type=int, default=2, help="compute servers per PoP")
-    parser.add_argument("--latency-scale", type=float, default=1.0)
-    parser.add_argument("--prefix", default=DEFAULT_PREFIX)
-    parser.add_argument("--table-bits", type=int, default=Settings().table_bits,
-                        help="log2 buckets per table (POPSHIFT_TABLE_BITS)")  # fmt: skip
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    up = sub.add_parser("up", help="(re)build the lab")
-    up.add_argument("--dataplane", type=DataPlane, default=DataPlane.XDP,
-                    choices=list(DataPlane))  # fmt: skip
-    sub.add_parser("down", help="tear everything down (also after a crash)")
-    st = sub.add_parser("status")
-    st.add_argument("--json", action="store_true")
-    rd = sub.add_parser("redirect", help="send a share of a PoP's new connections elsewhere")
-    rd.add_argument("pop")
-    rd.add_argument("--to", help="the PoP taking them; omit to make every bucket local again")
-    rd.add_argument("--share", type=float, default=1.0)
-    rd.add_argument("--tier", help="tier name (default: the first tier)")
-    ex = sub.add_parser("exec", help="run a command in a lab host: exec HOST -- CMD...")
-    ex.add_argument("host")
-    ex.add_argument("command", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-
-    if args.cmd != "up":  # act on the lab as it was built
-        saved = load_state(DEFAULT_STATE, args.prefix)
-        args.network = Path(saved.get("network", args.network))
-        args.servers = saved.get("servers", args.servers)
-        args.latency_scale = saved.get("latency_scale", args.latency_scale)
-        args.table_bits = saved.get("table_bits", args.table_bits)
-    net = load_network(args.network)
-    topo = build(net, args.servers, args.latency_scale, prefix=args.prefix,
-                 table_bits=args.table_bits)  # fmt: skip
-    lab = Lab(topo, net, getattr(args, "dataplane", DataPlane.XDP), network_file=args.network)
-    if args.cmd == "up":
-        lab.up()
-        _print_status(lab.status())
-    elif args.cmd == "down":
-        lab.down()
-    elif args.cmd == "redirect":
-        import lab_dataplane
-
-        tier = next(v.tier for v in topo.vips if args.tier in (None, v.tier_name))
-        away = lab_dataplane.redirect(topo, args.pop, tier, args.to, args.share)
-        print(f"{args.pop} tier {tier}: {away} of {2**topo.table_bits} buckets away to {args.to}")
-    elif args.cmd == "status":
-        status = lab.status()
-        print(json.dumps(status, indent=2)) if args.json else _print_status(status)
-    else:
-        command = args.command[1:] if args.command[:1] == ["--"] else args.command
-        if not command:
-            parser.error("exec needs a command after --")
-        os.chdir(REPO)
-        os.execvp("ip", ["ip", "netns", "exec", topo.netns(args.host), *command])
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

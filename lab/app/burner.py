@@ -1,6 +1,6 @@
 """CPU burner: N processes spinning for T seconds, to overload a lab server on purpose.
 
-Run inside a server namespace (`lab.py exec a-s1 -- python -m services.labapp.burner -n 2 -t 30`)
+Run inside a server namespace (`python -m lab exec a-s1 -- python -m lab.app.burner -n 2 -t 30`)
 so the load shows up where the feedback agent of that server looks. `--duty` below 1 spins only
 that share of every 100 ms slice, for a load level between idle and one full core per process.
 """

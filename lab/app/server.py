@@ -26,7 +26,7 @@ import signal
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-from services.labapp import wire
+from lab.app import wire
 
 
 @dataclass

@@ -1,11 +1,12 @@
 """The lab's XDP hook: attach the forwarder's programs where the topology says, and configure them.
 
-Only this module touches services/forwarder, and only when the lab runs with `--dataplane xdp`,
-so the plain-routing lab works on a machine without clang or libbpf. Order matters: the NAPI
-`pass` programs on the routers' LAN ports first (XDP_TX from a veth needs NAPI on its peer,
-SPEC section 8), then the servers (decapsulation ready), then the edges (they start to
-encapsulate). The edges get a bootstrap table that keeps every bucket local (primary = the
-PoP's servers round robin, no secondary) until the table writer and forwarder sync own it.
+The namespace lab imports this module only when it runs with `--dataplane xdp`, so the
+plain-routing lab works on a machine without clang or libbpf. Order matters: the NAPI `pass`
+programs on the routers' LAN ports first (XDP_TX from a veth needs NAPI on its peer:
+docs/packet-path.md, kernel notes), then the servers (decapsulation ready), then the edges
+(they start to encapsulate). The edges get a bootstrap table that keeps every bucket local
+(primary = the PoP's servers round robin, no secondary) until the table writer and forwarder
+sync own it.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import functools
 import ipaddress
 import socket
 
-from lab_topology import Topology, XdpHook, XdpRole
-
+from lab.topology import Topology, XdpHook, XdpRole
 from popshift.network import NetworkConfig
+from schemas.bucket import Bucket
 from services.forwarder import build, libbpf
 from services.forwarder.layout import BUCKET_BITS, IpNetwork, PeerKind, Verdict
 from services.forwarder.loader import Count, Forwarder, Role, in_netns
-from services.forwarder.model import BucketEntry, NodeConfig
+from services.forwarder.types import NodeConfig
 
 PASS_PROGRAM = "popshift_xdp_pass"
 _ROLE = {XdpRole.EDGE: Role.EDGE, XdpRole.SERVER: Role.SERVER}
@@ -37,9 +38,9 @@ def peers(topo: Topology, pop: str) -> dict[IpNetwork, tuple[PeerKind, int]]:
     return {p.lan: (PeerKind.LOCAL if p.name == pop else PeerKind.REMOTE, p.id) for p in topo.pops}
 
 
-def local_table(servers: tuple[ipaddress.IPv4Address, ...], buckets: int) -> dict[int, BucketEntry]:
+def local_table(servers: tuple[ipaddress.IPv4Address, ...], buckets: int) -> dict[int, Bucket]:
     """Every bucket processed in this PoP: servers round robin, no secondary."""
-    return {b: BucketEntry(primary=servers[b % len(servers)]) for b in range(buckets)}
+    return {b: Bucket(primary=str(servers[b % len(servers)])) for b in range(buckets)}
 
 
 def redirect(topo: Topology, pop: str, tier: int, to: str | None, share: float = 1.0) -> int:
@@ -59,9 +60,9 @@ def redirect(topo: Topology, pop: str, tier: int, to: str | None, share: float =
         if to is not None:
             dst = topo.pop(to)
             for b, entry in table.items():
-                table[b] = BucketEntry(
+                table[b] = Bucket(
                     primary=entry.primary,
-                    secondary=dst.ingress,
+                    secondary=str(dst.ingress),
                     inter_pop=True,
                     away=b < away,
                     secondary_pop=dst.id,

@@ -6,7 +6,7 @@ sch_netem. This relay runs in a `wire-p-q` namespace between two veth ends: ever
 arrives on one leaves the other `delay_ms` later, in order, both directions. It is transparent
 at layer 2 (ARP crosses it too), so the routers on either side see a plain link.
 
-    python deploy/lab/lab_delay.py --a a --b b --delay-ms 10
+    python -m lab.delay --a a --b b --delay-ms 10
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The live lab's topology as data: hosts, links, addresses, routes, catchments and XDP hooks.
 
 Pure: `build()` turns the network description (deploy/config/network.yaml) into a `Topology`
-value and `lab.py` only executes it, so the address plan is unit-tested without root and a
+value and lab.namespaces only executes it, so the address plan is unit-tested without root and a
 change of PoPs or servers needs no change to the code that builds namespaces.
 
 Per PoP `p` with id `i` (ingress `10.100.i.1` from network.yaml; lan = its /24):
@@ -12,7 +12,7 @@ Per PoP `p` with id `i` (ingress `10.100.i.1` from network.yaml; lan = its /24):
     p-rtr to-q 10.253.n.1 --- rtr-p [wire-p-q] rtr-q --- to-p 10.253.n.2 q-rtr   (n: pair number)
 
 A `wire-p-q` host holds the inter-PoP latency of network.yaml (one way, each direction):
-netem where the kernel has sch_netem, else a userspace relay (lab_delay.py).
+netem where the kernel has sch_netem, else a userspace relay (lab.delay).
 
 Anycast: `inet` routes every VIP by the client's region (policy routing on the ingress
 interface, one table per region) to that region's PoP router; the PoP router routes VIPs to its
@@ -158,7 +158,7 @@ class Vip:
 class XdpRole(StrEnum):
     EDGE = "edge"  # popshift_edge (xdp_edge): the PoP's forwarding unit, on the edge's ingress
     SERVER = "server"  # popshift_server (xdp_server): decap + second chance, on a server's link
-    PASS = "pass"  # popshift_xdp_pass: gives a veth peer NAPI for XDP_TX into it (SPEC 8)
+    PASS = "pass"  # popshift_xdp_pass: NAPI for XDP_TX into a veth peer (docs/packet-path.md)
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,7 @@ class Topology:
         return self.prefix + host
 
     def pin_root(self) -> Path:
-        """Where this lab's XDP programs and maps are pinned (removed by `lab.py down`)."""
+        """Where this lab's XDP programs and maps are pinned (removed by `Lab.down`)."""
         return PIN_BASE / f"lab-{self.prefix.strip('-') or 'lab'}"
 
     def host(self, name: str) -> Host:

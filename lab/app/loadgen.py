@@ -6,8 +6,8 @@ long connections exchange one line every `interval` and must never break, which 
 popshift makes. Every request and every long connection becomes one JSON line (written as it
 ends, so a killed run keeps what it saw); the summary (results.summarize) goes to stdout.
 
-    python -m services.labapp.loadgen run --target 10.200.1.1 --rate 50 --long 4 --duration 10
-    python -m services.labapp.loadgen whoami --target 10.200.1.1
+    python -m lab.app.loadgen run --target 10.200.1.1 --rate 50 --long 4 --duration 10
+    python -m lab.app.loadgen whoami --target 10.200.1.1
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from services.labapp import wire
-from services.labapp.results import (
+from lab.app import wire
+from lab.app.results import (
     ConnectTimeout,
     Kind,
     Outcome,

@@ -12,7 +12,7 @@ program delivers locally (its own verdict counters), as if each request cost tha
 A's connections to B really moves CPU from A's cgroups to B's, which is what popshift promises.
 "Load starts" = the cost per packet rises (a heavier request mix); "load stops" = it drops.
 
-    python deploy/lab/lab_work.py spin --duty-file /run/popshift-lab/a-s1.duty   # in a-s1
+    python -m lab.work spin --duty-file /run/popshift-lab/a-s1.duty   # in a-s1
 """
 
 from __future__ import annotations

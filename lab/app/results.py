@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import NotRequired, TypedDict
 
-from services.labapp.wire import HttpStatusError, ProtocolError
+from lab.app.wire import HttpStatusError, ProtocolError
 
 
 class Outcome(StrEnum):

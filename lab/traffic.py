@@ -1,14 +1,14 @@
 """One client region's traffic for a scenario: short requests and long-lived connections until
 SIGTERM, every record on a clock shared with the scenario.
 
-`services.labapp.loadgen run` has a fixed duration; a scenario does not know in advance when
+`lab.app.loadgen run` has a fixed duration; a scenario does not know in advance when
 the policy engine will cancel, and the long connections must end cleanly (not be killed) for
 "zero failed long-lived connections" to mean anything. So this runs the load generator's own
 `short_request` and `long_connection` until told to stop, then closes every long connection
 properly. `start` in the records is seconds since `--epoch` (a wall-clock time), so records of
 all regions and the scenario's timeline line up.
 
-    python deploy/lab/lab_traffic.py --target 10.200.0.1 --rate 50 --long 6 --epoch T --out F
+    python -m lab.traffic --target 10.200.0.1 --rate 50 --long 6 --epoch T --out F
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from services.labapp.loadgen import Plan, Recorder, long_connection, short_request
+from lab.app.loadgen import Plan, Recorder, long_connection, short_request
 
 
 async def run(plan: Plan, rec: Recorder) -> None:
