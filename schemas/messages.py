@@ -112,6 +112,9 @@ class ServerHeartbeat(Message):
     capacity_cores: Cores = Field(gt=0.0)
     cpu_busy_cores: Cores
     qos: ServiceQos | None = None
+    interval_s: float | None = Field(None, gt=0.0, le=3600.0, allow_inf_nan=False)
+    """The agent's heartbeat interval, so the ingest's liveness needs no setting to match it;
+    None (older agents): the ingest's POPSHIFT_HEARTBEAT_INTERVAL_S."""
 
     @model_validator(mode="after")
     def _busy_within_capacity(self) -> ServerHeartbeat:
