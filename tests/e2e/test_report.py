@@ -1,13 +1,22 @@
-"""The scenario's pure parts without root: checks, windows, times and timeline on hand-made runs."""
+"""The scenario's checks, windows, times and timeline on hand-made runs (pure, no root), and
+the bucket prediction they rest on against the real edge program (root)."""
 
 from __future__ import annotations
 
+import ipaddress
+import uuid
 from pathlib import Path
 
 import pytest
 
 from lab import checks, record, report, work
 from lab.app.results import Kind, Outcome, Record
+from schemas.bucket import Bucket, Flag
+from services.forwarder import packets
+from services.forwarder.layout import GueHeader, XdpAction
+from services.forwarder.loader import Forwarder, Role
+from services.forwarder.types import TableState
+from tests.lab.conftest import require_root
 
 
 def short(region: str, start: float, pop: str, outcome: Outcome = Outcome.OK) -> record.Traffic:
@@ -99,19 +108,48 @@ def _addresses(r: record.Result) -> None:
     r.addresses = {"vip": "10.200.0.1", "client-a": "10.10.1.2", "client-b": "10.10.2.2"}
 
 
-def test_bucket_is_the_forwarders_hash_of_the_five_tuple() -> None:
-    import ipaddress
-    import struct
-
-    from services.forwarder.model import flow_hash
-
+@pytest.mark.root
+def test_the_edge_program_sends_each_connection_where_the_lab_predicts() -> None:
+    """The placement check trusts `bucket_of` and `expected_pop`; here the real edge program
+    (BPF_PROG_TEST_RUN, the lab's table size) forwards SYNs of the same 5-tuples. Its table
+    names each bucket in the bucket's primary (10.99.0.<bucket>), the GUE destination, and
+    sends some buckets away to PoP b (AWAY and b as the secondary in the GUE header, which the
+    server follows for a new connection): both are what the lab predicted."""
+    require_root()
     r = base()
     _addresses(r)
-    key = (bytes(10) + b"\xff\xff" + ipaddress.IPv4Address("10.10.1.2").packed
-           + bytes(10) + b"\xff\xff" + ipaddress.IPv4Address("10.200.0.1").packed
-           + struct.pack("!HHB3x", 40000, 80, 6))  # fmt: skip
-    assert checks.bucket_of(r, "a", 40000) == flow_hash(key) & 255
-    assert len({checks.bucket_of(r, "a", port) for port in range(1024, 4096)}) == 256
+    bits, ports = r.table_bits, range(30000, 30400)
+    away = sorted({checks.bucket_of(r, "a", port) for port in ports[:40]})
+    r.tables = [record.TableRecord(0.0, "a", {"b": away}, 0.0)]
+    r.samples = [sample(0.0), sample(10.0)]
+    b_ingress = "10.100.2.1"
+    st = TableState(bucket_bits=bits, vips={ipaddress.ip_network(r.addresses["vip"]): 0})
+    for i in range(1 << bits):
+        own = Bucket(primary=f"10.99.0.{i}")
+        sent = Bucket(own.primary, b_ingress, inter_pop=True, away=True, secondary_pop=2)
+        st.table[(0, i)] = sent if i in away else own
+    fwd = Forwarder.open(Role.EDGE, f"t_lab_{uuid.uuid4().hex[:8]}", defines={"BUCKET_BITS": bits})
+    try:
+        fwd.configure(packets.EDGE_CFG)
+        fwd.load_state(st)
+        seen: dict[str, int] = {}
+        for port in ports:
+            syn = packets.client(src=r.addresses["client-a"], dst=r.addresses["vip"],
+                                 sport=port, dport=80)  # fmt: skip
+            action, out = fwd.test_run(bytes(syn))
+            assert action is XdpAction.TX
+            primary = str(ipaddress.IPv4Address(out[30:34]))  # the outer IPv4 destination
+            gue = GueHeader.from_buffer_copy(out, 42)  # after Ethernet, outer IPv4 and UDP
+            to_b = bool(gue.priv_flags & Flag.AWAY) and gue.secondary_pop == 2
+            bucket = checks.bucket_of(r, "a", port)
+            pop = checks.expected_pop(r, "a", 5.0, 5.0, bucket, margin_s=1.0)
+            assert (primary, to_b) == (f"10.99.0.{bucket}", pop == "b"), port
+            seen[pop] = seen.get(pop, 0) + 1
+    finally:
+        fwd.unpin()
+        fwd.close()
+    assert seen.get("b", 0) >= 40 and seen.get("a", 0) > 200, seen
+    assert len({checks.bucket_of(r, "a", port) for port in range(1024, 4096)}) == 1 << bits
 
 
 def test_placement_check_predicts_each_connection_from_its_bucket() -> None:
