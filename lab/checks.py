@@ -226,13 +226,10 @@ def check_one_hop(result: Result) -> Check:
     refused = sum(
         counter_delta(result, n, v) for n in nodes for v in ("drop_gue_unknown_src", "drop_gue_bad")
     )
-    # second chances to another PoP: SECOND_CHANCE_INTER since the forwarder tells them from
-    # intra-PoP ones (count-once fix); before, every SECOND_CHANCE went to another PoP
-    split = any("second_chance_inter" in c for c in nodes.values())
-    out = ("fwd_inter", "second_chance_inter" if split else "second_chance")
+    # sent to another PoP: by an edge (FWD_INTER) or a server's second chance (SECOND_CHANCE_INTER;
+    # SECOND_CHANCE is within the PoP); received once, by the server that processes it
+    out = ("fwd_inter", "second_chance_inter")
     sent = sum(counter_delta(result, n, v) for n in nodes for v in out)
-    # received: by the server that processes it (since the forwarder counts a peer's packet once;
-    # before, by the receiving edge); summed over all nodes, right with either
     received = sum(counter_delta(result, n, "received_peer") for n in nodes)
     ok = not stray and exhausted == 0 and refused == 0 and sent > 0 and sent == received
     return Check(
