@@ -4,6 +4,11 @@ The adapter (service.py) or the simulator calls :func:`on_policy`, :func:`on_ser
 :func:`on_tick`; each returns the :class:`Write` s to perform, already checked against the
 invariants. After a write is durable, :func:`commit` makes it the state's current table, so a
 failed write is simply retried from the same state.
+
+Leases: a forwarder sync follows a table only for a lease after the ``written_at`` in its
+header (docs/forwarding-tables.md#leases), so :func:`on_tick` also renews every tier whose
+current version is older than ``renew_s``: the same records again as the next version. A writer
+that stops (or a control plane that stops feeding it) therefore lets its PoP fall back to local.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class Write:
     table: Table
     shares: dict[str, float]
     changed: list[int]
+    written_at: float
 
 
 @dataclass
@@ -46,6 +52,11 @@ class TierTable:
     table: Table
     version: int
     shares: dict[str, float]
+    written_at: float = 0.0  # 0: not known (adopted after a restart), so renewed at once
+
+
+DEFAULT_RENEW_S = 5.0
+"""A third of the forwarder sync's default lease (15 s): two renewals may be lost in a row."""
 
 
 @dataclass
@@ -61,15 +72,23 @@ class WriterState:
     shares: dict[int, dict[str, float]] = field(default_factory=dict)
     policy_version: int = 0
     tables: dict[int, TierTable] = field(default_factory=dict)
+    renew_s: float = DEFAULT_RENEW_S
 
 
-def new_state(network: NetworkConfig, pop: str, bits: int, drain_period_s: float) -> WriterState:
+def new_state(
+    network: NetworkConfig,
+    pop: str,
+    bits: int,
+    drain_period_s: float,
+    renew_s: float = DEFAULT_RENEW_S,
+) -> WriterState:
     me = network.pop(pop)
     return WriterState(
         pop=pop,
         self_id=me.id,
         bits=bits,
         drain_period_s=drain_period_s,
+        renew_s=renew_s,
         peers={p.name: Peer(p.name, p.id, str(p.ingress)) for p in network.pops if p.name != pop},
         forwardable={t.id: t.forwardable for t in network.tiers},
     )
@@ -147,7 +166,7 @@ def _writes(
             buckets=changed if current is not None else None,
         )
         version = (current.version if current else 0) + 1
-        writes.append(Write(tier, version, state.policy_version, table, dict(shares), changed))
+        writes.append(Write(tier, version, state.policy_version, table, dict(shares), changed, now))
     return writes
 
 
@@ -181,10 +200,25 @@ def on_servers(state: WriterState, load: PopLoad, now: float) -> list[Write]:
 
 
 def on_tick(state: WriterState, now: float) -> list[Write]:
-    """Time passes: drains that have run their period are cleared."""
-    return _writes(state, now, rebalance=False)
+    """Time passes: drains that have run their period are cleared, leases are renewed."""
+    writes = _writes(state, now, rebalance=False)
+    written = {w.tier for w in writes}
+    for tier, current in sorted(state.tables.items()):
+        if tier not in written and now - current.written_at >= state.renew_s:
+            writes.append(
+                Write(
+                    tier,
+                    current.version + 1,
+                    state.policy_version,
+                    current.table,
+                    dict(current.shares),
+                    [],
+                    now,
+                )
+            )
+    return writes
 
 
 def commit(state: WriterState, write: Write) -> None:
     """The write is durable: it is now the current table."""
-    state.tables[write.tier] = TierTable(write.table, write.version, write.shares)
+    state.tables[write.tier] = TierTable(write.table, write.version, write.shares, write.written_at)

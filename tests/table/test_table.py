@@ -248,7 +248,7 @@ def pop_load(*servers: tuple[str, float, bool]) -> PopLoad:
 
 
 def test_writer_applies_policies_and_refuses_what_it_must_not_apply() -> None:
-    state = new_state(NETWORK, "a", bits=8, drain_period_s=DRAIN)
+    state = new_state(NETWORK, "a", bits=8, drain_period_s=DRAIN, renew_s=float("inf"))
     assert on_policy(state, policy(1, (0, "b", 0.25)), 1.0) == []  # no servers yet
     writes = on_servers(state, pop_load(("192.0.2.1", 8.0, True), ("192.0.2.2", 8.0, False)), 2.0)
     assert [w.tier for w in writes] == [0, 1, 2] and all(w.version == 1 for w in writes)
@@ -284,3 +284,24 @@ def test_writer_applies_policies_and_refuses_what_it_must_not_apply() -> None:
     for w in second:
         commit(state, w)
     assert all(b.secondary is None for t in state.tables.values() for b in t.table)
+
+
+def test_writer_renews_every_table_before_its_lease_runs_out() -> None:
+    """The sync follows a table only for a lease after written_at: a live writer renews it."""
+    state = new_state(NETWORK, "a", bits=6, drain_period_s=DRAIN, renew_s=5.0)
+    for w in on_servers(state, pop_load(("192.0.2.1", 8.0, True)), 100.0):
+        commit(state, w)
+    for w in on_policy(state, policy(1, (0, "b", 0.25)), 101.0):
+        commit(state, w)
+    assert on_tick(state, 104.9) == []
+    renewals = on_tick(state, 105.0)  # tiers 1 and 2 were written at t=100, tier 0 at t=101
+    assert [(w.tier, w.version, w.changed, w.written_at) for w in renewals] == [
+        (1, 2, [], 105.0),
+        (2, 2, [], 105.0),
+    ]
+    assert all(w.table == state.tables[w.tier].table for w in renewals)  # the same records
+    for w in renewals:
+        commit(state, w)
+    assert [(w.tier, w.version) for w in on_tick(state, 106.0)] == [(0, 3)]
+    # Not committed (the write failed): the next tick offers the renewal again.
+    assert [(w.tier, w.version) for w in on_tick(state, 107.0)] == [(0, 3)]
