@@ -1,11 +1,15 @@
-"""Typed Kafka produce/consume of the schema models, on confluent-kafka.
+"""Typed produce/consume of the schema models: on Kafka (confluent-kafka), or in memory for tests.
 
 Guarantees every service relies on:
 - producers are idempotent with acks=all, so a broker restart neither loses nor duplicates;
 - every message carries a W3C ``traceparent``; the consumer's span is a child of the producer's;
-- a payload that fails validation (or that a handler rejects) goes to the topic's dead-letter
-  topic with the reason, the original bytes and the source offset;
+- a payload that is too large, fails validation, or that a handler rejects goes to the topic's
+  dead-letter topic with the reason, the original bytes and the source offset;
 - an offset is committed only after its message was handled or dead-lettered.
+
+Services take a :class:`Bus` and ask it for their producer, consumers and replays; ``main()``
+passes a :class:`KafkaBus`, unit tests a :class:`MemoryBus` (as httpx ships a MockTransport).
+Both run the same validation, dead-lettering and tracing code (:class:`_Intake`).
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer as KafkaConsumer
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
+from confluent_kafka import Producer as KafkaProducer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -26,10 +32,13 @@ from opentelemetry.context import Context
 from pydantic import BaseModel, ValidationError
 
 from popshift import tracing
+from popshift.replay import read_all
 from popshift.topics import DEAD_LETTER_RETENTION_MS, Topic, topic_configs
 from schemas.messages import DeadLetter
 
 _tracer = trace.get_tracer("popshift.bus")
+
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
 
 
 class RejectMessage(Exception):
@@ -88,59 +97,67 @@ def create_topics(
     return [nt.topic for nt in todo]
 
 
-class TypedProducer:
-    """Sends schema models as JSON, with trace context, idempotently."""
+# --- what every consumer does the same way ----------------------------------------------------
 
-    def __init__(self, bootstrap: str, extra_config: dict[str, Any] | None = None) -> None:
-        config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            "message.timeout.ms": 300_000,
-        }
-        config.update(extra_config or {})
-        self._producer = Producer(config)
-        self.delivered = 0
-        self.failed: list[str] = []
 
-    def _on_delivery(self, err: KafkaError | None, _msg: KafkaMessage) -> None:
-        if err is None:
-            self.delivered += 1
-        else:
-            self.failed.append(str(err))
+def _describe(exc: ValidationError) -> str:
+    """Name each failing field, so a reader of the dead-letter topic knows what to fix."""
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "message"
+        parts.append(f"{where}: {err['msg']}")
+    return "invalid: " + "; ".join(parts)
 
-    def send_raw(
-        self, topic: str, key: str | bytes | None, value: bytes, headers: tracing.Headers
-    ) -> None:
-        while True:
-            try:
-                self._producer.produce(
-                    topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery
-                )
-                break
-            except BufferError:
-                # Local queue full (e.g. the broker is away): wait for room, never drop.
-                self._producer.poll(0.1)
-        self._producer.poll(0)
 
-    def send(self, topic: Topic | str, key: str, message: BaseModel) -> None:
-        name = topic if isinstance(topic, str) else topic.name
-        with _tracer.start_as_current_span(
-            f"{name} send", kind=trace.SpanKind.PRODUCER, attributes={"messaging.destination": name}
-        ):
-            headers = tracing.inject([])
-            self.send_raw(name, key, message.model_dump_json().encode(), headers)
+def validate(topic: Topic, raw: bytes, max_message_bytes: int) -> Any:
+    """The topic's schema model of ``raw``; RejectMessage (the reason) if too large or invalid."""
+    if len(raw) > max_message_bytes:
+        raise RejectMessage(f"oversized: {len(raw)} bytes > limit {max_message_bytes}")
+    try:
+        return topic.adapter.validate_json(raw)
+    except ValidationError as exc:
+        raise RejectMessage(_describe(exc)) from exc
 
-    def poll(self, timeout: float = 0.0) -> int:
-        return int(self._producer.poll(timeout))
 
-    def flush(self, timeout: float = 30.0) -> None:
-        remaining = self._producer.flush(timeout)
-        if remaining:
-            raise DeliveryFailed(f"{remaining} messages not delivered within {timeout}s")
-        if self.failed:
-            raise DeliveryFailed(f"delivery failed: {self.failed[:3]}")
+@dataclass(frozen=True)
+class Letter:
+    """A dead letter ready to send: the topic, the source key, the payload and its headers."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: tracing.Headers
+
+    @property
+    def reason(self) -> str:
+        return DeadLetter.model_validate_json(self.value).reason
+
+
+def dead_letter(
+    topic: Topic,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    raw: bytes,
+    headers: tracing.Headers,
+    reason: str,
+) -> Letter:
+    """The record that tells a reader of ``topic``'s dead-letter topic what was refused and why."""
+    letter = DeadLetter(
+        source_topic=topic.name,
+        partition=partition,
+        offset=offset,
+        reason=reason[:4096],
+        key_b64=base64.b64encode(key).decode() if key else None,
+        payload_b64=base64.b64encode(raw).decode(),
+        at=time.time(),
+    )
+    return Letter(
+        topic.dead_letter,
+        key,
+        letter.model_dump_json().encode(),
+        [*headers, ("popshift-reason", reason[:1024].encode())],
+    )
 
 
 @dataclass(frozen=True)
@@ -166,129 +183,115 @@ class ConsumerStats:
 Handler = Callable[[Received], None]
 
 
-def _header_list(msg: KafkaMessage) -> tracing.Headers:
-    headers = msg.headers() or []
-    if isinstance(headers, dict):
-        return list(headers.items())
-    return [(str(h[0]), h[1]) for h in headers]
+class Producer(Protocol):
+    """What services send with: :class:`TypedProducer` or :class:`MemoryProducer`."""
+
+    delivered: int
+    failed: int
+
+    def send(self, topic: Topic | str, key: str, message: BaseModel) -> None: ...
+
+    def send_raw(
+        self, topic: str, key: str | bytes | None, value: bytes, headers: tracing.Headers
+    ) -> None: ...
+
+    def poll(self, timeout: float = 0.0) -> int: ...
+
+    def flush(self, timeout: float = 30.0) -> None: ...
+
+
+class Consumer(Protocol):
+    """What services receive with: :class:`TypedConsumer` or :class:`MemoryConsumer`."""
+
+    stats: ConsumerStats
+
+    def poll_batch(
+        self, handler: Handler, timeout: float = 1.0, max_messages: int = 500
+    ) -> int: ...
+
+    def commit(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Bus(Protocol):
+    """Where a service gets its producer, its consumers and its start-up replays from."""
+
+    def producer(self) -> Producer: ...
+
+    def consumer(
+        self,
+        group: str,
+        topics: Sequence[Topic],
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        dead_letter_producer: Producer | None = None,
+    ) -> Consumer: ...
+
+    def replay(self, topic: Topic, key: str | None = None) -> list[Any]:
+        """Every valid message of ``topic`` (only ``key``'s if given), oldest first."""
+        ...
+
+
+def _span_parent(headers: tracing.Headers | None) -> Context:
+    """The producer's trace context; a message without headers starts a trace."""
+    return tracing.extract(headers) if headers else _NO_PARENT
 
 
 _NO_PARENT = Context()
 
 
-def _parent_context(msg: KafkaMessage) -> Context:
-    """The producer's trace context from the headers; a message without headers starts a trace."""
-    if not msg.headers():
-        return _NO_PARENT
-    return tracing.extract(_header_list(msg))
-
-
-def _describe(exc: ValidationError) -> str:
-    """Name each failing field, so a reader of the dead-letter topic knows what to fix."""
-    parts = []
-    for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err["loc"]) or "message"
-        parts.append(f"{where}: {err['msg']}")
-    return "invalid: " + "; ".join(parts)
-
-
-class TypedConsumer:
-    """Validates every message against its topic's schema; dead-letters what it cannot accept."""
+class _Intake:
+    """Validate, handle inside a consumer span, dead-letter: shared by both consumers."""
 
     def __init__(
-        self,
-        bootstrap: str,
-        group: str,
-        topics: Sequence[Topic],
-        *,
-        max_message_bytes: int = 1_048_576,
-        dead_letter_producer: TypedProducer | None = None,
-        extra_config: dict[str, Any] | None = None,
+        self, topics: Sequence[Topic], max_message_bytes: int, dead_letter_producer: Producer
     ) -> None:
-        config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap,
-            "group.id": group,
-            "auto.offset.reset": "earliest",
-            # Offsets are stored by hand after handling; the background commit only commits those.
-            "enable.auto.offset.store": False,
-            "enable.auto.commit": True,
-            "auto.commit.interval.ms": 1000,
-        }
-        config.update(extra_config or {})
-        self._consumer = Consumer(config)
         self._topics = {t.name: t for t in topics}
-        self._consumer.subscribe(list(self._topics))
         self._max_bytes = max_message_bytes
-        self._dlq = dead_letter_producer or TypedProducer(bootstrap)
-        self._span_names: dict[str, str] = {}
+        self._dlq = dead_letter_producer
+        self._span_names = {t.name: f"{t.name} process" for t in topics}
         self.stats = ConsumerStats()
 
-    def _decode(self, msg: KafkaMessage) -> Any:
-        raw = msg.value() or b""
-        if len(raw) > self._max_bytes:
-            raise RejectMessage(f"oversized: {len(raw)} bytes > limit {self._max_bytes}")
-        topic = self._topics[str(msg.topic())]
-        try:
-            return topic.adapter.validate_json(raw)
-        except ValidationError as exc:
-            raise RejectMessage(_describe(exc)) from exc
-
-    def dead_letter(self, msg: KafkaMessage, reason: str) -> None:
-        topic = self._topics[str(msg.topic())]
-        key = msg.key()
-        letter = DeadLetter(
-            source_topic=str(msg.topic()),
-            partition=int(msg.partition() or 0),
-            offset=int(msg.offset() or 0),
-            reason=reason[:4096],
-            key_b64=base64.b64encode(key).decode() if key else None,
-            payload_b64=base64.b64encode(msg.value() or b"").decode(),
-            at=time.time(),
-        )
-        self._dlq.send_raw(
-            topic.dead_letter,
-            key,
-            letter.model_dump_json().encode(),
-            [*_header_list(msg), ("popshift-reason", reason[:1024].encode())],
-        )
+    def _dead_letter(self, letter: Letter, reason: str) -> None:
+        self._dlq.send_raw(letter.topic, letter.key, letter.value, letter.headers)
         # A dead letter must be durable before the source offset moves past it.
         self._dlq.flush()
         self.stats.dead_lettered += 1
         self.stats.reasons[reason.split(":", 1)[0]] += 1
 
-    def _process(self, msg: KafkaMessage, handler: Handler) -> None:
+    def _process(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        raw: bytes,
+        timestamp_ms: int,
+        headers: tracing.Headers | None,
+        handler: Handler,
+    ) -> None:
         """Decode and handle one message inside a consumer span that is the producer's child.
 
         The span is started and made current by hand rather than with
         ``start_as_current_span``: same span, parent and error recording, a third of the cost
         (it is paid once per feedback message, tens of thousands of times a second).
         """
-        topic = str(msg.topic())
-        parent = _parent_context(msg)
+        parent = _span_parent(headers)
         span = _tracer.start_span(
-            self._span_names.get(topic) or self._span_name(topic),
-            context=parent,
-            kind=trace.SpanKind.CONSUMER,
+            self._span_names[topic], context=parent, kind=trace.SpanKind.CONSUMER
         )
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         try:
-            raw = msg.value() or b""
+            source = self._topics[topic]
             try:
-                value = self._decode(msg)
-                handler(
-                    Received(
-                        topic=topic,
-                        partition=int(msg.partition() or 0),
-                        offset=int(msg.offset() or 0),
-                        key=msg.key(),
-                        value=value,
-                        raw=raw,
-                        timestamp_ms=msg.timestamp()[1],
-                    )
-                )
+                value = validate(source, raw, self._max_bytes)
+                handler(Received(topic, partition, offset, key, value, raw, timestamp_ms))
                 self.stats.handled += 1
             except RejectMessage as exc:
-                self.dead_letter(msg, str(exc))
+                reason = str(exc)
+                letter = dead_letter(source, partition, offset, key, raw, headers or [], reason)
+                self._dead_letter(letter, reason)
         except Exception as exc:
             if span.is_recording():
                 span.record_exception(exc)
@@ -300,9 +303,116 @@ class TypedConsumer:
             span.end()
             otel_context.detach(token)
 
-    def _span_name(self, topic: str) -> str:
-        name = self._span_names[topic] = f"{topic} process"
-        return name
+
+class _Sender:
+    """``send``: a schema model as JSON inside a producer span whose context goes along."""
+
+    def send_raw(
+        self, topic: str, key: str | bytes | None, value: bytes, headers: tracing.Headers
+    ) -> None:
+        raise NotImplementedError
+
+    def send(self, topic: Topic | str, key: str, message: BaseModel) -> None:
+        name = topic if isinstance(topic, str) else topic.name
+        with _tracer.start_as_current_span(
+            f"{name} send", kind=trace.SpanKind.PRODUCER, attributes={"messaging.destination": name}
+        ):
+            headers = tracing.inject([])
+            self.send_raw(name, key, message.model_dump_json().encode(), headers)
+
+
+# --- Kafka ----------------------------------------------------------------------------------
+
+
+class TypedProducer(_Sender):
+    """Sends schema models as JSON, with trace context, idempotently."""
+
+    def __init__(self, bootstrap: str, extra_config: dict[str, Any] | None = None) -> None:
+        config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "message.timeout.ms": 300_000,
+        }
+        config.update(extra_config or {})
+        self._producer = KafkaProducer(config)
+        self.delivered = 0
+        self.failed = 0
+        self._errors: list[str] = []  # since the last flush, which reports and clears them
+
+    def _on_delivery(self, err: KafkaError | None, _msg: KafkaMessage | None) -> None:
+        if err is None:
+            self.delivered += 1
+        else:
+            self.failed += 1
+            self._errors.append(str(err))
+
+    def send_raw(
+        self, topic: str, key: str | bytes | None, value: bytes, headers: tracing.Headers
+    ) -> None:
+        while True:
+            try:
+                self._producer.produce(
+                    topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery
+                )
+                break
+            except BufferError:
+                # Local queue full (e.g. the broker is away): wait for room, never drop.
+                self._producer.poll(0.1)
+        self._producer.poll(0)
+
+    def poll(self, timeout: float = 0.0) -> int:
+        return int(self._producer.poll(timeout))
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait for every message; raise if any failed since the last flush (each failure is
+        reported once, so one lost delivery does not fail every later flush)."""
+        remaining = self._producer.flush(timeout)
+        if remaining:
+            raise DeliveryFailed(f"{remaining} messages not delivered within {timeout}s")
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise DeliveryFailed(f"{len(errors)} deliveries failed: {errors[:3]}")
+
+
+def _header_list(msg: KafkaMessage) -> tracing.Headers | None:
+    headers = msg.headers()
+    if not headers:
+        return None
+    if isinstance(headers, dict):
+        return list(headers.items())
+    return [(str(h[0]), h[1]) for h in headers]
+
+
+class TypedConsumer(_Intake):
+    """Validates every message against its topic's schema; dead-letters what it cannot accept."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        group: str,
+        topics: Sequence[Topic],
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        dead_letter_producer: Producer | None = None,
+        extra_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            topics, max_message_bytes, dead_letter_producer or TypedProducer(bootstrap)
+        )
+        config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            # Offsets are stored by hand after handling; the background commit only commits those.
+            "enable.auto.offset.store": False,
+            "enable.auto.commit": True,
+            "auto.commit.interval.ms": 1000,
+        }
+        config.update(extra_config or {})
+        self._consumer = KafkaConsumer(config)
+        self._consumer.subscribe(list(self._topics))
 
     def poll_batch(self, handler: Handler, timeout: float = 1.0, max_messages: int = 500) -> int:
         """Handle up to ``max_messages``; returns how many Kafka records were seen.
@@ -322,8 +432,22 @@ class TypedConsumer:
                         continue
                     raise KafkaException(err)
                 seen += 1
-                self._process(msg, handler)
-                done[(str(msg.topic()), int(msg.partition() or 0))] = int(msg.offset() or 0)
+                topic, partition, offset = (
+                    str(msg.topic()),
+                    int(msg.partition() or 0),
+                    int(msg.offset() or 0),
+                )
+                self._process(
+                    topic,
+                    partition,
+                    offset,
+                    msg.key(),
+                    msg.value() or b"",
+                    msg.timestamp()[1],
+                    _header_list(msg),
+                    handler,
+                )
+                done[(topic, partition)] = offset
         finally:
             if done:
                 self._consumer.store_offsets(
@@ -342,3 +466,158 @@ class TypedConsumer:
     def close(self) -> None:
         self.commit()
         self._consumer.close()
+
+
+@dataclass(frozen=True)
+class KafkaBus:
+    """The real bus: every producer and consumer is a confluent-kafka client of ``bootstrap``."""
+
+    bootstrap: str
+    replay_timeout_s: float = 30.0
+
+    def producer(self) -> TypedProducer:
+        return TypedProducer(self.bootstrap)
+
+    def consumer(
+        self,
+        group: str,
+        topics: Sequence[Topic],
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        dead_letter_producer: Producer | None = None,
+    ) -> TypedConsumer:
+        return TypedConsumer(
+            self.bootstrap,
+            group,
+            topics,
+            max_message_bytes=max_message_bytes,
+            dead_letter_producer=dead_letter_producer,
+        )
+
+    def replay(self, topic: Topic, key: str | None = None) -> list[Any]:
+        return read_all(self.bootstrap, topic, key=key, timeout_s=self.replay_timeout_s)
+
+
+# --- in memory ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Record:
+    """One message as the in-memory bus keeps it (one partition per topic)."""
+
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: tracing.Headers
+    timestamp_ms: int
+
+
+class MemoryBus:
+    """Topics as lists in this process: the bus of unit tests.
+
+    Same interfaces and the same validation, dead letters and spans as Kafka; delivery is
+    immediate, every topic has one partition, and a consumer group's offset is committed as
+    each message is handled or dead-lettered (so a new consumer of the group resumes there).
+    """
+
+    def __init__(self) -> None:
+        self.logs: dict[str, list[Record]] = {}
+        self.offsets: dict[tuple[str, str], int] = {}  # (group, topic) -> next offset
+
+    def append(
+        self, topic: str, key: str | bytes | None, value: bytes, headers: tracing.Headers
+    ) -> None:
+        log = self.logs.setdefault(topic, [])
+        raw_key = key.encode() if isinstance(key, str) else key
+        log.append(Record(len(log), raw_key, value, list(headers), int(time.time() * 1000)))
+
+    def producer(self) -> MemoryProducer:
+        return MemoryProducer(self)
+
+    def consumer(
+        self,
+        group: str,
+        topics: Sequence[Topic],
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        dead_letter_producer: Producer | None = None,
+    ) -> MemoryConsumer:
+        return MemoryConsumer(
+            self, group, topics, max_message_bytes, dead_letter_producer or self.producer()
+        )
+
+    def replay(self, topic: Topic, key: str | None = None) -> list[Any]:
+        want = None if key is None else key.encode()
+        out = []
+        for record in self.logs.get(topic.name, []):
+            if want is not None and record.key != want:
+                continue
+            try:
+                out.append(topic.adapter.validate_json(record.value))
+            except ValidationError:
+                continue  # as on Kafka: the live consumer dead-lettered it
+        return out
+
+    def dead_letters(self, topic: Topic) -> list[DeadLetter]:
+        """What consumers of ``topic`` refused, oldest first."""
+        return [
+            DeadLetter.model_validate_json(r.value) for r in self.logs.get(topic.dead_letter, [])
+        ]
+
+
+class MemoryProducer(_Sender):
+    """Appends to the bus at once; every send is delivered."""
+
+    def __init__(self, bus: MemoryBus) -> None:
+        self._bus = bus
+        self.delivered = 0
+        self.failed = 0
+
+    def send_raw(
+        self, topic: str, key: str | bytes | None, value: bytes, headers: tracing.Headers
+    ) -> None:
+        self._bus.append(topic, key, value, headers)
+        self.delivered += 1
+
+    def poll(self, timeout: float = 0.0) -> int:
+        return 0
+
+    def flush(self, timeout: float = 30.0) -> None:
+        return None
+
+
+class MemoryConsumer(_Intake):
+    """Reads its group's topics from the group's committed offsets; never waits."""
+
+    def __init__(
+        self,
+        bus: MemoryBus,
+        group: str,
+        topics: Sequence[Topic],
+        max_message_bytes: int,
+        dead_letter_producer: Producer,
+    ) -> None:
+        super().__init__(topics, max_message_bytes, dead_letter_producer)
+        self._bus = bus
+        self.group = group
+
+    def poll_batch(self, handler: Handler, timeout: float = 1.0, max_messages: int = 500) -> int:
+        """Handle up to ``max_messages``; a handler that raises leaves its message unread."""
+        seen = 0
+        for topic in self._topics:
+            log = self._bus.logs.get(topic, [])
+            at = (self.group, topic)
+            while seen < max_messages and self._bus.offsets.get(at, 0) < len(log):
+                r = log[self._bus.offsets.get(at, 0)]
+                seen += 1
+                self._process(
+                    topic, 0, r.offset, r.key, r.value, r.timestamp_ms, r.headers, handler
+                )
+                self._bus.offsets[at] = r.offset + 1
+        return seen
+
+    def commit(self) -> None:
+        return None  # offsets are committed as messages are handled
+
+    def close(self) -> None:
+        return None

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pydantic_settings import CliApp
 
 from popshift import topics
-from popshift.bus import DeliveryFailed, TypedProducer
+from popshift.bus import DeliveryFailed, KafkaBus, Producer
 from popshift.process import install_stop_signals, setup_logging
 from schemas.messages import ServerHeartbeat
 from services.feedback_ingest.cpu import CgroupCpu, CpuSampler, ProcStatCpu
@@ -71,7 +71,7 @@ class Agent:
         self,
         settings: AgentSettings,
         cpu: CpuSampler,
-        producer: TypedProducer,
+        producer: Producer,
         probe: Probe | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -88,7 +88,7 @@ class Agent:
 
     @property
     def in_flight(self) -> int:
-        return self._sent - self.producer.delivered - len(self.producer.failed)
+        return self._sent - self.producer.delivered - self.producer.failed
 
     def beat(self) -> ServerHeartbeat:
         """Measure one interval, queue its heartbeat and hand Kafka what it may take now."""
@@ -105,6 +105,7 @@ class Agent:
             capacity_cores=self.capacity,
             cpu_busy_cores=busy,
             qos=self.probe.take() if self.probe else None,
+            interval_s=self.settings.interval_s,
         )
         self.buffer.push(heartbeat)
         self.pump()
@@ -124,7 +125,7 @@ class Agent:
             buffered=len(self.buffer),
             dropped=self.buffer.dropped,
             delivered=self.producer.delivered,
-            failed=len(self.producer.failed),
+            failed=self.producer.failed,
         )
 
     def run(self, stop: threading.Event, log_every_s: float = 60.0) -> None:
@@ -155,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.probe:
         check = make_check(settings.probe, settings.probe_timeout_s)
         probe = Probe(check, settings.probe_interval_s, settings.probe_timeout_s).start()
-    producer = TypedProducer(settings.kafka_bootstrap)
+    producer = KafkaBus(settings.kafka_bootstrap).producer()
     agent = Agent(settings, build_cpu(settings), producer, probe)
     stop = threading.Event()
     install_stop_signals(stop)

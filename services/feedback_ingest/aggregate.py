@@ -53,6 +53,7 @@ class _Server:
         "address",
         "capacity_cores",
         "down",
+        "down_after_s",
         "name",
         "published",
         "qos",
@@ -62,8 +63,9 @@ class _Server:
         "utilisation",
     )
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, down_after_s: float) -> None:
         self.name = name
+        self.down_after_s = down_after_s  # K of this server's own heartbeat intervals
         self.address = ""
         self.capacity_cores = 0.0
         self.utilisation = 0.0
@@ -78,7 +80,9 @@ class _Server:
     def healthy(self) -> bool:
         return self.reported_healthy and not self.down
 
-    def heartbeat(self, hb: ServerHeartbeat, now: float) -> None:
+    def heartbeat(self, hb: ServerHeartbeat, now: float, missed_heartbeats: int) -> None:
+        if hb.interval_s is not None:
+            self.down_after_s = hb.interval_s * missed_heartbeats
         self.address = hb.address
         self.capacity_cores = hb.capacity_cores
         # Normalised: the schema allows 5 % sampling slack over capacity; the PoP view does not.
@@ -130,8 +134,9 @@ class PopAggregator:
         forget_after_s: float = 300.0,
     ) -> None:
         self._pops: dict[str, _Pop] = {p: _Pop() for p in pops}
-        self.down_after_s = interval_s * missed_heartbeats
-        self.forget_after_s = max(forget_after_s, self.down_after_s)
+        self.missed_heartbeats = missed_heartbeats
+        self.down_after_s = interval_s * missed_heartbeats  # unless a heartbeat says its interval
+        self.forget_after_s = forget_after_s  # never before the server is down
         self.stats = AggregatorStats()
 
     def observe(self, feedback: ServerHeartbeat | PopFeedback, now: float) -> Outcome:
@@ -145,7 +150,8 @@ class PopAggregator:
             was_down = known is not None and known.down
             outcome = _order(pop.server_seq.get(name), feedback.seq, was_down)
             if outcome is Outcome.ACCEPTED:
-                self._record(pop, name, known).heartbeat(feedback, now)
+                record = self._record(pop, name, known)
+                record.heartbeat(feedback, now, self.missed_heartbeats)
                 pop.server_seq[name] = feedback.seq
                 if was_down:
                     outcome = Outcome.REVIVED
@@ -165,7 +171,7 @@ class PopAggregator:
         if known is None:
             if len(pop.servers) >= MAX_SERVERS_PER_POP:
                 raise TooManyServers(f"too many servers: over {MAX_SERVERS_PER_POP} in one PoP")
-            known = pop.servers[name] = _Server(name)
+            known = pop.servers[name] = _Server(name, self.down_after_s)
             pop.ordered = None
         elif known.down:
             self.stats.revived += 1
@@ -201,7 +207,7 @@ class PopAggregator:
         forgotten = False
         for s in ordered:
             silent = now - s.received
-            if silent > self.down_after_s:
+            if silent > s.down_after_s:
                 if silent > self.forget_after_s:
                     del pop.servers[s.name]
                     pop.server_seq.pop(s.name, None)

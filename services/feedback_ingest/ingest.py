@@ -1,4 +1,4 @@
-"""feedback_ingest: feedback.v1 in, pop-load.v1 out; a thin Kafka adapter around PopAggregator.
+"""feedback_ingest: feedback.v1 in, pop-load.v1 out; a thin bus adapter around PopAggregator.
 
 Validation is the bus's (schemas), so NaN, negative, over-capacity, wrong-version, oversized and
 non-JSON feedback is dead-lettered with the reason before it reaches the aggregator; the
@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 from popshift import topics
-from popshift.bus import Received, RejectMessage, TypedConsumer, TypedProducer, create_topics
+from popshift.bus import Bus, KafkaBus, Received, RejectMessage, create_topics
 from popshift.network import load_network
 from popshift.process import install_stop_signals, run_ticking, setup_logging, tune_gc
 from services.feedback_ingest.aggregate import PopAggregator, TooManyServers, UnknownPop
@@ -36,10 +36,9 @@ class Ingest:
         self,
         settings: IngestSettings,
         pops: Sequence[str],
+        bus: Bus,
         *,
         clock: Clock = time.time,
-        consumer: TypedConsumer | None = None,
-        producer: TypedProducer | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -51,9 +50,8 @@ class Ingest:
             missed_heartbeats=settings.missed_heartbeats,
             forget_after_s=settings.forget_after_s,
         )
-        self.producer = producer or TypedProducer(settings.kafka_bootstrap)
-        self.consumer = consumer or TypedConsumer(
-            settings.kafka_bootstrap,
+        self.producer = bus.producer()
+        self.consumer = bus.consumer(
             settings.ingest_group,
             [self.feedback],
             max_message_bytes=settings.max_message_bytes,
@@ -119,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         [settings.topic(topics.FEEDBACK), settings.topic(topics.POP_LOAD)],
         settings.topic_partitions,
     )
-    ingest = Ingest(settings, network.pop_names)
+    ingest = Ingest(settings, network.pop_names, KafkaBus(settings.kafka_bootstrap))
     tune_gc()
     stop = threading.Event()
     install_stop_signals(stop)

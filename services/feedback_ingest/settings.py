@@ -18,7 +18,11 @@ class IngestSettings(Settings):
         "popshift-ingest", description="Kafka consumer group of the ingest on feedback.v1."
     )
     heartbeat_interval_s: float = Field(
-        1.0, gt=0.0, le=3600.0, description="Interval at which agents send heartbeats."
+        1.0,
+        gt=0.0,
+        le=3600.0,
+        description="Heartbeat interval assumed for feedback that does not carry its own "
+        "(PoP-aggregated feedback, older agents); an agent's heartbeats carry its interval.",
     )
     missed_heartbeats: int = Field(
         3,
@@ -57,7 +61,12 @@ class AgentSettings(Settings):
         description="Capacity in cores; unset = the cgroup's CPU quota, else the CPUs this "
         "process may run on.",
     )
-    interval_s: float = Field(1.0, gt=0.0, le=3600.0, description="Heartbeat interval.")
+    interval_s: float = Field(
+        1.0,
+        gt=0.0,
+        le=3600.0,
+        description="Heartbeat interval; every heartbeat carries it, so the ingest follows it.",
+    )
     cgroup: str | None = Field(
         None,
         description="Measure this cgroup's CPU (a directory under /sys/fs/cgroup) instead of "

@@ -169,5 +169,6 @@ def test_agent_never_waits_for_an_unreachable_kafka() -> None:
     assert stats.dropped == 75
     assert stats.sent + stats.buffered + stats.dropped == stats.beats
     assert beats[-1].cpu_busy_cores == 2.0
+    assert beats[-1].interval_s == settings.interval_s  # the ingest times liveness by it
     assert [b.seq for b in beats] == list(range(beats[0].seq, beats[0].seq + 100))
     producer._producer.purge()  # nothing will ever be delivered: drop it, leave no thread busy
