@@ -1,4 +1,4 @@
-"""The policy engine as a process: Kafka in, :func:`engine.decide`, Kafka out. Nothing else.
+"""The policy engine as a process: bus in, :func:`engine.decide`, bus out. Nothing else.
 
 Run: ``python -m services.policy_engine.service`` (SIGTERM/SIGINT stop it cleanly). On start it
 reads policies.v1 whole (compacted) so versions keep rising and unchanged policies are not
@@ -16,10 +16,9 @@ from collections.abc import Callable, Sequence
 import redis
 
 from popshift import redis_client, topics
-from popshift.bus import Received, RejectMessage, TypedConsumer, TypedProducer, create_topics
+from popshift.bus import Bus, KafkaBus, Received, RejectMessage, create_topics
 from popshift.network import NetworkConfig, load_network
 from popshift.process import install_stop_signals, run_ticking, setup_logging
-from popshift.replay import read_all
 from schemas.messages import PolicyEvent
 from services.policy_engine.engine import (
     EngineState,
@@ -48,6 +47,7 @@ class PolicyEngineService:
         self,
         settings: PolicySettings,
         network: NetworkConfig,
+        bus: Bus,
         *,
         overrides: OverridesSource | None = None,
         clock: Callable[[], float] = time.time,
@@ -59,10 +59,9 @@ class PolicyEngineService:
         self._cli_overrides = overrides
         self.policies = settings.topic(topics.POLICIES)
         inputs = [settings.topic(topics.POP_STATUS), settings.topic(topics.DATAPLANE_STATS)]
-        self.producer = TypedProducer(settings.kafka_bootstrap)
-        restore(self.state, read_all(settings.kafka_bootstrap, self.policies))
-        self.consumer = TypedConsumer(
-            settings.kafka_bootstrap,
+        self.producer = bus.producer()
+        restore(self.state, bus.replay(self.policies))
+        self.consumer = bus.consumer(
             settings.policy_group,
             inputs,
             max_message_bytes=settings.max_message_bytes,
@@ -137,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     service = PolicyEngineService(
         settings,
         network,
+        KafkaBus(settings.kafka_bootstrap),
         overrides=lambda: redis_overrides(client, settings.policy_overrides_key),
     )
     stop = threading.Event()

@@ -15,19 +15,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import redis
 
 from popshift import redis_client, topics
-from popshift.bus import Received, RejectMessage, TypedConsumer, TypedProducer, create_topics
+from popshift.bus import Bus, KafkaBus, Received, RejectMessage, create_topics
 from popshift.network import NetworkConfig, load_network
 from popshift.process import install_stop_signals, run_ticking, setup_logging
-from popshift.replay import read_all
 from schemas.messages import PolicyEvent, PopLoad, TableUpdate
 from services.table_writer.codec import Header
 from services.table_writer.settings import TableWriterSettings
 from services.table_writer.store import StaleVersion, TableStore
-from services.table_writer.table import TableInvariantError
+from services.table_writer.table import Table, TableInvariantError
 from services.table_writer.writer import (
     PolicyRejected,
     Write,
@@ -42,13 +42,24 @@ from services.table_writer.writer import (
 log = logging.getLogger("popshift.table_writer")
 
 
+class Tables(Protocol):
+    """Where the versioned tables live: :class:`TableStore` (Redis), or a dict in tests."""
+
+    def read(self, pop: str, tier: int) -> tuple[Header, Table] | None: ...
+
+    def write(self, table: Table, header: Header) -> None:
+        """Raises StaleVersion if the store holds ``header.version`` or newer already."""
+        ...
+
+
 class TableWriterService:
     def __init__(
         self,
         settings: TableWriterSettings,
         network: NetworkConfig,
         pop: str,
-        client: redis.Redis[bytes],
+        store: Tables,
+        bus: Bus,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -56,18 +67,17 @@ class TableWriterService:
         self.pop = pop
         self.clock = clock
         self.state = new_state(network, pop, settings.table_bits, settings.table_drain_period_s)
-        self.store = TableStore(client, settings.table_retain_s, prefix=settings.table_key_prefix)
+        self.store = store
         self.updates = settings.topic(topics.TABLE_UPDATES)
-        self.producer = TypedProducer(settings.kafka_bootstrap)
+        self.producer = bus.producer()
         self.written = 0
         self.refused = 0
         self._adopt_from_redis()
         policies = settings.topic(topics.POLICIES)
-        for event in read_all(settings.kafka_bootstrap, policies, key=pop):
+        for event in bus.replay(policies, key=pop):
             with contextlib.suppress(RejectMessage):  # logged; the live consumer dead-letters
                 self._guarded(functools.partial(on_policy, self.state, event, self.clock()))
-        self.consumer = TypedConsumer(
-            settings.kafka_bootstrap,
+        self.consumer = bus.consumer(
             f"{settings.table_group_prefix}-{pop}",
             [policies, settings.topic(topics.POP_LOAD)],
             max_message_bytes=settings.max_message_bytes,
@@ -180,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.topic_partitions,
     )
     client: redis.Redis[bytes] = redis_client.connect(settings.redis_url)
-    service = TableWriterService(settings, network, pop, client)
+    store = TableStore(client, settings.table_retain_s, prefix=settings.table_key_prefix)
+    service = TableWriterService(settings, network, pop, store, KafkaBus(settings.kafka_bootstrap))
     stop = threading.Event()
     install_stop_signals(stop)
     log.info("table writer for %s (2^%d buckets per tier)", pop, settings.table_bits)

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from popshift import topics
-from popshift.bus import TypedConsumer, TypedProducer, create_topics
+from popshift.bus import KafkaBus, TypedConsumer, TypedProducer, create_topics
 from popshift.network import load_network
 from popshift.replay import read_all
 from schemas.bucket import Bucket, Flag
@@ -147,8 +147,9 @@ def test_pop_status_to_policy_to_redis_to_the_maps(
     service = SyncService(
         ss, LoaderMaps(fwd), client, pop="a", node="a-edge1", consumer=consumer, producer=producer
     )
-    engine = PolicyEngineService(ps, NETWORK)
-    writer = TableWriterService(ts, NETWORK, "a", client)
+    bus = KafkaBus(kafka_bootstrap)
+    engine = PolicyEngineService(ps, NETWORK, bus)
+    writer = TableWriterService(ts, NETWORK, "a", TableStore(client, prefix=prefix), bus)
     size = 1 << 16
     want_away = round(1.5 / 9.0 * size)
     try:

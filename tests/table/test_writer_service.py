@@ -1,0 +1,108 @@
+"""The table writer adapter on the in-memory bus and a dict store: policy in, tables out."""
+
+from __future__ import annotations
+
+import redis
+
+from popshift import topics as t
+from popshift.bus import MemoryBus
+from schemas.messages import PolicyAction, PolicyEvent, PolicyReason, Share, TableUpdate
+from services.table_writer.codec import Header
+from services.table_writer.service import TableWriterService
+from services.table_writer.settings import TableWriterSettings
+from services.table_writer.store import StaleVersion
+from services.table_writer.table import Table, forwarded_counts
+from tests.table.test_redis_kafka import NETWORK, pop_load
+
+BITS = 8
+SETTINGS = TableWriterSettings(table_bits=BITS)
+NOW = 50.0
+
+
+class MemoryTables:
+    """The store's contract in a dict: versions only rise; ``down`` makes it fail like Redis."""
+
+    def __init__(self) -> None:
+        self.tables: dict[tuple[str, int], tuple[Header, Table]] = {}
+        self.down = False
+
+    def read(self, pop: str, tier: int) -> tuple[Header, Table] | None:
+        return self.tables.get((pop, tier))
+
+    def write(self, table: Table, header: Header) -> None:
+        if self.down:
+            raise redis.ConnectionError("Redis is away")
+        known = self.tables.get((header.pop, header.tier))
+        if known is not None and known[0].version >= header.version:
+            raise StaleVersion(f"current={known[0].version} new={header.version}")
+        self.tables[(header.pop, header.tier)] = (header, table)
+
+
+def policy(source: str, version: int, shares: dict[str, float]) -> PolicyEvent:
+    return PolicyEvent(
+        action=PolicyAction.NEW,
+        source=source,
+        version=version,
+        issued_at=NOW,
+        shares=[Share(tier=0, destination=d, share=x) for d, x in shares.items()],
+        reason=PolicyReason(trigger_pop=source, rule="test"),
+    )
+
+
+def writer_on(bus: MemoryBus, store: MemoryTables) -> TableWriterService:
+    return TableWriterService(SETTINGS, NETWORK, "a", store, bus, clock=lambda: NOW)
+
+
+def test_own_policy_and_servers_become_tables_and_notices_others_are_ignored() -> None:
+    bus, store = MemoryBus(), MemoryTables()
+    producer = bus.producer()
+    producer.send(t.POP_LOAD, "a", pop_load("a", NOW))
+    producer.send(t.POP_LOAD, "b", pop_load("b", NOW))
+    producer.send(t.POLICIES, "b", policy("b", 1, {"c": 0.5}))
+    producer.send(t.POLICIES, "a", policy("a", 2, {"b": 0.25}))
+    producer.send(t.POLICIES, "a", policy("a", 3, {"zzz": 0.25}))  # unknown destination
+    writer = writer_on(bus, store)
+    assert writer.consumer.poll_batch(writer.handle) == 5
+
+    header, table = store.tables[("a", 0)]
+    assert forwarded_counts(table) == {2: (1 << BITS) // 4}
+    assert header.policy_version == 2
+    assert {pop for pop, _ in store.tables} == {"a"}
+    notices: list[TableUpdate] = bus.replay(t.TABLE_UPDATES)
+    latest = max((n for n in notices if n.tier == 0), key=lambda n: n.version)
+    assert (latest.version, latest.policy_version) == (header.version, 2)
+    (letter,) = bus.dead_letters(t.POLICIES)
+    assert letter.reason == "rejected: unknown destination PoP 'zzz'"
+
+
+def test_a_restarted_writer_adopts_the_store_and_its_policy_and_rebuilds_nothing() -> None:
+    bus, store = MemoryBus(), MemoryTables()
+    producer = bus.producer()
+    producer.send(t.POP_LOAD, "a", pop_load("a", NOW))
+    producer.send(t.POLICIES, "a", policy("a", 1, {"b": 0.25}))
+    first = writer_on(bus, store)
+    first.consumer.poll_batch(first.handle)
+    first.close()
+    before = dict(store.tables)
+    again = writer_on(bus, store)  # same group: resumes after what the first one handled
+    assert again.consumer.poll_batch(again.handle) == 0
+    assert again.written == 0
+    again.tick()  # an adopted table's age is unknown: each tier renewed once, same records
+    assert again.written == len(before)
+    for key, (header, table) in before.items():
+        renewed, same = store.tables[key]
+        assert same == table
+        assert (renewed.version, renewed.policy_version) == (header.version + 1, 1)
+
+
+def test_a_failed_store_write_is_retried_on_the_next_tick() -> None:
+    bus, store = MemoryBus(), MemoryTables()
+    producer = bus.producer()
+    producer.send(t.POP_LOAD, "a", pop_load("a", NOW))
+    writer = writer_on(bus, store)
+    store.down = True
+    writer.consumer.poll_batch(writer.handle)
+    assert writer.written == 0 and store.tables == {}
+    store.down = False
+    writer.tick()
+    assert writer.written > 0 and ("a", 0) in store.tables
