@@ -71,7 +71,8 @@ def test_overrides_apply_at_once_and_a_failing_source_keeps_the_last_ones() -> N
     service.consumer.poll_batch(service.handle)
     (pinned,) = service.tick()
     (share,) = pinned.shares
-    assert (share.destination, share.share) == ("b", pytest.approx(0.3))
+    assert share.destination == "b"
+    assert share.share == pytest.approx(0.3)
     assert pinned.reason.rule.startswith("override: pinned t0->b")
     pins.clear()
     assert service.tick() == []  # the source failed: the pin stays
