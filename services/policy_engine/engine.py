@@ -27,7 +27,14 @@ from schemas.messages import (
 from services.policy_engine.damping import DampingConfig, ShareKey, Shares, damp
 from services.policy_engine.model import PopModel, estimate_native, latency_matrix
 from services.policy_engine.overrides import Overrides
-from services.policy_engine.solver import PopSpec, Problem, Solution, TierSpec, solve_with_budget
+from services.policy_engine.solver import (
+    Budget,
+    PopSpec,
+    Problem,
+    Solution,
+    TierSpec,
+    solve_with_budget,
+)
 
 SAME = 1e-6  # shares closer than this are the same share
 
@@ -51,7 +58,7 @@ EngineInput = PopStatus | DataplaneStats | Tick | SetOverrides
 
 @dataclass(frozen=True)
 class EngineConfig:
-    solve_budget_s: float = 0.5
+    solve_budget: Budget = field(default_factory=Budget)
     status_max_age_s: float = 30.0
     stats_max_age_s: float = 30.0
     effect_lag_s: float = 5.0
@@ -249,7 +256,7 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
         return []  # analytics is silent: keep every policy as it is (fail static)
     native = _estimate(state, fresh, now)
     state.native.update(native)
-    solution = solve_with_budget(_problem(state, fresh, native), state.config.solve_budget_s)
+    solution = solve_with_budget(_problem(state, fresh, native), state.config.solve_budget)
     state.last_solution = solution
 
     fresh_set = set(fresh)

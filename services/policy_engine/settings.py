@@ -11,6 +11,7 @@ from pydantic import Field
 from popshift.settings import Settings
 from services.policy_engine.damping import DampingConfig
 from services.policy_engine.engine import EngineConfig
+from services.policy_engine.solver import Budget
 
 
 class PolicySettings(Settings):
@@ -22,11 +23,17 @@ class PolicySettings(Settings):
     policy_tick_s: float = Field(
         1.0, gt=0.0, le=3600.0, description="How often the engine re-solves and emits changes."
     )
-    policy_solve_budget_s: float = Field(
-        0.5,
-        gt=0.0,
-        le=60.0,
-        description="Time for one solve; past it the greedy answer is used instead of the LP.",
+    policy_max_exact_arcs: int = Field(
+        Budget.max_exact_arcs,
+        ge=0,
+        description="Largest candidate graph (arcs) solved exactly by the LP; above it the "
+        "greedy answer is used. A size, not a time, so one input gives one decision.",
+    )
+    policy_max_lp_iterations: int = Field(
+        Budget.max_lp_iterations,
+        ge=1,
+        description="Simplex iterations one LP solve may take; an LP that needs more gives way "
+        "to the greedy answer.",
     )
     policy_status_max_age_s: float = Field(
         30.0,
@@ -79,7 +86,7 @@ class PolicySettings(Settings):
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
-            solve_budget_s=self.policy_solve_budget_s,
+            solve_budget=Budget(self.policy_max_exact_arcs, self.policy_max_lp_iterations),
             status_max_age_s=self.policy_status_max_age_s,
             stats_max_age_s=self.policy_stats_max_age_s,
             effect_lag_s=self.policy_effect_lag_s,

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.policy_engine.solver import (
+    Budget,
     PopSpec,
     Problem,
     Solution,
@@ -143,7 +144,7 @@ def test_pins_forbids_and_drains() -> None:
 
 def test_nothing_to_do_is_an_empty_policy() -> None:
     problem = Problem([pop("a", t0=5.0), pop("b", t0=5.0)], [BULK], latency(["a", "b"], {}))
-    sol = solve_with_budget(problem, 1.0)
+    sol = solve_with_budget(problem, Budget())
     assert sol.shares == {} and sol.objective == 0.0 and not sol.infeasible
 
 
@@ -229,7 +230,7 @@ def test_greedy_never_beats_the_exact_objective(problem: Problem) -> None:
     exact, greedy = solve(problem, graph=graph), solve_greedy(problem, graph=graph)
     assert exact.objective <= greedy.objective + 1e-6 * max(1.0, greedy.objective)
     assert math.isfinite(exact.objective)
-    budget = solve_with_budget(problem, 5.0)
+    budget = solve_with_budget(problem, Budget())
     assert budget.objective == pytest.approx(exact.objective, rel=1e-6, abs=1e-6)
 
 
@@ -284,3 +285,23 @@ def test_a_shedder_with_nowhere_to_pass_its_own_traffic_takes_nothing() -> None:
     for sol in both(problem):
         assert sol.shares == {}, sol.method
         assert sol.overloaded == ["a", "b"]
+
+
+def test_the_budget_is_work_not_time_so_one_input_gives_one_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    names = ["a", "b", "c"]
+    problem = Problem(
+        [pop("a", t0=9.0), pop("b", t0=7.5), pop("c", t0=2.0)],
+        [BULK],
+        latency(names, {("a", "b"): 10.0, ("b", "c"): 12.0, ("a", "c"): 45.0}),
+    )
+    assert solve_with_budget(problem, Budget()).method == "exact"
+    assert solve_with_budget(problem, Budget(max_exact_arcs=0)).method == "greedy"
+    assert solve_with_budget(problem, Budget(max_lp_iterations=1)).method == "greedy"
+    # A machine so slow that every clock reading is a minute later decides the same.
+    ticks = iter(range(0, 10**9, 60))
+    monkeypatch.setattr("services.policy_engine.solver.time.perf_counter", lambda: next(ticks))
+    slow = solve_with_budget(problem, Budget())
+    assert slow.method == "exact"
+    assert slow.shares == solve(problem).shares

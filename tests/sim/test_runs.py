@@ -14,6 +14,7 @@ from sim.engine import Engine, run_strategy
 from sim.report import overload_removed_vs_oracle
 from sim.scenario import load_scenario
 from sim.strategies import make_strategy
+from sim.strategies.popshift import PopshiftStrategy
 from sim.world import build_world, great_circle_km
 from tests.sim.worlds import small_failure, tiny
 
@@ -31,6 +32,20 @@ def test_same_seed_same_run_other_seed_other_run() -> None:
     other_world = build_world(other_sc)
     other = run_strategy(other_sc, other_world, make_strategy("popshift", other_world, other_sc))
     assert other.summary != first.summary
+
+
+def test_one_seed_gives_one_sequence_of_policy_events() -> None:
+    """The solver's budget is work, not wall time: the engine decides alike on every run."""
+    sc = small_failure(duration_s=1200.0)
+    world = build_world(sc)
+    runs = []
+    for _ in range(2):
+        strategy = make_strategy("popshift", world, sc)
+        assert isinstance(strategy, PopshiftStrategy)
+        run_strategy(sc, world, strategy)
+        runs.append(strategy.events)
+    assert runs[0], "the scenario should make the engine act"
+    assert runs[0] == runs[1]
 
 
 def test_popshift_beats_none_in_the_failure_scenario_and_breaks_nothing() -> None:
