@@ -120,17 +120,13 @@ def validate(topic: Topic, raw: bytes, max_message_bytes: int) -> Any:
 
 
 @dataclass(frozen=True)
-class Letter:
-    """A dead letter ready to send: the topic, the source key, the payload and its headers."""
+class Outgoing:
+    """A message ready to send as it is (a dead letter; what a faust sink publishes)."""
 
     topic: str
     key: bytes | None
     value: bytes
     headers: tracing.Headers
-
-    @property
-    def reason(self) -> str:
-        return DeadLetter.model_validate_json(self.value).reason
 
 
 def dead_letter(
@@ -141,7 +137,7 @@ def dead_letter(
     raw: bytes,
     headers: tracing.Headers,
     reason: str,
-) -> Letter:
+) -> Outgoing:
     """The record that tells a reader of ``topic``'s dead-letter topic what was refused and why."""
     letter = DeadLetter(
         source_topic=topic.name,
@@ -152,7 +148,7 @@ def dead_letter(
         payload_b64=base64.b64encode(raw).decode(),
         at=time.time(),
     )
-    return Letter(
+    return Outgoing(
         topic.dead_letter,
         key,
         letter.model_dump_json().encode(),
@@ -253,7 +249,7 @@ class _Intake:
         self._span_names = {t.name: f"{t.name} process" for t in topics}
         self.stats = ConsumerStats()
 
-    def _dead_letter(self, letter: Letter, reason: str) -> None:
+    def _dead_letter(self, letter: Outgoing, reason: str) -> None:
         self._dlq.send_raw(letter.topic, letter.key, letter.value, letter.headers)
         # A dead letter must be durable before the source offset moves past it.
         self._dlq.flush()

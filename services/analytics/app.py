@@ -1,7 +1,8 @@
 """The analytics stream job: pop-load.v1 in, pop-status.v1 out, as a faust-streaming app.
 
-faust only wires: one agent iterates over pop-load.v1, hands each message to the pure
-``Analyzer`` (window, rules, hysteresis) and yields a ``Decision``; a sink publishes it. The app
+faust only wires: one agent iterates over pop-load.v1, hands each record to :class:`Analytics`
+(the bus's validation, then the pure ``Analyzer``: window, rules, hysteresis), which says what to
+publish (a pop-status or a dead letter); a sink publishes it. The app
 is built by ``build_app`` (no app bound at import), so tests and the lab build as many as they
 need, each with its own id and topics.
 
@@ -12,26 +13,23 @@ pop-load.v1 (ingest publishes every PoP every second), and until then a PoP repo
 
 from __future__ import annotations
 
-import base64
 import logging
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faust
 from opentelemetry import trace
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from popshift import topics, tracing
-from popshift.bus import create_topics
+from popshift.bus import Outgoing, RejectMessage, create_topics, dead_letter, validate
 from popshift.network import load_network
 from popshift.process import setup_logging, tune_gc
 from popshift.settings import Settings
-from schemas.messages import DeadLetter, PopLoad, PopStatus
+from schemas.messages import DeadLetter, PopLoad
 from services.analytics.config import load_config
 from services.analytics.window import Analyzer
 
@@ -59,52 +57,48 @@ class AnalyticsSettings(Settings):
     )
 
 
-@dataclass(frozen=True)
-class Decision:
-    """What the agent made of one pop-load message; the sink performs it."""
+class Analytics:
+    """The adapter logic, apart from faust: one raw pop-load.v1 record in, what to publish out.
 
-    key: bytes | None
-    status: PopStatus | None = None
-    dead_letter: DeadLetter | None = None
-    headers: list[tuple[str, bytes]] | None = None
+    Validation and dead letters are the bus's own (:func:`popshift.bus.validate`,
+    :func:`popshift.bus.dead_letter`), with the same ``max_message_bytes`` as every consumer.
+    """
+
+    def __init__(self, settings: AnalyticsSettings, analyzer: Analyzer) -> None:
+        self.analyzer = analyzer
+        self.pop_load = settings.topic(topics.POP_LOAD)
+        self.pop_status = settings.topic(topics.POP_STATUS).name
+        self.max_message_bytes = settings.max_message_bytes
+
+    def decide(
+        self,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        raw: bytes,
+        headers: tracing.Headers,
+    ) -> list[Outgoing]:
+        """A pop-status when one is due, a dead letter for invalid input, else nothing."""
+        parent = tracing.extract(headers)
+        with _tracer.start_as_current_span(
+            f"{self.pop_load.name} process", context=parent, kind=trace.SpanKind.CONSUMER
+        ):
+            try:
+                load: PopLoad = validate(self.pop_load, raw, self.max_message_bytes)
+            except RejectMessage as exc:
+                return [dead_letter(self.pop_load, partition, offset, key, raw, headers, str(exc))]
+            status = self.analyzer.observe(load)
+            if status is None:
+                return []
+            value = status.model_dump_json().encode()
+            return [Outgoing(self.pop_status, load.pop.encode(), value, tracing.inject([]))]
 
 
-def _header_pairs(headers: Any) -> list[tuple[str, str | bytes | None]]:
+def _header_pairs(headers: Any) -> tracing.Headers:
     if not headers:
         return []
     items = headers.items() if isinstance(headers, Mapping) else headers
     return [(str(k), v) for k, v in items]
-
-
-def decide(analyzer: Analyzer, event: faust.types.EventT[Any]) -> Decision:
-    """Validate one pop-load message and run the analyzer; invalid input becomes a dead letter."""
-    message = event.message
-    raw: bytes = event.value if isinstance(event.value, bytes) else b""
-    parent = tracing.extract(_header_pairs(message.headers))
-    with _tracer.start_as_current_span(
-        f"{message.topic} process", context=parent, kind=trace.SpanKind.CONSUMER
-    ):
-        try:
-            load = PopLoad.model_validate_json(raw)
-        except ValidationError as exc:
-            reason = "invalid: " + "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}" for e in exc.errors()[:5]
-            )
-            return Decision(
-                key=event.key,
-                dead_letter=DeadLetter(
-                    source_topic=message.topic,
-                    partition=message.partition,
-                    offset=message.offset,
-                    reason=reason[:4096],
-                    key_b64=base64.b64encode(event.key).decode() if event.key else None,
-                    payload_b64=base64.b64encode(raw).decode(),
-                    at=time.time(),
-                ),
-            )
-        status = analyzer.observe(load)
-        headers = [(k, v) for k, v in tracing.inject([]) if isinstance(v, bytes)]
-        return Decision(key=load.pop.encode(), status=status, headers=headers)
 
 
 def build_app(settings: AnalyticsSettings, analyzer: Analyzer | None = None) -> faust.App:
@@ -115,6 +109,7 @@ def build_app(settings: AnalyticsSettings, analyzer: Analyzer | None = None) -> 
             load_config(settings.analytics_config),
             {p.name: p.target_utilisation for p in network.pops},
         )
+    analytics = Analytics(settings, analyzer)
     app = faust.App(
         settings.analytics_app_id,
         broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",")],
@@ -126,27 +121,25 @@ def build_app(settings: AnalyticsSettings, analyzer: Analyzer | None = None) -> 
         consumer_auto_offset_reset="earliest",
     )
     raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
-    pop_load = settings.topic(topics.POP_LOAD)
-    loads = app.topic(pop_load.name, **raw)
-    statuses = app.topic(settings.topic(topics.POP_STATUS).name, **raw)
-    dead_letters = app.topic(pop_load.dead_letter, **raw)
+    loads = app.topic(analytics.pop_load.name, **raw)
+    sinks = {
+        name: app.topic(name, **raw)
+        for name in (analytics.pop_status, analytics.pop_load.dead_letter)
+    }
 
-    async def publish(decision: Decision) -> None:
-        if decision.status is not None:
-            await statuses.send(
-                key=decision.key,
-                value=decision.status.model_dump_json().encode(),
-                headers=decision.headers,
-            )
-        if decision.dead_letter is not None:
-            log.warning("dead-lettered: %s", decision.dead_letter.reason)
-            await dead_letters.send(
-                key=decision.key, value=decision.dead_letter.model_dump_json().encode()
-            )
+    async def publish(outgoing: list[Outgoing]) -> None:
+        for out in outgoing:
+            if out.topic == analytics.pop_load.dead_letter:
+                log.warning("dead-lettered: %s", DeadLetter.model_validate_json(out.value).reason)
+            headers = [(k, v) for k, v in out.headers if isinstance(v, bytes)]
+            await sinks[out.topic].send(key=out.key, value=out.value, headers=headers)
 
-    async def analyse(stream: faust.StreamT[bytes]) -> AsyncIterator[Decision]:
+    async def analyse(stream: faust.StreamT[bytes]) -> AsyncIterator[list[Outgoing]]:
         async for event in stream.events():
-            yield decide(analyzer, event)
+            message = event.message
+            value = event.value if isinstance(event.value, bytes) else b""
+            headers = _header_pairs(message.headers)
+            yield analytics.decide(message.partition, message.offset, event.key, value, headers)
 
     app.agent(loads, name=AGENT_NAME, sink=[publish])(analyse)
     return app
