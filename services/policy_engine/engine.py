@@ -85,7 +85,6 @@ class EngineState:
     native: dict[str, dict[int, float]] = field(default_factory=dict)
     history: dict[str, list[Policy]] = field(default_factory=dict)
     version: int = 0
-    last_solution: Solution | None = None
     _latency: tuple[tuple[str, ...], np.ndarray] | None = None
 
     def __post_init__(self) -> None:
@@ -257,7 +256,6 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
     native = _estimate(state, fresh, now)
     state.native.update(native)
     solution = solve_with_budget(_problem(state, fresh, native), state.config.solve_budget)
-    state.last_solution = solution
 
     fresh_set = set(fresh)
     decided: dict[str, Shares] = {}

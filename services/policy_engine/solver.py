@@ -23,7 +23,6 @@ uses the same graph, so its objective can never be lower.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -110,8 +109,6 @@ class Solution:
     overloaded: list[str]
     infeasible: bool
     method: str
-    solve_s: float = 0.0
-    variables: int = 0
 
     def source_shares(self, src: str) -> dict[tuple[int, str], float]:
         """The shares one source PoP must apply: (tier, destination) -> fraction."""
@@ -302,9 +299,7 @@ def objective(graph: Graph, flow: FloatArray) -> float:
     return float(graph.cost @ flow + graph.penalty @ over)
 
 
-def _solution(
-    problem: Problem, graph: Graph, flow: FloatArray, method: str, started: float
-) -> Solution:
+def _solution(problem: Problem, graph: Graph, flow: FloatArray, method: str) -> Solution:
     flow = np.clip(flow, graph.lower, graph.upper)
     flow[flow < TOLERANCE] = 0.0
     load = loads_after(graph, flow)
@@ -340,8 +335,6 @@ def _solution(
         overloaded=overloaded,
         infeasible=bool(overloaded),
         method=method,
-        solve_s=time.perf_counter() - started,
-        variables=graph.size,
     )
 
 
@@ -394,9 +387,8 @@ def solve(
     problem: Problem, max_iterations: int | None = None, graph: Graph | None = None
 ) -> Solution:
     """The exact optimum over the candidate graph (HiGHS dual simplex / IPM)."""
-    started = time.perf_counter()
     graph = graph or build_graph(problem)
-    return _solution(problem, graph, _solve_lp(graph, max_iterations), "exact", started)
+    return _solution(problem, graph, _solve_lp(graph, max_iterations), "exact")
 
 
 def _greedy_flow(graph: Graph) -> FloatArray:
@@ -454,9 +446,8 @@ def _greedy_flow(graph: Graph) -> FloatArray:
 
 def solve_greedy(problem: Problem, graph: Graph | None = None) -> Solution:
     """Fast, never optimal-guaranteed; same candidate graph and objective as :func:`solve`."""
-    started = time.perf_counter()
     graph = graph or build_graph(problem)
-    return _solution(problem, graph, _greedy_flow(graph), "greedy", started)
+    return _solution(problem, graph, _greedy_flow(graph), "greedy")
 
 
 @dataclass(frozen=True)
@@ -472,7 +463,6 @@ class Budget:
 
 def solve_with_budget(problem: Problem, budget: Budget) -> Solution:
     """Greedy first (always an answer), then the exact LP if the candidate graph fits."""
-    started = time.perf_counter()
     graph = build_graph(problem)
     greedy = solve_greedy(problem, graph)
     if graph.size > budget.max_exact_arcs:
@@ -483,5 +473,4 @@ def solve_with_budget(problem: Problem, budget: Budget) -> Solution:
         return greedy
     if exact.objective > greedy.objective + TOLERANCE * max(1.0, abs(greedy.objective)):
         return greedy  # numerical trouble: an LP answer worse than the greedy is not worth having
-    exact.solve_s = time.perf_counter() - started
     return exact
