@@ -65,16 +65,18 @@ class Harness:
     failure or Ctrl-C."""
 
     def __init__(self, out_dir: Path, plan: LoadPlan | None = None, log: Callable[[str], None]
-                 = print) -> None:  # fmt: skip
+                 = print, extra_env: Mapping[str, str] | None = None) -> None:  # fmt: skip
+        """`extra_env`: POPSHIFT_* settings on top of the run's (lab.settings.env builds them)."""
         self.out_dir = out_dir
         self.plan = plan or LoadPlan()
         self.log = log
         self.run_id = f"scn-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         net = load_network(NETWORK)
         self.topo = build(net, table_bits=TABLE_BITS, prefix=PREFIX)
+        self.services = Services(self.topo, self.run_id, out_dir / "logs", extra_env)
+        # the lab attaches every node through its forwarder sync, started as a service
         self.lab = Lab(self.topo, net, DataPlane.XDP, state_dir=out_dir / "lab",
-                       network_file=NETWORK)  # fmt: skip
-        self.services = Services(self.topo, self.run_id, out_dir / "logs")
+                       network_file=NETWORK, start_sync=self.services.start_sync)  # fmt: skip
         self.cgroups = {
             h.name: ServerCgroup(cgroup_name(PREFIX, h.name))
             for h in self.topo.by_role(Role.SERVER)
@@ -99,13 +101,14 @@ class Harness:
     def open(self) -> Harness:
         (self.out_dir / "logs").mkdir(parents=True, exist_ok=True)
         (self.out_dir / "lab").mkdir(parents=True, exist_ok=True)
-        self.log(f"run {self.run_id}: building the lab ({PREFIX}*, XDP, 2^{TABLE_BITS} buckets)")
+        self.log(f"run {self.run_id}: building the lab ({PREFIX}*, XDP, 2^{TABLE_BITS} buckets, "
+                 "a forwarder sync with its node file per edge and server)")  # fmt: skip
         remove_cgroups(PREFIX)
         self.lab.up()
         self._client_ports()
         self._burners()
         self.log("starting the services: ingest, analytics, policy engine, 3 table writers, "
-                 "9 forwarder syncs, 6 agents")  # fmt: skip
+                 "6 agents")  # fmt: skip
         self.services.start(self.cgroups, self.plan.capacity_cores)
         self.observer = Observer(self.result, self.topo, self.run_id).start()
         self.work = WorkModel(

@@ -24,10 +24,13 @@ from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lab.topology import HTTP_PORT, Role, Topology, XdpRole, build
 from popshift.network import NetworkConfig, load_network
+
+if TYPE_CHECKING:
+    from lab.dataplane import SyncStarter
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -91,6 +94,27 @@ def stop_processes(namespaces: Sequence[str], grace_s: float = 3.0) -> None:
             time.sleep(0.05)
         if not pids:
             return
+
+
+def stop_syncs(pids_file: Path, grace_s: float = 5.0) -> None:
+    """SIGTERM the lab's own forwarder syncs (by the pids `start_sync` recorded, if they are
+    still syncs), SIGKILL stragglers. They live in the host namespace, not the lab's."""
+    pids = []
+    for line in pids_file.read_text().splitlines() if pids_file.exists() else []:
+        pid = int(line.split()[0])
+        with contextlib.suppress(OSError):
+            if b"services.forwarder.sync" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.append(pid)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace_s
+        while (pids := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not pids:
+            break
+    pids_file.unlink(missing_ok=True)
 
 
 def remove_namespaces(namespaces: Sequence[str]) -> None:
@@ -203,7 +227,10 @@ class Lab:
         dataplane: DataPlane = DataPlane.ROUTING,
         state_dir: Path = DEFAULT_STATE,
         network_file: Path = DEFAULT_NETWORK,
+        start_sync: SyncStarter | None = None,
     ) -> None:
+        """`start_sync` starts a node's forwarder sync (XDP mode); unset = the lab's own
+        (`start_sync` below: Redis polling only, no Kafka, no lease)."""
         self.network_file = network_file
         self.network = network or load_network(network_file)
         self.topo = topology or build(self.network)
@@ -211,6 +238,7 @@ class Lab:
         self.state_dir = state_dir
         self.delay_mode = ""
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._start_sync = start_sync or self.start_sync
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -256,6 +284,7 @@ class Lab:
     def _teardown(self) -> None:
         namespaces = lab_namespaces(self.topo.prefix)
         stop_processes(namespaces)
+        stop_syncs(self._syncs_file())
         self._reap()
         remove_namespaces(namespaces)
         remove_pins(self.topo)
@@ -312,14 +341,60 @@ class Lab:
         self._reap()
 
     def attach_dataplane(self) -> None:
-        """THE XDP HOOK: `xdp_edge` on every edge's eth0, `xdp_server` on every server's eth0.
+        """THE XDP HOOK: `xdp_edge` on every edge's eth0, `xdp_server` on every server's eth0,
+        each configured and attached by its forwarder sync from a node file (lab.dataplane).
 
         Routing mode leaves the edge's plain route (VIPs -> first server) in charge.
         """
         if self.dataplane is DataPlane.XDP:
             from lab import dataplane
 
-            dataplane.attach(self.topo, self.network)
+            dataplane.attach(self.topo, self._start_sync, self.state_dir / "nodes")
+
+    def start_sync(self, host: str, node_file: Path) -> subprocess.Popen[bytes]:
+        """The hand-built lab's forwarder sync of one node, in the host namespace (the node
+        file names the netns to attach in), logged to `<state_dir>/<host>.sync.log`.
+
+        Its tables are the lab's own: no table writer writes its Redis key prefix, so it keeps
+        the bootstrap table and whatever `redirect` writes. Hence no lease
+        (POPSHIFT_SYNC_LEASE_S=0: a hand-written table is never renewed, and a lease would cut
+        it back to local 15 s later) and no Kafka (nothing to hear, no stats to send). The
+        scenario's harness starts its syncs the product's way instead (lab.supervisor).
+        """
+        from lab.settings import env
+        from services.forwarder.sync_settings import SyncSettings
+
+        settings = env(
+            SyncSettings,
+            sync_pin_dir=str(self.topo.pin_root()),
+            table_bits=self.topo.table_bits,
+            network_file=str(self.network_file),
+            sync_kafka=False,
+            sync_lease_s=0.0,
+            table_key_prefix=f"lab-{self.topo.prefix}table",
+        )
+        base = {k: v for k, v in os.environ.items() if not k.startswith("POPSHIFT_")}
+        base |= {k: os.environ[k] for k in ("POPSHIFT_REDIS_URL",) if k in os.environ}
+        log = open(self.state_dir / f"{host}.sync.log", "ab")  # noqa: SIM115
+        try:
+            proc = subprocess.Popen(
+                python("services.forwarder.sync", "--node-file", str(node_file)),
+                cwd=REPO,
+                env=base | settings,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # survives `python -m lab up` exiting
+            )
+        finally:
+            log.close()
+        with open(self._syncs_file(), "a") as f:
+            f.write(f"{proc.pid} {host}\n")
+        self._procs.append(proc)
+        return proc
+
+    def _syncs_file(self) -> Path:
+        return self.state_dir / f"{self.topo.prefix}syncs.pids"
 
     def wait_ready(self, timeout_s: float = 20.0) -> None:
         """Every server answers on the VIP from inside its namespace, then every client region
