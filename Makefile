@@ -1,5 +1,5 @@
 # popshift: the two commands in README.md are `make demo` and `make test`.
-.PHONY: setup up down test lint demo schemas bench traces traces-down
+.PHONY: setup up down test lint demo chaos schemas bench traces traces-down
 
 setup:
 	bash scripts/setup.sh
@@ -32,6 +32,11 @@ schemas:
 
 demo: up
 	bash deploy/demo.sh
+
+# The overload scenario while services are killed and Kafka/Redis fail in turn (bench/chaos.py;
+# about 8 minutes, root). Stops and restarts the local Kafka and Redis, wiping Redis.
+chaos: up
+	.venv/bin/python bench/chaos.py
 
 bench: up
 	for b in bench/*.py; do echo "== $$b"; .venv/bin/python $$b; done

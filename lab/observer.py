@@ -13,6 +13,8 @@ import contextlib
 import threading
 import time
 
+from confluent_kafka import KafkaException
+
 from lab.record import PolicyRecord, Result, Sample, StatusRecord, TableRecord
 from lab.settings import TIER
 from lab.topology import Topology
@@ -56,12 +58,15 @@ class Observer:
         self.topo = topo
         self.interval_s = interval_s
         settings = Settings(topic_prefix=run_id)
-        self.producer = TypedProducer(settings.kafka_bootstrap)
+        # Quiet: librdkafka logs every failed connect while Kafka is away (the chaos run)
+        quiet = {"log_level": 2}
+        self.producer = TypedProducer(settings.kafka_bootstrap, extra_config=quiet)
         self.consumer = TypedConsumer(
             settings.kafka_bootstrap,
             f"{run_id}-observer",
             [settings.topic(topics.POP_STATUS), settings.topic(topics.POLICIES)],
             dead_letter_producer=self.producer,
+            extra_config=quiet,
         )
         self.status: dict[str, PopStatus] = {}
         self.policy: dict[str, PolicyEvent] = {}
@@ -147,7 +152,10 @@ class Observer:
         next_sample = time.monotonic()
         try:
             while not self._stop.is_set():
-                self.consumer.poll_batch(self._handle, timeout=0.05)
+                try:
+                    self.consumer.poll_batch(self._handle, timeout=0.05)
+                except KafkaException:  # Kafka away (the chaos run stops it): sample on
+                    self._stop.wait(0.2)
                 if time.monotonic() >= next_sample:
                     self.sample()
                     next_sample += self.interval_s
