@@ -10,6 +10,7 @@ benchmark bench/time_to_relief.py tells another.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -19,11 +20,12 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import redis
 
 from lab.app.results import Record
-from lab.namespaces import DataPlane, Lab, lab_namespaces, python, sh
+from lab.namespaces import LOCK_DIR, DataPlane, Lab, lab_namespaces, python, sh
 from lab.observer import Observer, node_counters, open_forwarder
 from lab.record import Result, Traffic, policy_in_force
 from lab.settings import NETWORK, PREFIX, REPO, TABLE_BITS, TIER, timings
@@ -95,10 +97,23 @@ class Harness:
         self.traffic: dict[str, tuple[str, str, Path, subprocess.Popen[bytes]]] = {}
         self.progress_s = 5.0
         self._next_progress = 0.0
+        self._lock: TextIO | None = None
 
     # -- setup -----------------------------------------------------------------------------
 
+    def _lock_prefix(self) -> None:
+        """One run per lab prefix on a machine: a second run (another terminal, a test) would
+        otherwise tear down this one's namespaces and cgroups as "left by a crash"; it waits."""
+        LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        self._lock = open(LOCK_DIR / f"popshift-scenario-{PREFIX.strip('-')}.lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.log(f"another scenario run uses the {PREFIX}* lab: waiting for it to end")
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+
     def open(self) -> Harness:
+        self._lock_prefix()
         (self.out_dir / "logs").mkdir(parents=True, exist_ok=True)
         (self.out_dir / "lab").mkdir(parents=True, exist_ok=True)
         self.log(f"run {self.run_id}: building the lab ({PREFIX}*, XDP, 2^{TABLE_BITS} buckets, "
@@ -300,6 +315,9 @@ class Harness:
         left = lab_namespaces(PREFIX)
         if left:
             self.log(f"namespaces left behind: {left}")
+        if self._lock is not None:
+            self._lock.close()  # releases the prefix for the next run
+            self._lock = None
 
     def _drop_redis(self) -> None:
         client: redis.Redis[bytes] = redis.Redis.from_url(Settings().redis_url)
