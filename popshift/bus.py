@@ -15,6 +15,7 @@ Both run the same validation, dead-lettering and tracing code (:class:`_Intake`)
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -37,8 +38,16 @@ from popshift.topics import DEAD_LETTER_RETENTION_MS, Topic, topic_configs
 from schemas.messages import DeadLetter
 
 _tracer = trace.get_tracer("popshift.bus")
+log = logging.getLogger("popshift.bus")
 
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
+
+DEFAULT_BUFFER_MESSAGES = 100_000
+"""Messages a producer keeps queued while Kafka is unreachable (librdkafka's local queue);
+a send beyond it is dropped and counted (``Producer.dropped``) instead of blocking the service."""
+
+DEFAULT_MESSAGE_TIMEOUT_MS = 300_000
+"""A queued message not acknowledged within this time fails (``Producer.failed``)."""
 
 
 class RejectMessage(Exception):
@@ -58,7 +67,17 @@ def transient(exc: KafkaException) -> bool:
 
 
 class DeliveryFailed(Exception):
-    """The producer could not deliver every message within the time allowed."""
+    """The producer could not deliver every message within the time allowed.
+
+    ``undelivered``: still queued in the client (delivered later if the broker returns within
+    its message timeout); ``failed``: deliveries that failed for good since the last flush (the
+    sender must send those again if it still needs them).
+    """
+
+    def __init__(self, message: str, *, undelivered: int = 0, failed: int = 0) -> None:
+        super().__init__(message)
+        self.undelivered = undelivered
+        self.failed = failed
 
 
 def create_topics(
@@ -184,6 +203,7 @@ class Producer(Protocol):
 
     delivered: int
     failed: int
+    dropped: int
 
     def send(self, topic: Topic | str, key: str, message: BaseModel) -> None: ...
 
@@ -323,18 +343,26 @@ class _Sender:
 class TypedProducer(_Sender):
     """Sends schema models as JSON, with trace context, idempotently."""
 
-    def __init__(self, bootstrap: str, extra_config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        extra_config: dict[str, Any] | None = None,
+        *,
+        buffer_messages: int = DEFAULT_BUFFER_MESSAGES,
+    ) -> None:
         config: dict[str, Any] = {
             "bootstrap.servers": bootstrap,
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
-            "message.timeout.ms": 300_000,
+            "message.timeout.ms": DEFAULT_MESSAGE_TIMEOUT_MS,
+            "queue.buffering.max.messages": buffer_messages,
         }
         config.update(extra_config or {})
         self._producer = KafkaProducer(config)
         self.delivered = 0
         self.failed = 0
+        self.dropped = 0  # refused because the bounded local queue was full (broker away)
         self._errors: list[str] = []  # since the last flush, which reports and clears them
 
     def _on_delivery(self, err: KafkaError | None, _msg: KafkaMessage | None) -> None:
@@ -347,15 +375,21 @@ class TypedProducer(_Sender):
     def send_raw(
         self, topic: str, key: str | bytes | None, value: bytes, headers: tracing.Headers
     ) -> None:
-        while True:
+        for attempt in range(2):
             try:
                 self._producer.produce(
                     topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery
                 )
                 break
             except BufferError:
-                # Local queue full (e.g. the broker is away): wait for room, never drop.
-                self._producer.poll(0.1)
+                if attempt:
+                    # The bounded queue is full (the broker is away): drop, count, go on, so
+                    # that a long outage neither blocks the service nor grows it without bound.
+                    self.dropped += 1
+                    if self.dropped == 1 or self.dropped % 10_000 == 0:
+                        log.warning("Kafka producer queue full: %d messages dropped", self.dropped)
+                    return
+                self._producer.poll(0.1)  # serve delivery reports: room may free up
         self._producer.poll(0)
 
     def poll(self, timeout: float = 0.0) -> int:
@@ -365,11 +399,64 @@ class TypedProducer(_Sender):
         """Wait for every message; raise if any failed since the last flush (each failure is
         reported once, so one lost delivery does not fail every later flush)."""
         remaining = self._producer.flush(timeout)
-        if remaining:
-            raise DeliveryFailed(f"{remaining} messages not delivered within {timeout}s")
-        if self._errors:
-            errors, self._errors = self._errors, []
-            raise DeliveryFailed(f"{len(errors)} deliveries failed: {errors[:3]}")
+        errors, self._errors = self._errors, []
+        if remaining or errors:
+            raise DeliveryFailed(
+                f"{remaining} messages not delivered within {timeout}s, "
+                f"{len(errors)} deliveries failed: {errors[:3]}",
+                undelivered=remaining,
+                failed=len(errors),
+            )
+
+
+class Outbox:
+    """The latest message per (topic, key) until Kafka confirms it: what a service must not lose.
+
+    ``send`` hands it to the producer at once; ``flush`` waits at most ``flush_timeout_s`` and
+    never raises: on success nothing is left to confirm; a message still queued (broker away)
+    stays unconfirmed and is flushed again on the next call; when a delivery failed for good,
+    every unconfirmed message is sent again (only the latest per key: for compacted, versioned
+    topics such as policies.v1 and for table-updates.v1 notices a repeat is harmless).
+    """
+
+    def __init__(self, producer: Producer, flush_timeout_s: float = 1.0) -> None:
+        self.producer = producer
+        self.flush_timeout_s = flush_timeout_s
+        self._unconfirmed: dict[tuple[str, str], tuple[Topic | str, BaseModel]] = {}
+        self.flush_failures = 0
+        self.resent = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._unconfirmed)
+
+    def send(self, topic: Topic | str, key: str, message: BaseModel) -> None:
+        name = topic if isinstance(topic, str) else topic.name
+        self._unconfirmed[(name, key)] = (topic, message)
+        self.producer.send(topic, key, message)
+
+    def flush(self) -> bool:
+        """True when every message sent so far is confirmed."""
+        if not self._unconfirmed:
+            return True
+        try:
+            self.producer.flush(self.flush_timeout_s)
+        except DeliveryFailed as exc:
+            self.flush_failures += 1
+            if self.flush_failures == 1 or self.flush_failures % 30 == 0:
+                log.warning(
+                    "%d messages unconfirmed (%d flushes failed so far): %s",
+                    len(self._unconfirmed),
+                    self.flush_failures,
+                    exc,
+                )
+            if exc.failed:
+                for (_, key), (topic, message) in list(self._unconfirmed.items()):
+                    self.producer.send(topic, key, message)
+                    self.resent += 1
+            return False
+        self._unconfirmed.clear()
+        return True
 
 
 def _header_list(msg: KafkaMessage) -> tracing.Headers | None:
@@ -568,6 +655,7 @@ class MemoryProducer(_Sender):
         self._bus = bus
         self.delivered = 0
         self.failed = 0
+        self.dropped = 0
 
     def send_raw(
         self, topic: str, key: str | bytes | None, value: bytes, headers: tracing.Headers

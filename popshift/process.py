@@ -13,10 +13,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from confluent_kafka import KafkaException
 
-from popshift.bus import transient
+from popshift.bus import DeliveryFailed, transient
+
+T = TypeVar("T")
 
 log = logging.getLogger("popshift")
 
@@ -59,21 +62,62 @@ def run_ticking(
     interval_s: float,
     stop: threading.Event,
     clock: Callable[[], float] = time.monotonic,
-) -> None:
+) -> int:
     """Handle messages as they come (``poll(max_wait_s)``) and ``tick`` every ``interval_s``.
 
     A transient Kafka error is logged and waited out: the service keeps its state and its ticks
-    (liveness, drains, re-solves) and catches up when the broker returns.
+    (liveness, drains, re-solves) and catches up when the broker returns. ``DeliveryFailed``
+    (from ``poll`` or ``tick``) is logged and counted, never fatal: what was not sent stays with
+    the service, which sends it again (:class:`popshift.bus.Outbox`). Returns the number of
+    such Kafka failures seen.
     """
+    failures = 0
     next_tick = clock()
     while not stop.is_set():
         try:
             poll(min(0.2, max(0.0, next_tick - clock())))
-        except KafkaException as exc:
-            if not transient(exc):
+        except (KafkaException, DeliveryFailed) as exc:
+            if isinstance(exc, KafkaException) and not transient(exc):
                 raise
-            log.warning("Kafka: %s (retrying)", exc)
+            failures += 1
+            _log_failure("poll", exc, failures)
             stop.wait(0.5)
         if clock() >= next_tick:
-            tick()
+            try:
+                tick()
+            except (KafkaException, DeliveryFailed) as exc:
+                if isinstance(exc, KafkaException) and not transient(exc):
+                    raise
+                failures += 1
+                _log_failure("tick", exc, failures)
             next_tick = max(next_tick + interval_s, clock())
+    return failures
+
+
+def _log_failure(where: str, exc: Exception, failures: int) -> None:
+    if failures <= 10 or failures % 100 == 0:
+        log.warning("Kafka (%s, failure %d): %s (going on)", where, failures, exc)
+
+
+def until_ready(
+    step: Callable[[], T],
+    what: str,
+    stop: threading.Event,
+    errors: tuple[type[BaseException], ...] = (KafkaException, DeliveryFailed),
+    backoff_s: tuple[float, float] = (0.5, 5.0),
+) -> T | None:
+    """``step()`` once it succeeds: a service that starts while Kafka (or Redis) is down waits,
+    logs every attempt, and starts working when it comes. None if ``stop`` was set first."""
+    wait, longest = backoff_s
+    attempt = 0
+    while not stop.is_set():
+        attempt += 1
+        try:
+            return step()
+        except errors as exc:
+            log.warning(
+                "%s: not ready (attempt %d), retrying in %.1fs: %s", what, attempt, wait, exc
+            )
+        stop.wait(wait)
+        wait = min(longest, wait * 2)
+    return None

@@ -5,6 +5,17 @@ non-JSON feedback is dead-lettered with the reason before it reaches the aggrega
 aggregator rejects unknown PoPs, which are dead-lettered too. Duplicates and out-of-order
 heartbeats are valid messages that arrived late: they are counted and dropped, not dead-lettered.
 
+Kafka outages (the rule): liveness runs on the *feedback clock*, which advances only while
+feedback arrives. Once no feedback at all arrived from any server for more than one heartbeat
+interval (the largest interval any heartbeat carried, at least ``POPSHIFT_HEARTBEAT_INTERVAL_S``),
+the feedback clock stops; it resumes with the next message, skipping the silence. So when the
+bus (or the ingest's link to it) is down no server ages and none is marked down or forgotten,
+while a server that falls silent as others keep reporting is marked down after K of its
+intervals as before. After K such intervals of total silence the ingest counts a bus outage and
+publishes nothing (its figures would be stale) until feedback returns; it then publishes the
+loads it had, with the current time, not capacity 0. The price: if every server of every PoP
+really died at once, the ingest would keep their last loads instead of marking them down.
+
 Run: ``python -m services.feedback_ingest.ingest`` (SIGTERM/SIGINT stop it cleanly).
 """
 
@@ -18,9 +29,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 from popshift import topics
-from popshift.bus import Bus, KafkaBus, Received, RejectMessage, create_topics
+from popshift.bus import Bus, DeliveryFailed, KafkaBus, Received, RejectMessage, create_topics
 from popshift.network import load_network
-from popshift.process import install_stop_signals, run_ticking, setup_logging, tune_gc
+from popshift.process import (
+    install_stop_signals,
+    run_ticking,
+    setup_logging,
+    tune_gc,
+    until_ready,
+)
 from services.feedback_ingest.aggregate import PopAggregator, TooManyServers, UnknownPop
 from services.feedback_ingest.settings import IngestSettings
 
@@ -58,17 +75,50 @@ class Ingest:
             dead_letter_producer=self.producer,
         )
         self.published = 0
+        # The feedback clock (see the module's docstring): real time minus the silences.
+        self._gap_s = settings.heartbeat_interval_s  # the largest interval a heartbeat carried
+        self._last_rx: float | None = None  # real time of the last feedback from anyone
+        self._skipped_s = 0.0
+        self.outages = 0  # silences of every server longer than K intervals
+        self.in_outage = False
+
+    def feedback_clock(self, now: float) -> float:
+        """The liveness clock at real time ``now``: stopped one interval after the last feedback."""
+        if self._last_rx is not None and now - self._last_rx > self._gap_s:
+            now = self._last_rx + self._gap_s
+        return now - self._skipped_s
 
     def handle(self, received: Received) -> None:
+        now = self.clock()
+        if self._last_rx is not None and now - self._last_rx > self._gap_s:
+            self._skipped_s += now - self._last_rx - self._gap_s
+        self._last_rx = now
+        if self.in_outage:
+            self.in_outage = False
+            log.warning("feedback is back: liveness resumes, publishing again")
+        interval = getattr(received.value, "interval_s", None)
+        if interval is not None and interval > self._gap_s:
+            self._gap_s = interval
         try:
-            self.aggregator.observe(received.value, self.clock())
+            self.aggregator.observe(received.value, now - self._skipped_s)
         except (UnknownPop, TooManyServers) as exc:
             raise RejectMessage(str(exc)) from exc
 
     def publish(self, now: float) -> int:
-        loads = self.aggregator.tick(now)
+        silence = None if self._last_rx is None else now - self._last_rx
+        if silence is not None and silence > self._gap_s * self.settings.missed_heartbeats:
+            if not self.in_outage:
+                self.in_outage = True
+                self.outages += 1
+                log.warning(
+                    "no feedback from any server for %.1fs: a bus outage, not dead servers; "
+                    "liveness paused, pop-load.v1 held until feedback returns",
+                    silence,
+                )
+            return 0
+        loads = self.aggregator.tick(self.feedback_clock(now))
         for load in loads:
-            self.producer.send(self.pop_load, load.pop, load)
+            self.producer.send(self.pop_load, load.pop, load.model_copy(update={"at": now}))
         self.published += len(loads)
         return len(loads)
 
@@ -79,6 +129,8 @@ class Ingest:
             "dead_lettered": bus.dead_lettered,
             "handled": bus.handled,
             "published": self.published,
+            "outages": self.outages,
+            "send_dropped": self.producer.dropped,
         }
 
     def run(self, stop: threading.Event, log_every_s: float = 10.0) -> None:
@@ -102,8 +154,13 @@ class Ingest:
         run_ticking(poll, tick, self.settings.publish_interval_s, stop, self.clock)
 
     def close(self) -> None:
-        self.consumer.close()
-        self.producer.flush()
+        try:
+            self.consumer.close()
+        finally:
+            try:
+                self.producer.flush(5.0)
+            except DeliveryFailed as exc:  # pop-loads are renewed every second: nothing to keep
+                log.warning("stopping with pop-loads unsent: %s", exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,15 +169,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     settings = IngestSettings()
     network = load_network(settings.network_file)
-    create_topics(
-        settings.kafka_bootstrap,
-        [settings.topic(topics.FEEDBACK), settings.topic(topics.POP_LOAD)],
-        settings.topic_partitions,
-    )
-    ingest = Ingest(settings, network.pop_names, KafkaBus(settings.kafka_bootstrap))
-    tune_gc()
     stop = threading.Event()
     install_stop_signals(stop)
+    ready = until_ready(
+        lambda: create_topics(
+            settings.kafka_bootstrap,
+            [settings.topic(topics.FEEDBACK), settings.topic(topics.POP_LOAD)],
+            settings.topic_partitions,
+            timeout=5.0,
+        ),
+        "ingest: Kafka",
+        stop,
+    )
+    if ready is None:
+        return 0
+    ingest = Ingest(settings, network.pop_names, KafkaBus(settings.kafka_bootstrap))
+    tune_gc()
     log.info(
         "ingest %s -> %s for %d PoPs", ingest.feedback.name, ingest.pop_load.name, len(network.pops)
     )

@@ -14,11 +14,20 @@ import time
 from collections.abc import Callable, Sequence
 
 import redis
+from confluent_kafka import KafkaException
 
 from popshift import redis_client, topics
-from popshift.bus import Bus, KafkaBus, Received, RejectMessage, create_topics
+from popshift.bus import (
+    Bus,
+    DeliveryFailed,
+    KafkaBus,
+    Outbox,
+    Received,
+    RejectMessage,
+    create_topics,
+)
 from popshift.network import NetworkConfig, load_network
-from popshift.process import install_stop_signals, run_ticking, setup_logging
+from popshift.process import install_stop_signals, run_ticking, setup_logging, until_ready
 from schemas.messages import PolicyEvent
 from services.policy_engine.engine import (
     EngineState,
@@ -60,6 +69,8 @@ class PolicyEngineService:
         self.policies = settings.topic(topics.POLICIES)
         inputs = [settings.topic(topics.POP_STATUS), settings.topic(topics.DATAPLANE_STATS)]
         self.producer = bus.producer()
+        # Policies not yet confirmed by Kafka, the latest per source: sent again if lost.
+        self.outbox = Outbox(self.producer, flush_timeout_s=min(1.0, settings.policy_tick_s))
         restore(self.state, bus.replay(self.policies))
         self.consumer = bus.consumer(
             settings.policy_group,
@@ -89,12 +100,16 @@ class PolicyEngineService:
             log.error("overrides refused, keeping the last ones: %s", exc)
 
     def tick(self) -> list[PolicyEvent]:
-        """Re-solve and publish what changed (durably, before the next round)."""
+        """Re-solve and publish what changed (durably, before the next round).
+
+        Kafka away: the events stay in the outbox (each source's current policy) and are
+        flushed, or sent again if their delivery failed, on every later tick; never raises.
+        """
         now = self.clock()
         self._refresh_overrides(now)
         _, events = decide(self.state, Tick(), now)
         for event in events:
-            self.producer.send(self.policies, event.source, event)
+            self.outbox.send(self.policies, event.source, event)
             log.info(
                 "policy v%d %s %s: %s",
                 event.version,
@@ -102,8 +117,7 @@ class PolicyEngineService:
                 event.source,
                 event.reason.rule,
             )
-        if events:
-            self.producer.flush()
+        self.outbox.flush()
         self.published += len(events)
         return events
 
@@ -117,8 +131,12 @@ class PolicyEngineService:
         )
 
     def close(self) -> None:
-        self.consumer.close()
-        self.producer.flush()
+        try:
+            self.consumer.close()
+        finally:
+            self.outbox.flush_timeout_s = 10.0
+            if not self.outbox.flush():
+                log.error("stopping with %d policies unconfirmed", self.outbox.pending)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,20 +145,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     settings = PolicySettings()
     network = load_network(settings.network_file)
-    create_topics(
-        settings.kafka_bootstrap,
-        [settings.topic(t) for t in (topics.POP_STATUS, topics.DATAPLANE_STATS, topics.POLICIES)],
-        settings.topic_partitions,
-    )
-    client: redis.Redis[bytes] = redis_client.connect(settings.redis_url)
-    service = PolicyEngineService(
-        settings,
-        network,
-        KafkaBus(settings.kafka_bootstrap),
-        overrides=lambda: redis_overrides(client, settings.policy_overrides_key),
-    )
     stop = threading.Event()
     install_stop_signals(stop)
+    client: redis.Redis[bytes] = redis_client.connect(settings.redis_url)
+
+    def start() -> PolicyEngineService:
+        create_topics(
+            settings.kafka_bootstrap,
+            [
+                settings.topic(t)
+                for t in (topics.POP_STATUS, topics.DATAPLANE_STATS, topics.POLICIES)
+            ],
+            settings.topic_partitions,
+            timeout=5.0,
+        )
+        return PolicyEngineService(
+            settings,
+            network,
+            KafkaBus(settings.kafka_bootstrap),
+            overrides=lambda: redis_overrides(client, settings.policy_overrides_key),
+        )
+
+    # Kafka down at start: wait for it (replaying policies.v1 needs it), then start.
+    service = until_ready(start, "policy engine: Kafka", stop, (KafkaException, DeliveryFailed))
+    if service is None:
+        return 0
     log.info("policy engine for %d PoPs, version %d", len(network.pops), service.state.version)
     try:
         service.run(stop)

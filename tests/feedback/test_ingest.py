@@ -42,13 +42,57 @@ def test_valid_feedback_is_published_per_pop_and_bad_feedback_dead_lettered() ->
 
 @pytest.mark.parametrize("interval_s", [None, 5.0])
 def test_liveness_follows_the_interval_the_heartbeat_carries(interval_s: float | None) -> None:
-    """No setting to match by hand: an agent beating every 5 s is down after 3 x 5 s."""
+    """No setting to match by hand: an agent beating every 5 s is down after 3 x 5 s (while
+    another server keeps reporting, so the bus is known to work)."""
     bus, clock = MemoryBus(), [0.0]
     ingest = ingest_on(bus, clock)
-    bus.producer().send(t.FEEDBACK, "a", hb("a1", seq=1, interval_s=interval_s))
-    ingest.consumer.poll_batch(ingest.handle)
-    down_after = 3 * (interval_s or 1.0)
+    step = interval_s or 1.0
+    down_after = 3 * step
+    producer = bus.producer()
+    producer.send(t.FEEDBACK, "a", hb("a1", seq=1, interval_s=interval_s))
+    for i in range(4):
+        clock[0] = i * step
+        producer.send(t.FEEDBACK, "a", hb("a2", seq=i + 1, interval_s=interval_s))
+        ingest.consumer.poll_batch(ingest.handle)
     ingest.publish(down_after)
     ingest.publish(down_after + 0.01)
     *_, before, after = bus.replay(t.POP_LOAD)
-    assert (before.servers[0].healthy, after.servers[0].healthy) == (True, False)
+    healthy = [{s.server: s.healthy for s in x.servers} for x in (before, after)]
+    assert healthy == [{"a1": True, "a2": True}, {"a1": False, "a2": True}]
+
+
+def test_a_bus_outage_marks_no_server_down_and_publishes_no_capacity_zero() -> None:
+    """No feedback from anyone for K intervals: a bus outage. Nothing is published meanwhile,
+    no server ages, and after the outage the loads come back as they were, with fresh times."""
+    bus, clock = MemoryBus(), [100.0]
+    ingest = ingest_on(bus, clock)
+    producer = bus.producer()
+    for seq in (1, 2):
+        producer.send(t.FEEDBACK, "a", hb("a1", seq=seq, busy=2.0))
+        producer.send(t.FEEDBACK, "b", hb("b1", seq=seq, busy=1.0, pop="b"))
+        ingest.consumer.poll_batch(ingest.handle)
+        assert ingest.publish(clock[0]) == 2
+        clock[0] += 1.0
+    published = ingest.published
+    for now in (102.0, 103.0, 103.5, 150.0, 500.0):  # silence: 400 s, past forget_after_s too
+        clock[0] = now
+        ingest.publish(now)
+    assert ingest.in_outage and ingest.outages == 1
+    assert ingest.published - published == 3 * 2  # the ticks within K intervals, both PoPs
+    assert ingest.stats()["marked_down"] == ingest.stats()["forgotten"] == 0
+    clock[0] = 501.0  # the bus is back: the first heartbeat of one server arrives
+    producer.send(t.FEEDBACK, "a", hb("a1", seq=3, busy=2.0))
+    ingest.consumer.poll_batch(ingest.handle)
+    assert ingest.publish(501.0) == 2
+    *_, a, b = bus.replay(t.POP_LOAD)
+    for load in (a, b):
+        assert load.at == 501.0
+        assert load.healthy_capacity_cores > 0.0
+        assert all(s.healthy for s in load.servers)
+    assert not ingest.in_outage and ingest.stats()["marked_down"] == 0
+    clock[0] = 505.0  # b1 stays silent while a1 reports: b1 really is down now
+    producer.send(t.FEEDBACK, "a", hb("a1", seq=4, busy=2.0))
+    ingest.consumer.poll_batch(ingest.handle)
+    ingest.publish(505.0)
+    *_, b_after = (x for x in bus.replay(t.POP_LOAD) if x.pop == "b")
+    assert [s.healthy for s in b_after.servers] == [False]
