@@ -90,9 +90,10 @@ def test_a_bus_outage_marks_no_server_down_and_publishes_no_capacity_zero() -> N
         assert load.healthy_capacity_cores > 0.0
         assert all(s.healthy for s in load.servers)
     assert not ingest.in_outage and ingest.stats()["marked_down"] == 0
-    clock[0] = 505.0  # b1 stays silent while a1 reports: b1 really is down now
-    producer.send(t.FEEDBACK, "a", hb("a1", seq=4, busy=2.0))
-    ingest.consumer.poll_batch(ingest.handle)
-    ingest.publish(505.0)
+    for seq in range(4, 9):  # b1 stays silent while a1 reports: b1 really is down now
+        clock[0] += 1.0
+        producer.send(t.FEEDBACK, "a", hb("a1", seq=seq, busy=2.0))
+        ingest.consumer.poll_batch(ingest.handle)
+    ingest.publish(clock[0])
     *_, b_after = (x for x in bus.replay(t.POP_LOAD) if x.pop == "b")
     assert [s.healthy for s in b_after.servers] == [False]
