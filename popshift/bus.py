@@ -422,7 +422,7 @@ class Outbox:
     def __init__(self, producer: Producer, flush_timeout_s: float = 1.0) -> None:
         self.producer = producer
         self.flush_timeout_s = flush_timeout_s
-        self._unconfirmed: dict[tuple[str, str], tuple[Topic | str, BaseModel]] = {}
+        self._unconfirmed: dict[tuple[str, str], tuple[Topic | str, str, BaseModel]] = {}
         self.flush_failures = 0
         self.resent = 0
 
@@ -430,9 +430,12 @@ class Outbox:
     def pending(self) -> int:
         return len(self._unconfirmed)
 
-    def send(self, topic: Topic | str, key: str, message: BaseModel) -> None:
+    def send(
+        self, topic: Topic | str, key: str, message: BaseModel, *, slot: str | None = None
+    ) -> None:
+        """Send; ``slot`` (default: the key) names what a later message replaces."""
         name = topic if isinstance(topic, str) else topic.name
-        self._unconfirmed[(name, key)] = (topic, message)
+        self._unconfirmed[(name, slot or key)] = (topic, key, message)
         self.producer.send(topic, key, message)
 
     def flush(self) -> bool:
@@ -451,7 +454,7 @@ class Outbox:
                     exc,
                 )
             if exc.failed:
-                for (_, key), (topic, message) in list(self._unconfirmed.items()):
+                for topic, key, message in list(self._unconfirmed.values()):
                     self.producer.send(topic, key, message)
                     self.resent += 1
             return False

@@ -2,13 +2,23 @@
 
 Run: ``POPSHIFT_TABLE_POP=a python -m services.table_writer.service``. On start it adopts the
 tables already in Redis and replays its own PoP's latest policy from the compacted topic, so a
-restart converges to the same tables. A Redis failure leaves the state's tables as they were;
-the next tick retries the same write (the forwarders keep their last good table meanwhile).
+restart converges to the same tables.
+
+Redis failures: every table the state machine produces becomes the state's table at once and
+waits, the latest per tier, until Redis takes it; each tick (and each new message) tries again
+with the same content, so a server change whose write failed is applied when Redis returns
+(later steps build on it rather than on the table Redis last took). The forwarders keep their
+last good table meanwhile. Each tick also reads every tier's ``current`` version: a Redis that
+came back empty (or older than this writer) gets every tier's table rewritten at once, as our
+version + 1. A table in Redis this code cannot read (an older blob format) is logged and
+written afresh above its version. table-updates.v1 notices wait in an :class:`Outbox` and are
+sent again if Kafka lost them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import sys
@@ -18,13 +28,22 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import redis
+from confluent_kafka import KafkaException
 
 from popshift import redis_client, topics
-from popshift.bus import Bus, KafkaBus, Received, RejectMessage, create_topics
+from popshift.bus import (
+    Bus,
+    DeliveryFailed,
+    KafkaBus,
+    Outbox,
+    Received,
+    RejectMessage,
+    create_topics,
+)
 from popshift.network import NetworkConfig, load_network
-from popshift.process import install_stop_signals, run_ticking, setup_logging
+from popshift.process import install_stop_signals, run_ticking, setup_logging, until_ready
 from schemas.messages import PolicyEvent, PopLoad, TableUpdate
-from services.table_writer.codec import Header
+from services.table_writer.codec import BadTableBlob, Header
 from services.table_writer.settings import TableWriterSettings
 from services.table_writer.store import StaleVersion, TableStore
 from services.table_writer.table import Table, TableInvariantError
@@ -45,7 +64,13 @@ log = logging.getLogger("popshift.table_writer")
 class Tables(Protocol):
     """Where the versioned tables live: :class:`TableStore` (Redis), or a dict in tests."""
 
-    def read(self, pop: str, tier: int) -> tuple[Header, Table] | None: ...
+    def read(self, pop: str, tier: int) -> tuple[Header, Table] | None:
+        """Raises BadTableBlob for a table it cannot decode."""
+        ...
+
+    def current_version(self, pop: str, tier: int) -> int:
+        """0 when the tier has no table."""
+        ...
 
     def write(self, table: Table, header: Header) -> None:
         """Raises StaleVersion if the store holds ``header.version`` or newer already."""
@@ -70,8 +95,12 @@ class TableWriterService:
         self.store = store
         self.updates = settings.topic(topics.TABLE_UPDATES)
         self.producer = bus.producer()
+        self.outbox = Outbox(self.producer, flush_timeout_s=min(1.0, settings.table_tick_s))
         self.written = 0
         self.refused = 0
+        self.write_failures = 0
+        self.rewrites = 0  # tiers rewritten because Redis had lost them
+        self._pending: dict[int, Write] = {}  # per tier: the state's table, not yet in Redis
         self._adopt_from_redis()
         policies = settings.topic(topics.POLICIES)
         for event in bus.replay(policies, key=pop):
@@ -86,16 +115,26 @@ class TableWriterService:
 
     def _adopt_from_redis(self) -> None:
         for tier in self.state.forwardable:
+            self._adopt_tier(tier)
+
+    def _adopt_tier(self, tier: int) -> bool:
+        """Take the tier's table from Redis; False if there is none this writer can use."""
+        try:
             found = self.store.read(self.pop, tier)
-            if found is None:
-                continue
-            header, table = found
-            if header.bits != self.state.bits:
-                log.warning(
-                    "tier %d: table in Redis has 2^%d buckets, rebuilding", tier, header.bits
-                )
-                continue
-            adopt(self.state, tier, table, header.version, header.policy_version, header.shares)
+        except BadTableBlob as exc:
+            log.error(
+                "%s tier %d: unreadable table in Redis, writing afresh: %s", self.pop, tier, exc
+            )
+            return False
+        if found is None:
+            return False
+        header, table = found
+        if header.bits != self.state.bits:
+            log.warning("tier %d: table in Redis has 2^%d buckets, rebuilding", tier, header.bits)
+            return False
+        adopt(self.state, tier, table, header.version, header.policy_version, header.shares)
+        self._pending.pop(tier, None)
+        return True
 
     def _guarded(self, step: Callable[[], list[Write]]) -> None:
         """Run a state step and write its tables; refuse loudly what breaks an invariant."""
@@ -111,7 +150,16 @@ class TableWriterService:
         self._write(writes)
 
     def _write(self, writes: list[Write]) -> None:
+        """Make each write the state's table and store it (now, or on a later attempt)."""
         for w in writes:
+            commit(self.state, w)
+            self._pending[w.tier] = w
+        self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        """Store every tier's waiting table, oldest tier first; stop at the first Redis error."""
+        for tier in sorted(self._pending):
+            w = self._pending[tier]
             now = self.clock()
             header = Header(
                 pop=self.pop,
@@ -126,14 +174,22 @@ class TableWriterService:
                 self.store.write(w.table, header)
             except StaleVersion as exc:
                 log.error("%s tier %d: %s; re-reading Redis", self.pop, w.tier, exc)
-                self._adopt_from_redis()
-                return
+                try:
+                    if self._adopt_tier(tier):
+                        continue  # another writer's newer table: ours gives way, as it did
+                    above = self.store.current_version(self.pop, tier)
+                except redis.RedisError as err:
+                    self._redis_failed(tier, err)
+                    break
+                self._bump(tier, above + 1)
+                continue  # written on the next attempt
             except redis.RedisError as exc:
-                log.warning(
-                    "%s tier %d: Redis write failed, retrying next tick: %s", self.pop, w.tier, exc
-                )
-                return
-            commit(self.state, w)
+                self._redis_failed(tier, exc)
+                break
+            del self._pending[tier]
+            current = self.state.tables.get(tier)
+            if current is not None and current.version == w.version:
+                current.written_at = now  # the lease runs from the write that landed
             self.written += 1
             update = TableUpdate(
                 pop=self.pop,
@@ -143,9 +199,60 @@ class TableWriterService:
                 buckets_changed=len(w.changed),
                 written_at=now,
             )
-            self.producer.send(self.updates, self.pop, update)
-        if writes:
-            self.producer.flush()
+            self.outbox.send(self.updates, self.pop, update, slot=f"{self.pop}:{w.tier}")
+        self.outbox.flush()
+
+    def _bump(self, tier: int, version: int) -> None:
+        """The waiting table of ``tier`` as ``version`` (Redis holds a higher one we cannot use)."""
+        w = dataclasses.replace(self._pending[tier], version=version)
+        self._pending[tier] = w
+        current = self.state.tables.get(tier)
+        if current is not None:
+            current.version = version
+
+    def _redis_failed(self, tier: int, exc: Exception) -> None:
+        self.write_failures += 1
+        if self.write_failures <= 10 or self.write_failures % 60 == 0:
+            log.warning(
+                "%s tier %d: Redis write failed (%d so far), keeping %d tables to write: %s",
+                self.pop,
+                tier,
+                self.write_failures,
+                len(self._pending),
+                exc,
+            )
+
+    def _check_redis(self) -> None:
+        """A Redis that lost our tables (restarted empty, or older): rewrite each tier now."""
+        for tier, current in sorted(self.state.tables.items()):
+            if tier in self._pending:
+                continue
+            try:
+                stored = self.store.current_version(self.pop, tier)
+            except redis.RedisError as exc:
+                self._redis_failed(tier, exc)
+                return
+            if stored >= current.version:
+                continue
+            log.warning(
+                "%s tier %d: Redis holds v%d, ours is v%d: rewriting as v%d",
+                self.pop,
+                tier,
+                stored,
+                current.version,
+                current.version + 1,
+            )
+            self.rewrites += 1
+            self._pending[tier] = Write(
+                tier,
+                current.version + 1,
+                self.state.policy_version,
+                current.table,
+                dict(current.shares),
+                [],
+                self.clock(),
+            )
+            current.version += 1
 
     def handle(self, received: Received) -> None:
         if received.key is not None and received.key != self.pop.encode():
@@ -157,6 +264,8 @@ class TableWriterService:
             self._guarded(lambda: on_servers(self.state, value, self.clock()))
 
     def tick(self) -> None:
+        self._check_redis()
+        self._flush_pending()
         with contextlib.suppress(RejectMessage):  # logged loudly; nothing to dead-letter
             self._guarded(lambda: on_tick(self.state, self.clock()))
 
@@ -170,8 +279,12 @@ class TableWriterService:
         )
 
     def close(self) -> None:
-        self.consumer.close()
-        self.producer.flush()
+        try:
+            self.consumer.close()
+        finally:
+            self.outbox.flush_timeout_s = 10.0
+            if not self.outbox.flush():
+                log.error("stopping with %d table notices unconfirmed", self.outbox.pending)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -184,16 +297,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("which PoP? set POPSHIFT_TABLE_POP or pass it as the first argument")
         return 2
     network = load_network(settings.network_file)
-    create_topics(
-        settings.kafka_bootstrap,
-        [settings.topic(t) for t in (topics.POLICIES, topics.POP_LOAD, topics.TABLE_UPDATES)],
-        settings.topic_partitions,
-    )
-    client: redis.Redis[bytes] = redis_client.connect(settings.redis_url)
-    store = TableStore(client, settings.table_retain_s, prefix=settings.table_key_prefix)
-    service = TableWriterService(settings, network, pop, store, KafkaBus(settings.kafka_bootstrap))
     stop = threading.Event()
     install_stop_signals(stop)
+    client: redis.Redis[bytes] = redis_client.connect(settings.redis_url)
+    store = TableStore(client, settings.table_retain_s, prefix=settings.table_key_prefix)
+
+    def start() -> TableWriterService:
+        create_topics(
+            settings.kafka_bootstrap,
+            [settings.topic(t) for t in (topics.POLICIES, topics.POP_LOAD, topics.TABLE_UPDATES)],
+            settings.topic_partitions,
+            timeout=5.0,
+        )
+        return TableWriterService(settings, network, pop, store, KafkaBus(settings.kafka_bootstrap))
+
+    # Kafka or Redis down at start: wait for both (policies replay, tables adopted), then start.
+    service = until_ready(
+        start, f"table writer {pop}", stop, (KafkaException, DeliveryFailed, redis.RedisError)
+    )
+    if service is None:
+        return 0
     log.info("table writer for %s (2^%d buckets per tier)", pop, settings.table_bits)
     try:
         service.run(stop)

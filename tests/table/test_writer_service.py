@@ -7,7 +7,7 @@ import redis
 from popshift import topics as t
 from popshift.bus import MemoryBus
 from schemas.messages import PolicyAction, PolicyEvent, PolicyReason, Share, TableUpdate
-from services.table_writer.codec import Header
+from services.table_writer.codec import BadTableBlob, Header
 from services.table_writer.service import TableWriterService
 from services.table_writer.settings import TableWriterSettings
 from services.table_writer.store import StaleVersion
@@ -27,7 +27,15 @@ class MemoryTables:
         self.down = False
 
     def read(self, pop: str, tier: int) -> tuple[Header, Table] | None:
+        if self.down:
+            raise redis.ConnectionError("Redis is away")
         return self.tables.get((pop, tier))
+
+    def current_version(self, pop: str, tier: int) -> int:
+        if self.down:
+            raise redis.ConnectionError("Redis is away")
+        found = self.tables.get((pop, tier))
+        return found[0].version if found else 0
 
     def write(self, table: Table, header: Header) -> None:
         if self.down:
@@ -106,3 +114,69 @@ def test_a_failed_store_write_is_retried_on_the_next_tick() -> None:
     store.down = False
     writer.tick()
     assert writer.written > 0 and ("a", 0) in store.tables
+
+
+def _primaries(table: Table) -> set[str]:
+    return {b.primary for b in table}
+
+
+def test_a_server_change_whose_write_failed_is_applied_when_the_store_returns() -> None:
+    """The failed write is the state's table and is retried as it was: the rebalance is kept."""
+    bus, store = MemoryBus(), MemoryTables()
+    producer = bus.producer()
+    producer.send(t.POP_LOAD, "a", pop_load("a", NOW))
+    writer = writer_on(bus, store)
+    writer.consumer.poll_batch(writer.handle)
+    assert _primaries(store.tables[("a", 0)][1]) == {"192.0.97.1", "192.0.97.2"}
+    store.down = True
+    full = pop_load("a", NOW)
+    gone = full.servers[1].model_copy(update={"healthy": False})
+    one_left = full.model_copy(update={"servers": [full.servers[0], gone]})
+    producer.send(t.POP_LOAD, "a", one_left)
+    writer.consumer.poll_batch(writer.handle)
+    writer.tick()
+    writer.tick()
+    assert writer.write_failures > 0
+    assert _primaries(store.tables[("a", 0)][1]) == {"192.0.97.1", "192.0.97.2"}
+    store.down = False
+    writer.tick()
+    for tier, (_, table) in ((k[1], v) for k, v in store.tables.items()):
+        assert _primaries(table) == {"192.0.97.1"}, f"tier {tier}: the server change was lost"
+    assert not writer._pending
+
+
+def test_a_store_that_comes_back_empty_gets_every_tier_rewritten_within_one_tick() -> None:
+    bus, store = MemoryBus(), MemoryTables()
+    bus.producer().send(t.POP_LOAD, "a", pop_load("a", NOW))
+    writer = writer_on(bus, store)
+    writer.consumer.poll_batch(writer.handle)
+    before = dict(store.tables)
+    assert before
+    store.tables.clear()  # Redis restarted without its data
+    writer.tick()
+    assert set(store.tables) == set(before)
+    for key, (header, table) in before.items():
+        again, same = store.tables[key]
+        assert same == table and again.version == header.version + 1
+    assert writer.rewrites == len(before)
+
+
+def test_an_unreadable_table_in_the_store_is_written_afresh_above_its_version() -> None:
+    """An older blob format (codec.BadTableBlob) must not stop the writer."""
+
+    class OldFormat(MemoryTables):
+        def read(self, pop: str, tier: int) -> tuple[Header, Table] | None:
+            found = super().read(pop, tier)
+            if found is not None and found[0].version == 7:
+                raise BadTableBlob("not a popshift table (format 0)")
+            return found
+
+    bus, store = MemoryBus(), OldFormat()
+    old = Header(pop="a", tier=0, version=7, policy_version=0, bits=BITS, written_at=1.0, shares={})
+    store.tables[("a", 0)] = (old, [])
+    bus.producer().send(t.POP_LOAD, "a", pop_load("a", NOW))
+    writer = writer_on(bus, store)  # adopting tier 0 fails: logged, not fatal
+    writer.consumer.poll_batch(writer.handle)
+    writer.tick()
+    header, table = store.tables[("a", 0)]
+    assert header.version > 7 and len(table) == 1 << BITS
