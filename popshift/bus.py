@@ -66,6 +66,11 @@ def transient(exc: KafkaException) -> bool:
     )
 
 
+_COMMIT_LOST = frozenset(
+    {KafkaError._ASSIGNMENT_LOST, KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID}
+)
+
+
 class DeliveryFailed(Exception):
     """The producer could not deliver every message within the time allowed.
 
@@ -113,7 +118,29 @@ def create_topics(
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
-    return [nt.topic for nt in todo]
+    created = [nt.topic for nt in todo]
+    _wait_for_leaders(admin, created, timeout)
+    return created
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:
+    """Until every partition of ``names`` has a leader: a consumer that subscribes before the
+    broker's metadata shows a new topic would otherwise wait for its next metadata refresh
+    (minutes), e.g. when every service creates its topics just after the broker started."""
+    deadline = time.monotonic() + timeout
+    while True:
+        meta = admin.list_topics(timeout=timeout).topics
+        if all(
+            n in meta
+            and meta[n].error is None
+            and meta[n].partitions
+            and all(p.leader >= 0 for p in meta[n].partitions.values())
+            for n in names
+        ):
+            return
+        if time.monotonic() >= deadline:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"no leaders yet: {names}"))
+        time.sleep(0.1)
 
 
 # --- what every consumer does the same way ----------------------------------------------------
@@ -495,6 +522,9 @@ class TypedConsumer(_Intake):
             "enable.auto.offset.store": False,
             "enable.auto.commit": True,
             "auto.commit.interval.ms": 1000,
+            # A subscribed topic missing from the metadata (just created, a broker just back)
+            # is looked for again this often, not after librdkafka's default 5 minutes.
+            "topic.metadata.refresh.interval.ms": 5000,
         }
         config.update(extra_config or {})
         self._consumer = KafkaConsumer(config)
@@ -546,8 +576,15 @@ class TypedConsumer(_Intake):
         try:
             self._consumer.commit(asynchronous=False)
         except KafkaException as exc:
-            if exc.args[0].code() != KafkaError._NO_OFFSET:
-                raise
+            code = exc.args[0].code()
+            if code == KafkaError._NO_OFFSET:
+                return
+            if code in _COMMIT_LOST or transient(exc):
+                # The broker was away or the group moved on: the next owner re-reads from the
+                # last committed offset (at least once), nothing to die for.
+                log.warning("commit failed, going on: %s", exc)
+                return
+            raise
 
     def close(self) -> None:
         self.commit()

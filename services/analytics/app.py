@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from pydantic import Field
 from popshift import topics, tracing
 from popshift.bus import Outgoing, RejectMessage, create_topics, dead_letter, validate
 from popshift.network import load_network
-from popshift.process import setup_logging, tune_gc
+from popshift.process import install_stop_signals, setup_logging, tune_gc, until_ready
 from popshift.settings import Settings
 from schemas.messages import DeadLetter, PopLoad
 from services.analytics.config import load_config
@@ -150,11 +151,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     del argv  # configured by POPSHIFT_* only
     setup_logging()
     settings = AnalyticsSettings()
-    create_topics(
-        settings.kafka_bootstrap,
-        [settings.topic(topics.POP_LOAD), settings.topic(topics.POP_STATUS)],
-        settings.topic_partitions,
+    # Kafka down at start: wait for it (faust's own start needs the broker), then start.
+    stop = threading.Event()
+    install_stop_signals(stop)
+    ready = until_ready(
+        lambda: create_topics(
+            settings.kafka_bootstrap,
+            [settings.topic(topics.POP_LOAD), settings.topic(topics.POP_STATUS)],
+            settings.topic_partitions,
+            timeout=5.0,
+        ),
+        "analytics: Kafka",
+        stop,
     )
+    if ready is None:
+        return 0
     app = build_app(settings)
     worker = faust.Worker(app, loglevel="INFO", stdout=sys.stderr, redirect_stdouts=False)
     tune_gc()
