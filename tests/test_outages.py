@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -66,12 +66,12 @@ def _env(kafka: str, redis_url: str, unique: str, tmp_path: Path) -> dict[str, s
 
 def _alive(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
-        assert p.poll() is None, f"{p.args} exited {p.returncode} (Kafka or Redis away)"
+        assert p.poll() is None, f"{p.args!r} exited {p.returncode} (Kafka or Redis away)"
 
 
-def _wait(predicate: object, deadline_s: float, what: str) -> None:
+def _wait(predicate: Callable[[], bool], deadline_s: float, what: str) -> None:
     end = time.monotonic() + deadline_s
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         assert time.monotonic() < end, f"not within {deadline_s}s: {what}"
         time.sleep(0.2)
 
