@@ -525,6 +525,10 @@ class TypedConsumer(_Intake):
             # A subscribed topic missing from the metadata (just created, a broker just back)
             # is looked for again this often, not after librdkafka's default 5 minutes.
             "topic.metadata.refresh.interval.ms": 5000,
+            # After a broker restart a consumer may lose its group coordinator and rejoin only
+            # when its session times out: 10 s (not 45) bounds that stall of the control loop.
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 2_000,
         }
         config.update(extra_config or {})
         self._consumer = KafkaConsumer(config)
