@@ -223,11 +223,17 @@ class PolicyEvent(Message):
     source: PopName
     version: int = Field(ge=1, lt=2**63)
     issued_at: Seconds
+    expires_at: Seconds | None = None
+    """The policy's lease: after this its table writer drops the shares back to local unless a
+    newer version came (the engine renews a policy every tick while its inputs are fresh;
+    docs/failure.md). None: no lease, from an engine before leases."""
     shares: list[Share] = Field(default_factory=list, max_length=MAX_SHARES_PER_POLICY)
     reason: PolicyReason
 
     @model_validator(mode="after")
     def _consistent(self) -> PolicyEvent:
+        if self.expires_at is not None and self.expires_at <= self.issued_at:
+            raise ValueError("expires_at must be after issued_at")
         if self.action is PolicyAction.CANCEL and self.shares:
             raise ValueError("shares: a cancel carries no shares")
         seen: set[tuple[int, str]] = set()

@@ -37,6 +37,9 @@ from services.policy_engine.solver import (
 )
 
 SAME = 1e-6  # shares closer than this are the same share
+LEASE_TICKS = 3
+"""The default lease of a policy, in engine ticks: a policy is renewed every tick while the
+engine's inputs for its source are fresh, so two renewals may be lost in a row."""
 
 
 class UnknownPop(ValueError):
@@ -66,6 +69,16 @@ class EngineConfig:
     max_candidates: int | None = 16
     tier_mix: Mapping[int, float] = field(default_factory=dict)
     damping: DampingConfig = field(default_factory=DampingConfig)
+    tick_s: float = 1.0
+    """How often the adapter (or the simulator) ticks the engine."""
+    lease_s: float | None = None
+    """How long a policy is in force after it is issued (``expires_at = issued_at + lease``);
+    None = ``LEASE_TICKS`` x ``tick_s``. The engine renews a policy once a third of its lease has
+    passed, while the source's pop-status is fresh; a writer drops a lapsed policy to local."""
+
+    @property
+    def lease(self) -> float:
+        return self.lease_s if self.lease_s is not None else LEASE_TICKS * self.tick_s
 
 
 @dataclass
@@ -73,6 +86,13 @@ class Policy:
     shares: Shares
     version: int
     issued_at: float
+    expires_at: float | None = None  # None: no lease (adopted from before leases)
+    changed_at: float | None = None  # when the shares last changed (the hold-off's clock)
+    reason: PolicyReason | None = None
+
+    @property
+    def last_change(self) -> float:
+        return self.issued_at if self.changed_at is None else self.changed_at
 
 
 @dataclass
@@ -115,7 +135,8 @@ def restore(state: EngineState, events: Iterable[PolicyEvent]) -> EngineState:
         if known is not None and known.version >= ev.version:
             continue
         shares = {(s.tier, s.destination): s.share for s in ev.shares}
-        state.adopt(ev.source, Policy(shares, ev.version, ev.issued_at), keep_s=0.0)
+        policy = Policy(shares, ev.version, ev.issued_at, ev.expires_at, reason=ev.reason)
+        state.adopt(ev.source, policy, keep_s=0.0)
         state.version = max(state.version, ev.version)
     return state
 
@@ -215,18 +236,30 @@ def _problem(state: EngineState, fresh: list[str], native: dict[str, dict[int, f
     )
 
 
-def _forced(state: EngineState, src: str, current: Mapping[ShareKey, float]) -> Shares:
-    """Shares that change now, undamped: the operator's pins, and zero for what is not allowed."""
+def _dead(state: EngineState) -> set[str]:
+    """PoPs whose latest pop-status shows no healthy capacity (every server down, or dark)."""
+    return {
+        name
+        for name, model in state.pops.items()
+        if model.status is not None and model.status.capacity_cores <= 0.0
+    }
+
+
+def _forced(
+    state: EngineState, src: str, current: Mapping[ShareKey, float], dead: set[str]
+) -> Shares:
+    """Shares that change now, undamped: the operator's pins, and zero for what is not allowed
+    (a forbidden pair, a tier that may not move, a drained or dead destination)."""
     forwardable = {t.id for t in state.network.tiers if t.forwardable}
     forbidden = state.overrides.forbidden
     drained = set(state.overrides.drain)
     forced: Shares = {
         (tier, dst): 0.0
         for tier, dst in current
-        if tier not in forwardable or (src, dst) in forbidden or dst in drained
+        if tier not in forwardable or (src, dst) in forbidden or dst in drained or dst in dead
     }
     for (tier, s, dst), x in state.overrides.pinned.items():
-        if s == src:
+        if s == src and dst not in dead:
             forced[(tier, dst)] = x
     return forced
 
@@ -246,24 +279,30 @@ def _expected_loads(
 
 
 def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
+    dead = _dead(state)
     fresh = [
         n
         for n in state.network.pop_names
-        if state.pops[n].fresh(now, state.config.status_max_age_s)
+        if n not in dead and state.pops[n].fresh(now, state.config.status_max_age_s)
     ]
-    if not fresh:
-        return []  # analytics is silent: keep every policy as it is (fail static)
-    native = _estimate(state, fresh, now)
-    state.native.update(native)
-    solution = solve_with_budget(_problem(state, fresh, native), state.config.solve_budget)
-
     fresh_set = set(fresh)
+    native: dict[str, dict[int, float]] = {}
+    solution: Solution | None = None
+    if fresh:
+        native = _estimate(state, fresh, now)
+        state.native.update(native)
+        solution = solve_with_budget(_problem(state, fresh, native), state.config.solve_budget)
+
     decided: dict[str, Shares] = {}
     targets: dict[str, Shares] = {}
     for src in state.network.pop_names:
         policy = state.policies.get(src)
         current = policy.shares if policy else {}
-        if src in fresh_set:
+        if policy is not None and current and _lapsed(policy, now):
+            current = {}  # its writer has dropped it to local by now: start again from there
+        if solution is None:  # analytics is silent: keep policies as they are (fail static)...
+            target = dict(current)
+        elif src in fresh_set:
             target = solution.source_shares(src)
         else:  # no recent verdict for src: keep its policy, minus stale destinations
             target = {k: v for k, v in current.items() if k[1] in fresh_set}
@@ -271,40 +310,97 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
         decided[src] = damp(
             current,
             target,
-            last_change=policy.issued_at if policy else None,
+            last_change=policy.last_change if policy else None,
             now=now,
             config=state.config.damping,
-            forced=_forced(state, src, current),
+            forced=_forced(state, src, current, dead),  # ...but a dead destination goes at once
         )
 
     expected = _expected_loads(state, native, {s: d for s, d in decided.items()})
     events: list[PolicyEvent] = []
+    lease = state.config.lease
     for src, new in decided.items():
         policy = state.policies.get(src)
         current = policy.shares if policy else {}
-        if _same(current, new):
+        lapsed = policy is not None and bool(current) and _lapsed(policy, now)
+        if lapsed:
+            # Not renewed in time (src's inputs went stale): its writer has dropped it to local.
+            # Say so on the topic: a cancel, or a new policy starting from local again.
+            action = PolicyAction.NEW if new else PolicyAction.CANCEL
+            reason = (
+                _reason(state, src, {}, new, targets[src], solution, expected, dead)
+                if new
+                else PolicyReason(
+                    trigger_pop=src,
+                    rule=f"lapsed: no pop-status from {src} within"
+                    f" {state.config.status_max_age_s:g} s, the lease ran out: back to local",
+                )
+            )
+            changed_at = now
+        elif not _same(current, new):
+            action = (
+                PolicyAction.CANCEL
+                if not new
+                else PolicyAction.NEW
+                if not current
+                else PolicyAction.UPDATE
+            )
+            reason = _reason(state, src, current, new, targets[src], solution, expected, dead)
+            changed_at = now
+        elif _renew(policy, src in fresh_set, lease, now):
+            assert policy is not None  # a renewal: the same shares, a new version and lease
+            action = PolicyAction.UPDATE
+            reason = _renewal_reason(policy.reason, src)
+            changed_at = policy.last_change
+        else:
             continue
         state.version += 1
-        action = (
-            PolicyAction.CANCEL
-            if not new
-            else PolicyAction.NEW
-            if not current
-            else PolicyAction.UPDATE
-        )
+        expires_at = now + lease
+        if (
+            src not in fresh_set
+            and policy is not None
+            and policy.expires_at is not None
+            and policy.expires_at > now
+        ):
+            expires_at = policy.expires_at  # a stale source's lease is never extended
         event = PolicyEvent(
             action=action,
             source=src,
             version=state.version,
             issued_at=now,
+            expires_at=expires_at,
             shares=[
                 Share(tier=t, destination=d, share=min(1.0, x)) for (t, d), x in sorted(new.items())
             ],
-            reason=_reason(state, src, current, new, targets[src], solution, expected),
+            reason=reason,
         )
-        state.adopt(src, Policy(dict(new), state.version, now), state.config.status_max_age_s)
+        adopted = Policy(dict(new), state.version, now, expires_at, changed_at, reason)
+        state.adopt(src, adopted, state.config.status_max_age_s)
         events.append(event)
     return events
+
+
+def _lapsed(policy: Policy, now: float) -> bool:
+    return policy.expires_at is not None and now >= policy.expires_at
+
+
+def _renew(policy: Policy | None, fresh: bool, lease: float, now: float) -> bool:
+    """Renew a policy with shares once a third of its lease has passed, while its source's inputs
+    are fresh; a source without a recent pop-status is left to lapse (its PoP goes local)."""
+    if policy is None or not policy.shares or not fresh:
+        return False
+    if policy.expires_at is None:
+        return True
+    return now >= policy.expires_at - lease * 2.0 / 3.0
+
+
+def _renewal_reason(reason: PolicyReason | None, src: str) -> PolicyReason:
+    if reason is None:
+        return PolicyReason(trigger_pop=src, rule="renewed: the policy in force")
+    rule = reason.rule if reason.rule.startswith("renewed: ") else f"renewed: {reason.rule}"
+    if len(rule) > MAX_REASON_CHARS:
+        rule = rule[: MAX_REASON_CHARS - 3] + "..."
+    return reason.model_copy(update={"rule": rule})
 
 
 def _same(a: Mapping[ShareKey, float], b: Mapping[ShareKey, float]) -> bool:
@@ -317,25 +413,29 @@ def _reason(
     current: Mapping[ShareKey, float],
     new: Mapping[ShareKey, float],
     target: Mapping[ShareKey, float],
-    solution: Solution,
+    solution: Solution | None,
     expected: Mapping[str, float],
+    dead: set[str],
 ) -> PolicyReason:
     """Name the PoP and rule behind a policy, what changed, and the loads expected after."""
     status = state.pops[src].status
     target_u = state.network.pop(src).target_utilisation
     pinned = {(t, d) for t, s, d in state.overrides.pinned if s == src}
-    shedders_in = sorted(
-        s for pairs in solution.shares.values() for (s, d) in pairs if d == src and s != src
-    )
+    shares_by_tier = solution.shares.values() if solution is not None else []
+    shedders_in = sorted(s for pairs in shares_by_tier for (s, d) in pairs if d == src and s != src)
     # The solver leaves src over target: its receivers (within the bounds) are full, and the
     # answer moves only what they can take, perhaps nothing (never "recovered").
-    partial = src in solution.overloaded
+    overloaded = set(solution.overloaded) if solution is not None else set()
+    partial = src in overloaded
+    cut = sorted({d for _, d in current if d in dead})
     util = f"{status.utilisation:.2f}" if status is not None else "unknown"
     rule_of = f" ({status.rule or status.state.value})" if status is not None else ""
     cap = status.capacity_cores if status is not None else 0.0
     expect = f", {expected[src] / cap:.2f} expected after" if src in expected and cap > 0 else ""
     trigger = src
-    if src in state.overrides.drain:
+    if cut:
+        why = f"dead: {', '.join(cut)} without healthy capacity, cut at once"
+    elif src in state.overrides.drain:
         why = f"override: {src} drained"
     elif pinned & set(new):
         why = f"override: pinned {', '.join(f't{t}->{d}' for t, d in sorted(pinned))}"
@@ -375,5 +475,5 @@ def _reason(
         trigger_pop=trigger,
         rule=rule,
         expected_utilisation=utilisation,
-        infeasible=bool(set(solution.overloaded) & involved),
+        infeasible=bool(overloaded & involved),
     )

@@ -12,8 +12,9 @@ Per round (``analytics_interval_s``):
    (``on_policy`` -> ``apply_policy`` on 2^N buckets, invariants checked) and is committed; the
    share that reaches the data plane is what the buckets say, and churn is the buckets changed.
 
-A PoP that went dark sends nothing: the engine stops using it once its status is stale, exactly
-as it would in production.
+A PoP that went dark sends no heartbeats: as the central ingest would, the simulated analytics
+then sees no healthy capacity there (the ingest marks silent servers down after K intervals, well
+within one 5 s round), and the engine cuts every share sent to it at its next tick, undamped.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def knobs(world: World, scenario: Scenario) -> PopshiftKnobs:
         engine=EngineConfig(
             tier_mix={t.id: t.demand_share for t in world.tiers},
             damping=DampingConfig(),
+            tick_s=ctl.analytics_interval_s,  # the engine ticks once a round: lease = 3 rounds
         ),
         stats_interval_s=10.0,
         table_bits=ctl.table_bits,
@@ -92,6 +94,7 @@ class PopshiftStrategy:
         self._servers: dict[int, int] = {}
         self._shares: dict[ShareKey, float] = {}
         self.events: list[PolicyEvent] = []
+        self._issued: dict[str, list[tuple[int, str, float]]] = {}  # source -> shares in force
         self.statuses = 0
         self._churn = 0
         self.wall_s = {"analytics": 0.0, "policy_engine": 0.0, "table_writer": 0.0}
@@ -113,19 +116,22 @@ class PopshiftStrategy:
         load = (obs.counters.load - then.load) / age if age > 0.0 else obs.load
         rules = self.knobs.rules
         out: list[PopStatus] = []
-        for i in np.flatnonzero(obs.alive):
-            cap = float(obs.capacity[i])
-            n = self._healthy(int(i), cap)
-            util = float(load[i]) / cap if cap > 0.0 else 0.0
-            metrics = Metrics(
-                pop=self.world.pop_names[i],
-                capacity_cores=cap,
-                load_cores=float(load[i]),
-                servers=(ServerMetric(util, cap / n),) * n,
-            )
-            self._hyst[int(i)], status = analytics_step(
-                self._hyst.get(int(i)), metrics, obs.now, rules
-            )
+        for i in range(len(self.world.pop_names)):
+            if obs.alive[i]:
+                cap = float(obs.capacity[i])
+                n = self._healthy(i, cap)
+                util = float(load[i]) / cap if cap > 0.0 else 0.0
+                metrics = Metrics(
+                    pop=self.world.pop_names[i],
+                    capacity_cores=cap,
+                    load_cores=float(load[i]),
+                    servers=(ServerMetric(util, cap / n),) * n,
+                )
+            else:  # dark: the ingest marks its silent servers down, no healthy capacity is left
+                metrics = Metrics(
+                    pop=self.world.pop_names[i], capacity_cores=0.0, load_cores=0.0, servers=()
+                )
+            self._hyst[i], status = analytics_step(self._hyst.get(i), metrics, obs.now, rules)
             if status is not None:
                 out.append(status)
         return out
@@ -244,16 +250,24 @@ class PopshiftStrategy:
         for ev in events:
             pop = self.pop_index[ev.source]
             state = self._writer(pop, obs)
-            self._churn += self._commit(state, writer.on_policy(state, ev, now))
-            self._realised(pop, state)
+            writes = writer.on_policy(state, ev, now)
+            if writes:  # a renewal (the same shares, a new lease) changes no table
+                self._churn += self._commit(state, writes)
+                self._realised(pop, state)
         self.events.extend(events)
+        changes = 0  # renewals (the same shares under a new version and lease) are no change
+        for ev in events:
+            shares = [(s.tier, s.destination, s.share) for s in ev.shares]
+            if self._issued.get(ev.source, []) != shares:
+                changes += 1
+            self._issued[ev.source] = shares
         clock["analytics"] += analysed - started
         clock["policy_engine"] += decided - analysed
         clock["table_writer"] += time.perf_counter() - decided
-        if not events and not self._churn:
+        if not changes and not self._churn:
             return Action()
         return Action(
             shares=dict(self._shares),
             buckets_changed=self._churn,
-            policy_changes=len(events),
+            policy_changes=changes,
         )

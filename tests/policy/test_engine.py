@@ -171,10 +171,11 @@ def status(pop: str, at: float, load: float, capacity: float = 10.0) -> PopStatu
     )
 
 
-def engine(**damping: float) -> EngineState:
+def engine(lease_s: float | None = 1e6, **damping: float) -> EngineState:
     cfg = DampingConfig(**{"deadband": 0.0, "max_step": 1.0, "holdoff_s": 0.0, **damping})
-    # Tier mix: all of a PoP's load is bulk (tier 0) unless counters say otherwise.
-    return EngineState(NETWORK, EngineConfig(tier_mix={0: 1.0}, damping=cfg))
+    # Tier mix: all of a PoP's load is bulk (tier 0) unless counters say otherwise. A long lease
+    # unless a test is about leases, so that "nothing changed" means no event at all.
+    return EngineState(NETWORK, EngineConfig(tier_mix={0: 1.0}, damping=cfg, lease_s=lease_s))
 
 
 def feed(state: EngineState, now: float, loads: dict[str, float]) -> list[PolicyEvent]:
@@ -339,3 +340,106 @@ def test_full_receivers_cancel_with_a_partial_reason_not_recovered() -> None:
     assert a.reason.rule.startswith("partial: receivers full, nothing can move: a at 0.99")
     assert "recovered" not in a.reason.rule
     assert a.reason.infeasible
+
+
+# --- dead destinations ---------------------------------------------------------------------
+
+
+def dead(pop: str, at: float) -> PopStatus:
+    """What analytics says of a PoP whose servers are all down (ingest: no healthy capacity)."""
+    return PopStatus(
+        pop=pop,
+        at=at,
+        state=PopState.SHED,
+        since=at,
+        utilisation=0.0,
+        capacity_cores=0.0,
+        load_cores=0.0,
+        rule="no_healthy_capacity",
+    )
+
+
+def test_a_dead_destination_is_cut_at_the_next_tick_without_damping() -> None:
+    state = engine(max_step=0.1, holdoff_s=1000.0, deadband=0.05)
+    first = by_source(feed(state, 1.0, {"a": 9.0, "b": 2.0, "c": 2.0}))
+    assert [s.destination for s in first["a"].shares] == ["b"]
+    assert first["a"].shares[0].share == pytest.approx(0.1)
+    # b dies inside a's hold-off: a's share to b goes now (back to local), not 0.1 per round.
+    decide(state, dead("b", 2.0), 2.0)
+    events = by_source(feed(state, 2.0, {"a": 9.0, "c": 2.0}))
+    a = events["a"]
+    assert a.action is PolicyAction.CANCEL and a.shares == []
+    assert a.reason.rule.startswith("dead: b without healthy capacity, cut at once")
+    assert a.version > first["a"].version
+    # Nothing is sent to a dead PoP afterwards, and its own capacity is never used.
+    later = feed(state, 1100.0, {"a": 9.0, "c": 2.0}) + feed(state, 2200.0, {"a": 9.0, "c": 2.0})
+    assert all(s.destination != "b" for e in later for s in e.shares)
+    # It comes back with capacity: it may take traffic again.
+    back = by_source(feed(state, 3300.0, {"a": 9.0, "b": 2.0, "c": 2.0}))
+    assert [s.destination for s in back["a"].shares] == ["b"]
+
+
+def test_a_dead_destination_is_cut_even_while_every_other_status_is_stale() -> None:
+    state = engine(max_step=1.0)
+    assert by_source(feed(state, 1.0, {"a": 9.0, "b": 2.0, "c": 2.0}))["a"].shares
+    # 100 s later analytics has said nothing of a or c (fail static), but b is reported dead.
+    decide(state, dead("b", 100.0), 100.0)
+    events = by_source(decide(state, Tick(), 100.0)[1])
+    assert set(events) == {"a"} and events["a"].action is PolicyAction.CANCEL
+    assert state.policies["a"].shares == {}
+
+
+# --- leases --------------------------------------------------------------------------------
+
+
+def test_policies_carry_a_lease_and_are_renewed_while_inputs_are_fresh() -> None:
+    state = engine(lease_s=None)  # the default: 3 engine ticks of 1 s
+    assert state.config.lease == pytest.approx(3.0)
+    loads = {"a": 9.0, "b": 2.0, "c": 2.0}
+    first = by_source(feed(state, 1.0, loads))["a"]
+    assert first.expires_at == pytest.approx(4.0)
+    renewed = by_source(feed(state, 2.0, loads))["a"]
+    assert renewed.action is PolicyAction.UPDATE and renewed.shares == first.shares
+    assert renewed.version > first.version and renewed.expires_at == pytest.approx(5.0)
+    assert renewed.reason.rule.startswith("renewed: shed: a at 0.90")
+    assert "renewed: renewed" not in by_source(feed(state, 3.0, loads))["a"].reason.rule
+    # A source without a policy (c) is not renewed: nothing to keep in force.
+    assert "c" not in by_source(feed(state, 4.0, loads))
+
+
+def test_renewals_do_not_reset_the_hold_off() -> None:
+    state = engine(lease_s=3.0, max_step=0.1, holdoff_s=10.0)
+    plant = Plant({"a": 12.0, "b": 2.0, "c": 2.0}, lag=0.0)
+    changes = []
+    for now in range(0, 25):
+        for ev in plant.step(state, float(now)):
+            if ev.source == "a" and not ev.reason.rule.startswith("renewed"):
+                changes.append((now, round(ev.shares[0].share, 3)))
+    assert changes == [(0, 0.1), (10, 0.2), (20, 0.3)]
+
+
+def test_a_source_with_stale_inputs_is_not_renewed_and_lapses_to_local() -> None:
+    state = engine(lease_s=3.0)
+    events = feed(state, 0.0, {"a": 9.0, "b": 2.0, "c": 2.0})
+    for now in range(1, 60):  # a's status stops at t=0; b's and c's keep coming
+        events += feed(state, float(now), {"b": 2.0, "c": 2.0})
+    a = [e for e in events if e.source == "a"]
+    max_age = state.config.status_max_age_s
+    renewals = [e for e in a if e.shares]
+    assert max(e.issued_at for e in renewals) == pytest.approx(max_age)
+    assert all(e.expires_at is not None for e in a)
+    assert max(e.expires_at or 0.0 for e in renewals) == pytest.approx(max_age + 3.0)
+    last = a[-1]
+    assert last.action is PolicyAction.CANCEL and last.issued_at == pytest.approx(max_age + 3.0)
+    assert last.reason.rule.startswith("lapsed: no pop-status from a")
+    assert state.policies["a"].shares == {}
+    # a's status returns: a new policy from local.
+    again = by_source(feed(state, 60.0, {"a": 9.0, "b": 2.0, "c": 2.0}))["a"]
+    assert again.action is PolicyAction.NEW and again.version > last.version
+
+
+def test_restored_policies_keep_their_lease() -> None:
+    state = engine(lease_s=3.0)
+    events = feed(state, 1.0, {"a": 9.0, "b": 2.0, "c": 2.0})
+    again = restore(engine(lease_s=3.0), events)
+    assert again.policies["a"].expires_at == pytest.approx(4.0)
