@@ -9,6 +9,13 @@ Leases: a forwarder sync follows a table only for a lease after the ``written_at
 header (docs/forwarding-tables.md#leases), so :func:`on_tick` also renews every tier whose
 current version is older than ``renew_s``: the same records again as the next version. A writer
 that stops (or a control plane that stops feeding it) therefore lets its PoP fall back to local.
+
+Policy leases: a policy carries ``expires_at`` (the engine renews it every tick while its inputs
+are fresh). It is in force here until ``min(received + (expires_at - issued_at), expires_at +
+MAX_CLOCK_SKEW_S)`` on this writer's clock: the lease's length counts from its arrival, so a
+skewed clock neither shortens nor stretches it, and a stale policy replayed long after it expired
+is in force for at most the skew. :func:`on_tick` drops a lapsed policy's shares back to local,
+draining as usual, and says so in ``WriterState.lapsed_version`` / ``lapses``.
 """
 
 from __future__ import annotations
@@ -31,7 +38,22 @@ from services.table_writer.table import (
 
 
 class PolicyRejected(ValueError):
-    """A policy this PoP must not apply: not its own, an unknown destination, an immovable tier."""
+    """A policy this PoP must not apply: not its own, an unknown destination, an immovable tier,
+    a version absurdly far ahead, an issue time in the future."""
+
+
+MAX_CLOCK_SKEW_S = 30.0
+"""The most the policy engine's clock may run ahead of a writer's: a policy issued further in
+the future is refused, and an expired one is kept at most this long past its ``expires_at``."""
+MAX_POLICY_VERSION = 2**62
+"""Versions at or above this are refused: one such policy would shadow every real one after it
+(2^62 is 146,000 years of a million versions a second)."""
+MAX_VERSION_JUMP = 1_000_000
+MAX_VERSION_RATE = 10_000.0
+"""A version more than ``MAX_VERSION_JUMP + MAX_VERSION_RATE x seconds since the last policy``
+beyond the current one is refused (the engine's versions are shared by every source PoP: 10,000
+a second is a renewal of 10,000 PoPs every second). Not checked before the first policy after a
+start (the writer does not know how long it was away)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +95,13 @@ class WriterState:
     policy_version: int = 0
     tables: dict[int, TierTable] = field(default_factory=dict)
     renew_s: float = DEFAULT_RENEW_S
+    lease_until: float | None = None
+    """The current policy is dropped to local at this time (None: no lease known or needed)."""
+    policy_seen_at: float | None = None  # when the current policy arrived (None: not yet)
+    lapsed_version: int | None = None
+    """The policy version whose lease ran out and was dropped to local (None: none in force
+    lapsed); a newer policy clears it."""
+    lapses: int = 0
 
 
 def new_state(
@@ -170,18 +199,67 @@ def _writes(
     return writes
 
 
+def _check_freshness(state: WriterState, event: PolicyEvent, now: float) -> None:
+    if event.issued_at > now + MAX_CLOCK_SKEW_S:
+        raise PolicyRejected(
+            f"issued_at {event.issued_at:.3f} is {event.issued_at - now:.1f} s in the future"
+            f" (more than the {MAX_CLOCK_SKEW_S:g} s clock skew allowed)"
+        )
+    if event.version >= MAX_POLICY_VERSION:
+        raise PolicyRejected(f"version {event.version} >= {MAX_POLICY_VERSION}: absurd")
+    if state.policy_seen_at is not None:
+        elapsed = max(0.0, now - state.policy_seen_at)
+        limit = state.policy_version + MAX_VERSION_JUMP + int(MAX_VERSION_RATE * elapsed)
+        if event.version > limit:
+            raise PolicyRejected(
+                f"version {event.version} is absurdly far beyond the current"
+                f" {state.policy_version} (more than {limit - state.policy_version} ahead)"
+            )
+
+
+def _lease_until(event: PolicyEvent, now: float) -> float | None:
+    if event.expires_at is None:
+        return None
+    return min(now + (event.expires_at - event.issued_at), event.expires_at + MAX_CLOCK_SKEW_S)
+
+
+def _lapse(state: WriterState) -> None:
+    """The policy's lease ran out: every tier back to local (the next writes drain as usual)."""
+    state.shares = {t: {} for t in state.forwardable}
+    state.lapsed_version = state.policy_version
+    state.lapses += 1
+    state.lease_until = None
+
+
 def on_policy(state: WriterState, event: PolicyEvent, now: float) -> list[Write]:
-    """A newer policy for this PoP: the tables that meet it. Replays of older ones do nothing."""
-    if event.version <= state.policy_version:
+    """A newer policy for this PoP: the tables that meet it. Replays of older ones do nothing,
+    except that the policy of tables adopted after a restart gives them its lease."""
+    if event.version < state.policy_version or (
+        event.version == state.policy_version
+        and (state.policy_seen_at is not None or state.lease_until is not None)
+    ):
         return []
-    before = (state.shares, state.policy_version)
+    _check_freshness(state, event, now)
+    if event.version == state.policy_version:  # the adopted tables' own policy, replayed
+        state.policy_seen_at = now
+        state.lease_until = _lease_until(event, now)
+        return []
+    before = (state.shares, state.policy_version, state.lapsed_version, state.lapses)
     state.shares = _validate(state, event)
     state.policy_version = event.version
+    state.lapsed_version = None
+    lease_until = _lease_until(event, now)
+    if lease_until is not None and lease_until <= now:
+        _lapse(state)  # expired before it arrived (a replay of a dead engine's last word)
     try:
-        return _writes(state, now, rebalance=False, changed_shares_only=True)
+        writes = _writes(state, now, rebalance=False, changed_shares_only=True)
     except TableInvariantError:
-        state.shares, state.policy_version = before  # the refused policy leaves no trace
+        # The refused policy leaves no trace.
+        state.shares, state.policy_version, state.lapsed_version, state.lapses = before
         raise
+    state.lease_until = lease_until if state.lapsed_version is None else None
+    state.policy_seen_at = now
+    return writes
 
 
 def on_servers(state: WriterState, load: PopLoad, now: float) -> list[Write]:
@@ -200,7 +278,10 @@ def on_servers(state: WriterState, load: PopLoad, now: float) -> list[Write]:
 
 
 def on_tick(state: WriterState, now: float) -> list[Write]:
-    """Time passes: drains that have run their period are cleared, leases are renewed."""
+    """Time passes: a policy whose lease ran out goes back to local, drains that have run their
+    period are cleared, table leases are renewed."""
+    if state.lease_until is not None and now >= state.lease_until:
+        _lapse(state)
     writes = _writes(state, now, rebalance=False)
     written = {w.tier for w in writes}
     for tier, current in sorted(state.tables.items()):

@@ -29,7 +29,11 @@ from services.table_writer.table import (
     server_quotas,
 )
 from services.table_writer.writer import (
+    MAX_CLOCK_SKEW_S,
+    MAX_VERSION_JUMP,
     PolicyRejected,
+    WriterState,
+    adopt,
     commit,
     new_state,
     on_policy,
@@ -223,12 +227,16 @@ def policy(
     *shares: tuple[int, str, float],
     source: str = "a",
     action: PolicyAction = PolicyAction.UPDATE,
+    issued_at: float | None = None,
+    lease: float | None = None,
 ) -> PolicyEvent:
+    at = float(version) if issued_at is None else issued_at
     return PolicyEvent(
         action=action,
         source=source,
         version=version,
-        issued_at=float(version),
+        issued_at=at,
+        expires_at=None if lease is None else at + lease,
         shares=[Share(tier=t, destination=d, share=x) for t, d, x in shares],
         reason=PolicyReason(trigger_pop=source, rule="test"),
     )
@@ -305,3 +313,94 @@ def test_writer_renews_every_table_before_its_lease_runs_out() -> None:
     assert [(w.tier, w.version) for w in on_tick(state, 106.0)] == [(0, 3)]
     # Not committed (the write failed): the next tick offers the renewal again.
     assert [(w.tier, w.version) for w in on_tick(state, 107.0)] == [(0, 3)]
+
+
+# --- policy leases and refusals -----------------------------------------------------------
+
+
+def leased_writer() -> WriterState:
+    state = new_state(NETWORK, "a", bits=8, drain_period_s=DRAIN, renew_s=float("inf"))
+    for w in on_servers(state, pop_load(("192.0.2.1", 8.0, True)), 100.0):
+        commit(state, w)
+    return state
+
+
+def away_to(state: WriterState, pop_id: int) -> int:
+    return forwarded_counts(state.tables[0].table).get(pop_id, 0)
+
+
+def draining_to(state: WriterState, pop_id: int) -> int:
+    return sum(1 for b in state.tables[0].table if b.secondary_pop == pop_id and not b.away)
+
+
+def test_a_policy_whose_lease_runs_out_drains_back_to_local_and_says_so() -> None:
+    state = leased_writer()
+    for w in on_policy(state, policy(1, (0, "b", 0.25), issued_at=100.0, lease=3.0), 100.0):
+        commit(state, w)
+    assert away_to(state, 2) == 64 and state.lapses == 0
+    # A renewal (same shares, new version and lease) changes no table but extends the lease.
+    assert on_policy(state, policy(2, (0, "b", 0.25), issued_at=102.0, lease=3.0), 102.0) == []
+    assert on_tick(state, 104.9) == []
+    lapsed = on_tick(state, 105.0)
+    assert [(w.tier, len(w.changed)) for w in lapsed] == [(0, 64)]
+    for w in lapsed:
+        commit(state, w)
+    assert (state.lapsed_version, state.lapses) == (2, 1)
+    assert away_to(state, 2) == 0 and draining_to(state, 2) == 64  # second chance kept
+    assert on_tick(state, 106.0) == [] and state.lapses == 1  # said once
+    drained = on_tick(state, 105.0 + DRAIN)
+    for w in drained:
+        commit(state, w)
+    assert draining_to(state, 2) == 0
+    # A newer policy is in force again.
+    for w in on_policy(state, policy(3, (0, "b", 0.125), issued_at=200.0, lease=3.0), 200.0):
+        commit(state, w)
+    assert away_to(state, 2) == 32 and state.lapsed_version is None
+
+
+def test_a_lease_counts_from_arrival_and_a_stale_replay_lapses_at_once() -> None:
+    # The engine's clock 20 s ahead of the writer's: the policy still lives its 3 s here.
+    state = leased_writer()
+    on_policy(state, policy(1, (0, "b", 0.25), issued_at=120.0, lease=3.0), 100.0)
+    assert state.lease_until == pytest.approx(103.0)
+    # A policy that expired long ago (a dead engine's last word, replayed): local at once.
+    state = leased_writer()
+    for w in on_policy(state, policy(1, (0, "b", 0.25), issued_at=10.0, lease=3.0), 100.0):
+        commit(state, w)
+    assert away_to(state, 2) == 0 and (state.lapsed_version, state.lapses) == (1, 1)
+    # Replayed within the skew of its expiry: in force until expires_at + skew at most.
+    state = leased_writer()
+    on_policy(state, policy(1, (0, "b", 0.25), issued_at=69.0, lease=3.0), 100.0)
+    assert state.lease_until == pytest.approx(72.0 + MAX_CLOCK_SKEW_S)
+
+
+def test_adopted_tables_take_the_lease_of_their_replayed_policy() -> None:
+    state = new_state(NETWORK, "a", bits=8, drain_period_s=DRAIN, renew_s=float("inf"))
+    table = new_table([Server("192.0.2.1", 8.0)], 8, 0.0)
+    table = apply_policy(table, {"b": 0.25}, {p.name: p for p in state.peers.values()}, 0.0, DRAIN)
+    adopt(state, 0, table, version=5, policy_version=7, shares={"b": 0.25})
+    state.servers = [Server("192.0.2.1", 8.0)]
+    assert on_policy(state, policy(7, (0, "b", 0.25), issued_at=100.0, lease=3.0), 100.0) == []
+    assert on_policy(state, policy(7, (0, "b", 0.25), issued_at=100.0, lease=3.0), 101.0) == []
+    assert state.lease_until == pytest.approx(103.0)
+    assert [len(w.changed) for w in on_tick(state, 103.0) if w.tier == 0] == [64]
+
+
+def test_absurd_versions_and_future_policies_are_refused() -> None:
+    state = leased_writer()
+    # The first policy after a start may carry any sane version (the engine ran long before).
+    on_policy(state, policy(5_000_000, (0, "b", 0.25), issued_at=100.0), 100.0)
+    assert state.policy_version == 5_000_000
+    for bad, match in [
+        (policy(2**63 - 1, issued_at=100.0), "absurd"),
+        (policy(5_000_000 + MAX_VERSION_JUMP + 1, issued_at=100.0), "absurdly far beyond"),
+        (policy(5_000_001, issued_at=100.0 + MAX_CLOCK_SKEW_S + 1.0), "in the future"),
+    ]:
+        with pytest.raises(PolicyRejected, match=match):
+            on_policy(state, bad, 100.0)
+    assert state.policy_version == 5_000_000  # a refused policy leaves no trace
+    on_policy(state, policy(5_000_001, issued_at=100.0 + 29.0), 100.0)
+    assert state.policy_version == 5_000_001
+    # The allowed jump grows with the time since the last policy (renewals of every PoP).
+    on_policy(state, policy(5_000_001 + MAX_VERSION_JUMP + 10_000, issued_at=102.0), 102.0)
+    assert state.policy_version == 5_000_001 + MAX_VERSION_JUMP + 10_000
