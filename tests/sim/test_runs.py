@@ -119,3 +119,26 @@ def test_books_balance_through_failures_in_every_strategy(strategy: str) -> None
     assert np.allclose(per_pop, c.landed(), rtol=1e-6, atol=1e-3)
     assert not engine.alive[world.pop_index("Paris")]
     assert c.load()[world.pop_index("Paris")] == 0.0
+
+
+def test_popshift_cuts_a_dark_destination_at_once_and_loses_nothing_after() -> None:
+    def run(duration_s: float) -> tuple[PopshiftStrategy, float]:
+        sc = small_failure(duration_s=duration_s, controller={"table_bits": 10})
+        world = build_world(sc)
+        strategy = make_strategy("popshift", world, sc)
+        assert isinstance(strategy, PopshiftStrategy)
+        return strategy, run_strategy(sc, world, strategy).summary["lost_to_failure"]
+
+    dark_at = 1000.0  # Paris goes dark (worlds.small_failure)
+    strategy, lost = run(1500.0)
+    before = [e for e in strategy.events if e.issued_at < dark_at]
+    assert any(s.destination == "Paris" for e in before for s in e.shares), "Paris should take"
+    # From the first round that sees it dark, no policy sends anything to Paris...
+    after = [e for e in strategy.events if e.issued_at >= dark_at]
+    assert all(s.destination != "Paris" for e in after for s in e.shares)
+    cut = [e for e in after if e.reason.rule.startswith("dead: Paris")]
+    assert cut and cut[0].issued_at == dark_at
+    # ...so what is lost is what was on Paris when it went dark, and nothing after.
+    _, lost_at_dark = run(dark_at + 1.0)
+    assert lost_at_dark > 0.0
+    assert lost == pytest.approx(lost_at_dark, rel=1e-9)
