@@ -7,6 +7,7 @@ older than any source, so tests and the loader can call it on every start.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -48,7 +49,9 @@ def compile_program(name: str, defines: Mapping[str, int] | None = None) -> Path
         raise BuildError("clang not found: install clang, llvm and libbpf-dev")
     out = object_path(name, defines)
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
+    # A per-process temporary: several syncs of one node start at once on a fresh checkout and
+    # each builds the same object; each renames its own complete file into place.
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
     cmd = [clang, *CFLAGS, *_arch_include()]
     cmd += [f"-D{k}={v}" for k, v in sorted((defines or {}).items())]
     cmd += ["-c", str(BPF_DIR / f"{name}.bpf.c"), "-o", str(tmp)]

@@ -87,6 +87,7 @@ class PolicySettings(Settings):
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
             solve_budget=Budget(self.policy_max_exact_arcs, self.policy_max_lp_iterations),
+            tick_s=self.policy_tick_s,
             status_max_age_s=self.policy_status_max_age_s,
             stats_max_age_s=self.policy_stats_max_age_s,
             effect_lag_s=self.policy_effect_lag_s,
