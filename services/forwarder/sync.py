@@ -786,6 +786,9 @@ def open_maps(settings: SyncSettings) -> Forwarder:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m services.forwarder.sync``."""
     setup_logging()
+    # Before anything slow (loading, attaching, Kafka): a SIGTERM during start-up is a clean stop.
+    stop = threading.Event()
+    install_stop_signals(stop)
     settings = parse_args(argv)
     keeper: NodeKeeper | None = None
     if settings.sync_node_file:
@@ -842,8 +845,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         producer=producer,
         on_reconcile=keeper.reconcile if keeper else None,
     )
-    stop = threading.Event()
-    install_stop_signals(stop)
     log.info(
         "sync %s/%s: maps of %s (%d tiers x %d buckets, %s)",
         pop,
