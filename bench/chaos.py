@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root (the namespace lab)")
+    # SIGTERM (a CI timeout, `kill`) unwinds like ^C: the harness stops every service it started.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     out = args.out or Path(tempfile.mkdtemp(prefix="popshift-chaos-"))
     (out / "logs" / "pids").unlink(missing_ok=True)
     started = time.monotonic()

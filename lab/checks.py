@@ -21,6 +21,7 @@ from lab.record import (
     counter_delta,
     longs,
     policy_in_force,
+    share_changes,
     share_processed,
     shorts,
 )
@@ -114,13 +115,7 @@ def table_windows(
     did not change, from `settle_s` after the edge's table showed it (connections in flight
     across a change done) to the next change; with the table's exact share."""
     bits = result.table_bits
-    # A renewal (same shares, new version: the policy's lease) is not a change.
-    changes: list[float] = []
-    last: dict[str, float] | None = None
-    for p in sorted((p for p in result.policies if p.source == source), key=lambda p: p.t):
-        if p.shares != last and start <= p.t < end:
-            changes.append(p.t)
-        last = p.shares
+    changes = [p.t for p in share_changes(result, source) if start <= p.t < end]
     windows = []
     for a, b in itertools.pairwise([start, *changes, end]):
         share = policy_in_force(result, source, a + 1e-6).get(dest, 0.0)

@@ -147,6 +147,20 @@ def policy_in_force(result: Result, source: str, at: float) -> dict[str, float]:
     return shares
 
 
+def share_changes(result: Result, source: str | None = None) -> list[PolicyRecord]:
+    """The policy events that changed their source's shares, in time order: a renewal (the same
+    shares as a new version, the policy's lease) is not a change."""
+    last: dict[str, dict[str, float]] = {}
+    changes = []
+    for p in sorted(result.policies, key=lambda p: p.t):
+        if source is not None and p.source != source:
+            continue
+        if p.shares != last.get(p.source):
+            changes.append(p)
+        last[p.source] = p.shares
+    return changes
+
+
 def first_time(result: Result, since: float) -> dict[str, float | None]:
     """The benchmark's instants after `since` (load start): PoP a flagged, a's policy emitted,
     a's edge maps sending buckets away, the first new connection from region a answered by b.

@@ -269,7 +269,14 @@ class Bus(Protocol):
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         dead_letter_producer: Producer | None = None,
-    ) -> Consumer: ...
+        history_s: float | None = None,
+    ) -> Consumer:
+        """A member of ``group`` sharing the topics' partitions and resuming at its committed
+        offsets; or, with ``history_s``, a reader of every partition from ``history_s`` ago on
+        that joins no group and commits nothing (for state that is the latest message per key,
+        read by every replica of a service: a standby needs it too, and no rebalance or
+        coordinator loss can ever stall it)."""
+        ...
 
     def replay(self, topic: Topic, key: str | None = None) -> list[Any]:
         """Every valid message of ``topic`` (only ``key``'s if given), oldest first."""
@@ -488,6 +495,12 @@ class Outbox:
         self._unconfirmed.clear()
         return True
 
+    def forget(self) -> int:
+        """Stop sending again what is unconfirmed (it is no longer ours to say); how many."""
+        dropped = len(self._unconfirmed)
+        self._unconfirmed.clear()
+        return dropped
+
 
 def _header_list(msg: KafkaMessage) -> tracing.Headers | None:
     headers = msg.headers()
@@ -510,6 +523,7 @@ class TypedConsumer(_Intake):
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         dead_letter_producer: Producer | None = None,
         extra_config: dict[str, Any] | None = None,
+        history_s: float | None = None,
     ) -> None:
         super().__init__(
             topics, max_message_bytes, dead_letter_producer or TypedProducer(bootstrap)
@@ -530,9 +544,28 @@ class TypedConsumer(_Intake):
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 2_000,
         }
+        self.history_s = history_s
+        if history_s is not None:
+            config["enable.auto.commit"] = False  # a reader, not a group member
         config.update(extra_config or {})
         self._consumer = KafkaConsumer(config)
-        self._consumer.subscribe(list(self._topics))
+        if history_s is None:
+            self._consumer.subscribe(list(self._topics))
+        else:
+            self._consumer.assign(self._since(history_s))
+
+    def _since(self, history_s: float) -> list[TopicPartition]:
+        """Every partition of the topics at its first offset of the last ``history_s``."""
+        since_ms = int((time.time() - history_s) * 1000)
+        wanted = []
+        for name in self._topics:
+            meta = self._consumer.list_topics(name, timeout=5.0).topics[name]
+            if meta.error is not None:
+                raise KafkaException(meta.error)
+            wanted += [TopicPartition(name, p, since_ms) for p in sorted(meta.partitions)]
+        found = self._consumer.offsets_for_times(wanted, timeout=5.0)
+        # No message that recent: from the end (OFFSET_END = -1, as offsets_for_times says).
+        return [TopicPartition(tp.topic, tp.partition, tp.offset) for tp in found]
 
     def poll_batch(self, handler: Handler, timeout: float = 1.0, max_messages: int = 500) -> int:
         """Handle up to ``max_messages``; returns how many Kafka records were seen.
@@ -569,7 +602,7 @@ class TypedConsumer(_Intake):
                 )
                 done[(topic, partition)] = offset
         finally:
-            if done:
+            if done and self.history_s is None:
                 self._consumer.store_offsets(
                     offsets=[TopicPartition(t, p, o + 1) for (t, p), o in done.items()]
                 )
@@ -577,6 +610,8 @@ class TypedConsumer(_Intake):
 
     def commit(self) -> None:
         """Commit stored offsets now (e.g. before a clean shutdown)."""
+        if self.history_s is not None:
+            return
         try:
             self._consumer.commit(asynchronous=False)
         except KafkaException as exc:
@@ -612,6 +647,7 @@ class KafkaBus:
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         dead_letter_producer: Producer | None = None,
+        history_s: float | None = None,
     ) -> TypedConsumer:
         return TypedConsumer(
             self.bootstrap,
@@ -619,6 +655,7 @@ class KafkaBus:
             topics,
             max_message_bytes=max_message_bytes,
             dead_letter_producer=dead_letter_producer,
+            history_s=history_s,
         )
 
     def replay(self, topic: Topic, key: str | None = None) -> list[Any]:
@@ -668,9 +705,15 @@ class MemoryBus:
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         dead_letter_producer: Producer | None = None,
+        history_s: float | None = None,
     ) -> MemoryConsumer:
         return MemoryConsumer(
-            self, group, topics, max_message_bytes, dead_letter_producer or self.producer()
+            self,
+            group,
+            topics,
+            max_message_bytes,
+            dead_letter_producer or self.producer(),
+            history_s=history_s,
         )
 
     def replay(self, topic: Topic, key: str | None = None) -> list[Any]:
@@ -724,24 +767,45 @@ class MemoryConsumer(_Intake):
         topics: Sequence[Topic],
         max_message_bytes: int,
         dead_letter_producer: Producer,
+        *,
+        history_s: float | None = None,
     ) -> None:
         super().__init__(topics, max_message_bytes, dead_letter_producer)
         self._bus = bus
-        self.group = group
+        # A group's offsets live in the bus; a history reader keeps its own.
+        self.group: str | None = group if history_s is None else None
+        self._own: dict[str, int] = {}
+        if history_s is not None:
+            since_ms = int((time.time() - history_s) * 1000)
+            for topic in self._topics:
+                log = bus.logs.get(topic, [])
+                self._own[topic] = next(
+                    (r.offset for r in log if r.timestamp_ms >= since_ms), len(log)
+                )
+
+    def _offset(self, topic: str) -> int:
+        if self.group is None:
+            return self._own.get(topic, 0)
+        return self._bus.offsets.get((self.group, topic), 0)
+
+    def _advance(self, topic: str, offset: int) -> None:
+        if self.group is None:
+            self._own[topic] = offset
+        else:
+            self._bus.offsets[(self.group, topic)] = offset
 
     def poll_batch(self, handler: Handler, timeout: float = 1.0, max_messages: int = 500) -> int:
         """Handle up to ``max_messages``; a handler that raises leaves its message unread."""
         seen = 0
         for topic in self._topics:
             log = self._bus.logs.get(topic, [])
-            at = (self.group, topic)
-            while seen < max_messages and self._bus.offsets.get(at, 0) < len(log):
-                r = log[self._bus.offsets.get(at, 0)]
+            while seen < max_messages and self._offset(topic) < len(log):
+                r = log[self._offset(topic)]
                 seen += 1
                 self._process(
                     topic, 0, r.offset, r.key, r.value, r.timestamp_ms, r.headers, handler
                 )
-                self._bus.offsets[at] = r.offset + 1
+                self._advance(topic, r.offset + 1)
         return seen
 
     def commit(self) -> None:

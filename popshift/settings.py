@@ -12,6 +12,8 @@ from pydantic import Field
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from popshift.leadership import default_holder
+from popshift.silence import BusSilence
 from popshift.topics import Topic
 
 
@@ -44,6 +46,26 @@ class Settings(BaseSettings):
         "deploy/config/network.yaml",
         description="YAML describing PoPs, tiers and PoP-to-PoP latency (popshift/network.py).",
     )
+    instance_id: str = Field(
+        default_factory=default_holder,
+        json_schema_extra={"shown_default": "host:pid"},
+        description="Who this process is in a lock it holds (the policy engine's leadership, a "
+        "table writer's PoP); default host:pid, so a restarted process waits for its "
+        "predecessor's lock to expire. A stable id per unit takes it back at once.",
+    )
+    bus_silence_s: float = Field(
+        3.0,
+        gt=0.0,
+        description="No message at all on a service's input topics for this long is a silent "
+        "bus (Kafka away, or everything upstream dead): policy leases stop ageing.",
+    )
+    bus_outage_grace_s: float = Field(
+        60.0,
+        ge=0.0,
+        description="The most a silent bus holds policy leases in a row; then they run out as "
+        "usual (a dead control plane whose bus went silent with it is back to anycast within "
+        "lease + this).",
+    )
     topic_prefix: str = Field(
         "",
         max_length=100,
@@ -54,6 +76,9 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(
         3, ge=1, le=1024, description="Partitions of each topic created by `popshift topics`."
     )
+
+    def bus_silence(self) -> BusSilence:
+        return BusSilence(self.bus_silence_s, self.bus_outage_grace_s)
 
     def topic(self, topic: Topic) -> Topic:
         """The registry's topic under this process's prefix."""
@@ -101,9 +126,13 @@ def markdown_table(dotted: str) -> str:
         "|---|---|---|",
     ]
     for name, field in own_fields(cls).items():
-        default = (
-            "(required)" if field.is_required() else field.get_default(call_default_factory=True)
-        )
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if field.is_required():
+            default: object = "(required)"
+        elif "shown_default" in extra:  # computed per process: say how
+            default = extra["shown_default"]
+        else:
+            default = field.get_default(call_default_factory=True)
         lines.append(f"| `{(prefix + name).upper()}` | `{default}` | {field.description} |")
     lines.append("<!-- end settings-table -->")
     return "\n".join(lines)

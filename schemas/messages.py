@@ -222,6 +222,10 @@ class PolicyEvent(Message):
     action: PolicyAction
     source: PopName
     version: int = Field(ge=1, lt=2**63)
+    epoch: int = Field(0, ge=0, lt=2**63)
+    """The engine's leadership epoch (docs/failure.md#one-writer-per-thing): a writer orders
+    policies by (epoch, version) and refuses a newer version from an older epoch (a deposed
+    engine still talking). 0: an engine without leader election (the simulator)."""
     issued_at: Seconds
     expires_at: Seconds | None = None
     """The policy's lease: after this its table writer drops the shares back to local unless a

@@ -56,6 +56,12 @@ class AnalyticsSettings(Settings):
         str(Path(tempfile.gettempdir()) / "popshift-analytics"),
         description="faust's data directory (nothing durable is kept there: store is memory://).",
     )
+    analytics_session_timeout_s: float = Field(
+        10.0,
+        ge=6.0,
+        description="Kafka group session timeout of the faust worker (faust's default is 60 s): "
+        "a killed worker's partitions go to a live or restarted one after this long.",
+    )
 
 
 class Analytics:
@@ -120,6 +126,9 @@ def build_app(settings: AnalyticsSettings, analyzer: Analyzer | None = None) -> 
         datadir=settings.analytics_datadir,
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.analytics_session_timeout_s,
+        broker_heartbeat_interval=settings.analytics_session_timeout_s / 5.0,
+        broker_rebalance_timeout=2.0 * settings.analytics_session_timeout_s,
     )
     raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
     loads = app.topic(analytics.pop_load.name, **raw)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from popshift.network import NetworkConfig
+from popshift.silence import BusSilence
 from schemas.messages import (
     MAX_REASON_CHARS,
     DataplaneStats,
@@ -76,6 +77,11 @@ class EngineConfig:
     None = ``LEASE_TICKS`` x ``tick_s``. The engine renews a policy once a third of its lease has
     passed, while the source's pop-status is fresh; a writer drops a lapsed policy to local."""
 
+    bus_silence_s: float = 3.0
+    bus_outage_grace_s: float = 60.0
+    """While no input at all arrives (popshift/silence.py), leases stop ageing, this long at
+    most: a Kafka outage neither cancels nor lapses a policy."""
+
     @property
     def lease(self) -> float:
         return self.lease_s if self.lease_s is not None else LEASE_TICKS * self.tick_s
@@ -89,6 +95,7 @@ class Policy:
     expires_at: float | None = None  # None: no lease (adopted from before leases)
     changed_at: float | None = None  # when the shares last changed (the hold-off's clock)
     reason: PolicyReason | None = None
+    epoch: int = 0
 
     @property
     def last_change(self) -> float:
@@ -105,9 +112,14 @@ class EngineState:
     native: dict[str, dict[int, float]] = field(default_factory=dict)
     history: dict[str, list[Policy]] = field(default_factory=dict)
     version: int = 0
+    epoch: int = 0
+    """The leadership epoch stamped on every policy (the adapter sets it when it takes the lead;
+    :func:`restore` raises it to the newest seen, the floor of the next one)."""
+    silence: BusSilence = field(init=False)
     _latency: tuple[tuple[str, ...], np.ndarray] | None = None
 
     def __post_init__(self) -> None:
+        self.silence = BusSilence(self.config.bus_silence_s, self.config.bus_outage_grace_s)
         for name in self.network.pop_names:
             self.pops.setdefault(name, PopModel(name))
 
@@ -131,13 +143,16 @@ class EngineState:
 def restore(state: EngineState, events: Iterable[PolicyEvent]) -> EngineState:
     """Adopt the policies already on the compacted topic, so a restart changes nothing."""
     for ev in events:
+        state.version = max(state.version, ev.version)
+        state.epoch = max(state.epoch, ev.epoch)
         known = state.policies.get(ev.source)
-        if known is not None and known.version >= ev.version:
+        if known is not None and (known.epoch, known.version) >= (ev.epoch, ev.version):
             continue
         shares = {(s.tier, s.destination): s.share for s in ev.shares}
-        policy = Policy(shares, ev.version, ev.issued_at, ev.expires_at, reason=ev.reason)
+        policy = Policy(
+            shares, ev.version, ev.issued_at, ev.expires_at, reason=ev.reason, epoch=ev.epoch
+        )
         state.adopt(ev.source, policy, keep_s=0.0)
-        state.version = max(state.version, ev.version)
     return state
 
 
@@ -146,6 +161,7 @@ def decide(
 ) -> tuple[EngineState, list[PolicyEvent]]:
     """Fold one input into the state; a :class:`Tick` may return policy events to publish."""
     if isinstance(event, PopStatus | DataplaneStats):
+        state.silence.heard(now)
         model = state.pops.get(event.pop)
         if model is None:
             raise UnknownPop(f"unknown PoP {event.pop!r}")
@@ -279,6 +295,10 @@ def _expected_loads(
 
 
 def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
+    pause = state.silence.pause(now)
+    for held in state.policies.values():
+        if pause and held.expires_at is not None:
+            held.expires_at += pause  # as every writer does: nothing could be renewed
     dead = _dead(state)
     fresh = [
         n
@@ -298,7 +318,7 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
     for src in state.network.pop_names:
         policy = state.policies.get(src)
         current = policy.shares if policy else {}
-        if policy is not None and current and _lapsed(policy, now):
+        if policy is not None and current and _lapsed(state, policy, now):
             current = {}  # its writer has dropped it to local by now: start again from there
         if solution is None:  # analytics is silent: keep policies as they are (fail static)...
             target = dict(current)
@@ -322,7 +342,7 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
     for src, new in decided.items():
         policy = state.policies.get(src)
         current = policy.shares if policy else {}
-        lapsed = policy is not None and bool(current) and _lapsed(policy, now)
+        lapsed = policy is not None and bool(current) and _lapsed(state, policy, now)
         if lapsed:
             # Not renewed in time (src's inputs went stale): its writer has dropped it to local.
             # Say so on the topic: a cancel, or a new policy starting from local again.
@@ -367,6 +387,7 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
             action=action,
             source=src,
             version=state.version,
+            epoch=state.epoch,
             issued_at=now,
             expires_at=expires_at,
             shares=[
@@ -374,14 +395,14 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
             ],
             reason=reason,
         )
-        adopted = Policy(dict(new), state.version, now, expires_at, changed_at, reason)
+        adopted = Policy(dict(new), state.version, now, expires_at, changed_at, reason, state.epoch)
         state.adopt(src, adopted, state.config.status_max_age_s)
         events.append(event)
     return events
 
 
-def _lapsed(policy: Policy, now: float) -> bool:
-    return policy.expires_at is not None and now >= policy.expires_at
+def _lapsed(state: EngineState, policy: Policy, now: float) -> bool:
+    return policy.expires_at is not None and state.silence.expired(policy.expires_at, now)
 
 
 def _renew(policy: Policy | None, fresh: bool, lease: float, now: float) -> bool:

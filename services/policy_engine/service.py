@@ -3,6 +3,11 @@
 Run: ``python -m services.policy_engine.service`` (SIGTERM/SIGINT stop it cleanly). On start it
 reads policies.v1 whole (compacted) so versions keep rising and unchanged policies are not
 re-issued; overrides come from the YAML file and from Redis (``popshift policy ...``).
+
+Any number of engines may run: the one holding the leader lock (popshift/leadership.py) publishes,
+stamping its epoch on every policy; the others read the same inputs (every partition, no
+consumer group, from ``POPSHIFT_POLICY_STATUS_MAX_AGE_S`` ago) and stay silent. An engine that
+takes the lead first reads policies.v1 again, so it continues from the last leader's policies.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from popshift.bus import (
     RejectMessage,
     create_topics,
 )
+from popshift.leadership import Leadership
 from popshift.network import NetworkConfig, load_network
 from popshift.process import install_stop_signals, run_ticking, setup_logging, until_ready
 from schemas.messages import PolicyEvent
@@ -59,6 +65,7 @@ class PolicyEngineService:
         bus: Bus,
         *,
         overrides: OverridesSource | None = None,
+        leadership: Leadership | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -77,7 +84,11 @@ class PolicyEngineService:
             inputs,
             max_message_bytes=settings.max_message_bytes,
             dead_letter_producer=self.producer,
+            history_s=settings.policy_status_max_age_s,
         )
+        self._bus = bus
+        self.leadership = leadership
+        self.leading_epoch: int | None = None if leadership is not None else 0
         self.published = 0
 
     def handle(self, received: Received) -> None:
@@ -106,6 +117,8 @@ class PolicyEngineService:
         flushed, or sent again if their delivery failed, on every later tick; never raises.
         """
         now = self.clock()
+        if not self._leading():
+            return []
         self._refresh_overrides(now)
         _, events = decide(self.state, Tick(), now)
         for event in events:
@@ -120,6 +133,26 @@ class PolicyEngineService:
         self.outbox.flush()
         self.published += len(events)
         return events
+
+    def _leading(self) -> bool:
+        """Hold the lead (or wait as a standby); on taking it, continue from the last leader's
+        policies under the new epoch. Without a lock (tests, the simulator) always leading."""
+        if self.leadership is None:
+            return True
+        epoch = self.leadership.hold(floor=self.state.epoch)
+        if epoch is None:
+            if self.leading_epoch is not None:
+                dropped = self.outbox.forget()  # a deposed engine's word no longer counts
+                log.warning("standing by (%d unconfirmed policies dropped)", dropped)
+            self.leading_epoch = None
+            return False
+        if epoch != self.leading_epoch:
+            # The last leader's policies, up to now: versions keep rising, nothing re-issued.
+            restore(self.state, self._bus.replay(self.policies))
+            self.state.epoch = epoch
+            self.leading_epoch = epoch
+            log.warning("leading as epoch %d from version %d", epoch, self.state.version)
+        return True
 
     def run(self, stop: threading.Event) -> None:
         run_ticking(
@@ -137,6 +170,8 @@ class PolicyEngineService:
             self.outbox.flush_timeout_s = 10.0
             if not self.outbox.flush():
                 log.error("stopping with %d policies unconfirmed", self.outbox.pending)
+            if self.leadership is not None:
+                self.leadership.release()  # a standby takes over at once
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -164,6 +199,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             network,
             KafkaBus(settings.kafka_bootstrap),
             overrides=lambda: redis_overrides(client, settings.policy_overrides_key),
+            leadership=Leadership(
+                client,
+                settings.policy_leader_key,
+                settings.instance_id,
+                settings.policy_leader_ttl_s,
+            ),
         )
 
     # Kafka down at start: wait for it (replaying policies.v1 needs it), then start.

@@ -23,6 +23,25 @@ class PolicySettings(Settings):
     policy_tick_s: float = Field(
         1.0, gt=0.0, le=3600.0, description="How often the engine re-solves and emits changes."
     )
+    policy_lease_s: float = Field(
+        15.0,
+        gt=0.0,
+        description="How long a policy is in force after it is issued unless renewed (the "
+        "engine renews it after a third of that while its inputs are fresh); longer than a "
+        "leader failover (POPSHIFT_POLICY_LEADER_TTL_S + a tick + start-up), so a failover "
+        "changes nothing and a dead control plane goes back to anycast within it.",
+    )
+    policy_leader_key: str = Field(
+        "popshift:policy:leader",
+        description="Redis key of the engines' leader lock (its epoch at '<key>:epoch'); one "
+        "engine per network publishes policies, any others wait as warm standbys.",
+    )
+    policy_leader_ttl_s: float = Field(
+        5.0,
+        gt=0.0,
+        description="The leader lock expires this long after the leader's last renewal (it "
+        "renews every tick): the longest a killed leader's standby waits to take over.",
+    )
     policy_max_exact_arcs: int = Field(
         Budget.max_exact_arcs,
         ge=0,
@@ -88,6 +107,9 @@ class PolicySettings(Settings):
         return EngineConfig(
             solve_budget=Budget(self.policy_max_exact_arcs, self.policy_max_lp_iterations),
             tick_s=self.policy_tick_s,
+            lease_s=self.policy_lease_s,
+            bus_silence_s=self.bus_silence_s,
+            bus_outage_grace_s=self.bus_outage_grace_s,
             status_max_age_s=self.policy_status_max_age_s,
             stats_max_age_s=self.policy_stats_max_age_s,
             effect_lag_s=self.policy_effect_lag_s,

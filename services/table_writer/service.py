@@ -13,6 +13,11 @@ came back empty (or older than this writer) gets every tier's table rewritten at
 version + 1. A table in Redis this code cannot read (an older blob format) is logged and
 written afresh above its version. table-updates.v1 notices wait in an :class:`Outbox` and are
 sent again if Kafka lost them.
+
+One writer per PoP: a process writes only while it holds the PoP's writer lock
+(popshift/leadership.py), renewed every tick and checked by every table write in the same Redis
+script. A second writer waits for the lock; one that loses it (its lock expired while it was
+paused, or taken after a Redis wipe) stops, and waits again as the standby.
 """
 
 from __future__ import annotations
@@ -40,12 +45,13 @@ from popshift.bus import (
     RejectMessage,
     create_topics,
 )
+from popshift.leadership import Leadership, wait_for_lock
 from popshift.network import NetworkConfig, load_network
 from popshift.process import install_stop_signals, run_ticking, setup_logging, until_ready
 from schemas.messages import PolicyEvent, PopLoad, TableUpdate
 from services.table_writer.codec import BadTableBlob, Header
 from services.table_writer.settings import TableWriterSettings
-from services.table_writer.store import StaleVersion, TableStore
+from services.table_writer.store import Fenced, StaleVersion, TableStore, writer_lock_key
 from services.table_writer.table import Table, TableInvariantError
 from services.table_writer.writer import (
     PolicyRejected,
@@ -53,6 +59,7 @@ from services.table_writer.writer import (
     adopt,
     commit,
     new_state,
+    on_heard,
     on_policy,
     on_servers,
     on_tick,
@@ -77,6 +84,10 @@ class Tables(Protocol):
         ...
 
 
+class Deposed(Exception):
+    """This writer lost its PoP's lock: another writer now owns the tables."""
+
+
 class TableWriterService:
     def __init__(
         self,
@@ -86,12 +97,20 @@ class TableWriterService:
         store: Tables,
         bus: Bus,
         *,
+        leadership: Leadership | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.leadership = leadership
         self.pop = pop
         self.clock = clock
-        self.state = new_state(network, pop, settings.table_bits, settings.table_drain_period_s)
+        self.state = new_state(
+            network,
+            pop,
+            settings.table_bits,
+            settings.table_drain_period_s,
+            silence=settings.bus_silence(),
+        )
         self.store = store
         self.updates = settings.topic(topics.TABLE_UPDATES)
         self.producer = bus.producer()
@@ -183,6 +202,8 @@ class TableWriterService:
                     break
                 self._bump(tier, above + 1)
                 continue  # written on the next attempt
+            except Fenced as exc:
+                raise Deposed(str(exc)) from exc
             except redis.RedisError as exc:
                 self._redis_failed(tier, exc)
                 break
@@ -255,6 +276,7 @@ class TableWriterService:
             current.version += 1
 
     def handle(self, received: Received) -> None:
+        on_heard(self.state, self.clock())
         if received.key is not None and received.key != self.pop.encode():
             return  # another PoP's policy or servers
         value = received.value
@@ -264,6 +286,8 @@ class TableWriterService:
             self._guarded(lambda: on_servers(self.state, value, self.clock()))
 
     def tick(self) -> None:
+        if self.leadership is not None and self.leadership.hold() is None:
+            raise Deposed(f"{self.pop}: the writer lock is {self.leadership.current_holder()}'s")
         self._check_redis()
         self._flush_pending()
         with contextlib.suppress(RejectMessage):  # logged loudly; nothing to dead-letter
@@ -300,7 +324,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     install_stop_signals(stop)
     client: redis.Redis[bytes] = redis_client.connect(settings.redis_url)
-    store = TableStore(client, settings.table_retain_s, prefix=settings.table_key_prefix)
+    leadership = Leadership(
+        client,
+        writer_lock_key(pop, settings.table_key_prefix),
+        settings.instance_id,
+        settings.table_lock_ttl_s,
+    )
+    store = TableStore(
+        client,
+        settings.table_retain_s,
+        prefix=settings.table_key_prefix,
+        fence=leadership.fence_args(),
+    )
 
     def start() -> TableWriterService:
         create_topics(
@@ -309,19 +344,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.topic_partitions,
             timeout=5.0,
         )
-        return TableWriterService(settings, network, pop, store, KafkaBus(settings.kafka_bootstrap))
+        return TableWriterService(
+            settings,
+            network,
+            pop,
+            store,
+            KafkaBus(settings.kafka_bootstrap),
+            leadership=leadership,
+        )
 
-    # Kafka or Redis down at start: wait for both (policies replay, tables adopted), then start.
-    service = until_ready(
-        start, f"table writer {pop}", stop, (KafkaException, DeliveryFailed, redis.RedisError)
-    )
-    if service is None:
-        return 0
-    log.info("table writer for %s (2^%d buckets per tier)", pop, settings.table_bits)
     try:
-        service.run(stop)
+        while wait_for_lock(leadership, stop, settings.table_tick_s):
+            # Kafka or Redis down at start: wait for both (policies replay, tables adopted).
+            service = until_ready(
+                start,
+                f"table writer {pop}",
+                stop,
+                (KafkaException, DeliveryFailed, redis.RedisError),
+            )
+            if service is None:
+                break
+            log.info("table writer for %s (2^%d buckets per tier)", pop, settings.table_bits)
+            try:
+                service.run(stop)
+            except Deposed as exc:
+                log.error("%s: STANDING DOWN, another writer owns the tables: %s", pop, exc)
+            finally:
+                service.close()
     finally:
-        service.close()
+        leadership.release()
     return 0
 
 

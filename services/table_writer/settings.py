@@ -34,3 +34,10 @@ class TableWriterSettings(Settings):
     table_key_prefix: str = Field(
         "popshift:table", description="Prefix of every table key in Redis."
     )
+    table_lock_ttl_s: float = Field(
+        5.0,
+        gt=0.0,
+        description="A PoP's writer lock ('<prefix>:<pop>:writer') expires this long after its "
+        "holder's last renewal (every tick); a second writer of the PoP waits for it, and every "
+        "table write checks the lock in the same Redis script (fencing).",
+    )

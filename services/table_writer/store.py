@@ -5,10 +5,12 @@ Keys, per PoP and tier (one Redis per PoP in production, so no cluster hash tags
     popshift:table:{pop}:{tier}:v{version}   one blob (codec.py): header + 2^N 16-byte records
     popshift:table:{pop}:{tier}:current      the current version number, as decimal text
 
-A write is one Lua script (atomic): refuse unless the new version is higher than ``current``,
-SET the version key (~1 MiB at N=16), point ``current`` at it, and give the version it replaced
-a TTL of ``retain_s`` so that a reader that just read the old pointer can still fetch it. A
-refused write leaves nothing behind. A reader does GET current, then GET v{current}.
+A write is one Lua script (atomic): refuse unless the writer still holds its PoP's lock (when
+the store is fenced: ``popshift:table:{pop}:writer``, popshift/leadership.py) and the new version
+is higher than ``current``, SET the version key (~1 MiB at N=16), point ``current`` at it, and
+give the version it replaced a TTL of ``retain_s`` so that a reader that just read the old
+pointer can still fetch it. A refused write leaves nothing behind. A reader does GET current,
+then GET v{current}.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from services.table_writer.table import Table
 PREFIX = "popshift:table"
 
 _WRITE = """
+if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[5] then
+  return redis.error_reply('FENCED the lock ' .. KEYS[3] .. ' is not held by ' .. ARGV[5])
+end
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 local new = tonumber(ARGV[1])
 if new <= cur then
@@ -41,6 +46,15 @@ class StaleVersion(Exception):
     """Redis already holds this version or a newer one: another writer got there first."""
 
 
+class Fenced(Exception):
+    """This writer no longer holds its PoP's lock: another writer took over (or Redis lost the
+    lock); nothing was written."""
+
+
+def writer_lock_key(pop: str, prefix: str = PREFIX) -> str:
+    return f"{prefix}:{pop}:writer"
+
+
 def version_key(pop: str, tier: int, version: int, prefix: str = PREFIX) -> str:
     return f"{prefix}:{pop}:{tier}:v{version}"
 
@@ -57,9 +71,12 @@ class TableStore:
         client: redis.Redis[bytes],
         retain_s: float = 60.0,
         prefix: str = PREFIX,
+        fence: tuple[str, str] | None = None,
     ):
+        """``fence``: (lock key, holder) that every write checks (Leadership.fence_args)."""
         self._redis = client
         self.prefix = prefix
+        self._fence = fence or ("", "")
         self._retain_ms = int(retain_s * 1000)
         self._write: Any = client.register_script(_WRITE)
 
@@ -72,12 +89,21 @@ class TableStore:
                 keys=[
                     current_key(pop, tier, self.prefix),
                     version_key(pop, tier, version, self.prefix),
+                    self._fence[0] or current_key(pop, tier, self.prefix),
                 ],
-                args=[version, self._retain_ms, f"{self.prefix}:{pop}:{tier}:v", blob],
+                args=[
+                    version,
+                    self._retain_ms,
+                    f"{self.prefix}:{pop}:{tier}:v",
+                    blob,
+                    self._fence[1],
+                ],
             )
         except redis.ResponseError as exc:
             if "STALE" in str(exc):
                 raise StaleVersion(str(exc)) from exc
+            if "FENCED" in str(exc):
+                raise Fenced(str(exc)) from exc
             raise
 
     def current_version(self, pop: str, tier: int) -> int:

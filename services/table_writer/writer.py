@@ -15,7 +15,9 @@ are fresh). It is in force here until ``min(received + (expires_at - issued_at),
 MAX_CLOCK_SKEW_S)`` on this writer's clock: the lease's length counts from its arrival, so a
 skewed clock neither shortens nor stretches it, and a stale policy replayed long after it expired
 is in force for at most the skew. :func:`on_tick` drops a lapsed policy's shares back to local,
-draining as usual, and says so in ``WriterState.lapsed_version`` / ``lapses``.
+draining as usual, and says so in ``WriterState.lapsed_version`` / ``lapses``. While the
+bus is silent (no message of any PoP, :func:`on_heard`), the lease does not age, for at most
+the grace (popshift/silence.py): a Kafka outage is not a dead engine.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from popshift.network import NetworkConfig
+from popshift.silence import BusSilence
 from schemas.messages import PolicyAction, PolicyEvent, PopLoad
 from services.table_writer.table import (
     Peer,
@@ -93,6 +96,9 @@ class WriterState:
     local_addresses: set[str] = field(default_factory=set)
     shares: dict[int, dict[str, float]] = field(default_factory=dict)
     policy_version: int = 0
+    epoch: int = 0
+    """The engine leadership epoch of the current policy: policies are ordered by (epoch,
+    version), and a newer version from an older epoch is a deposed engine's, refused."""
     tables: dict[int, TierTable] = field(default_factory=dict)
     renew_s: float = DEFAULT_RENEW_S
     lease_until: float | None = None
@@ -102,6 +108,7 @@ class WriterState:
     """The policy version whose lease ran out and was dropped to local (None: none in force
     lapsed); a newer policy clears it."""
     lapses: int = 0
+    silence: BusSilence = field(default_factory=BusSilence)
 
 
 def new_state(
@@ -110,9 +117,11 @@ def new_state(
     bits: int,
     drain_period_s: float,
     renew_s: float = DEFAULT_RENEW_S,
+    silence: BusSilence | None = None,
 ) -> WriterState:
     me = network.pop(pop)
     return WriterState(
+        silence=silence or BusSilence(),
         pop=pop,
         self_id=me.id,
         bits=bits,
@@ -205,9 +214,11 @@ def _check_freshness(state: WriterState, event: PolicyEvent, now: float) -> None
             f"issued_at {event.issued_at:.3f} is {event.issued_at - now:.1f} s in the future"
             f" (more than the {MAX_CLOCK_SKEW_S:g} s clock skew allowed)"
         )
-    if event.version >= MAX_POLICY_VERSION:
-        raise PolicyRejected(f"version {event.version} >= {MAX_POLICY_VERSION}: absurd")
-    if state.policy_seen_at is not None:
+    if event.version >= MAX_POLICY_VERSION or event.epoch >= MAX_POLICY_VERSION:
+        raise PolicyRejected(
+            f"version {event.version} epoch {event.epoch}: one >= {MAX_POLICY_VERSION}, absurd"
+        )
+    if state.policy_seen_at is not None and event.epoch == state.epoch:
         elapsed = max(0.0, now - state.policy_seen_at)
         limit = state.policy_version + MAX_VERSION_JUMP + int(MAX_VERSION_RATE * elapsed)
         if event.version > limit:
@@ -217,10 +228,14 @@ def _check_freshness(state: WriterState, event: PolicyEvent, now: float) -> None
             )
 
 
-def _lease_until(event: PolicyEvent, now: float) -> float | None:
+def _lease_until(state: WriterState, event: PolicyEvent, now: float) -> float | None:
     if event.expires_at is None:
         return None
-    return min(now + (event.expires_at - event.issued_at), event.expires_at + MAX_CLOCK_SKEW_S)
+    # A renewal that waited out a Kafka outage in the engine's queue: its lease was held too.
+    held = state.silence.held_up(event.issued_at)
+    return min(
+        now + (event.expires_at - event.issued_at), event.expires_at + MAX_CLOCK_SKEW_S + held
+    )
 
 
 def _lapse(state: WriterState) -> None:
@@ -233,29 +248,42 @@ def _lapse(state: WriterState) -> None:
 
 def on_policy(state: WriterState, event: PolicyEvent, now: float) -> list[Write]:
     """A newer policy for this PoP: the tables that meet it. Replays of older ones do nothing,
-    except that the policy of tables adopted after a restart gives them its lease."""
-    if event.version < state.policy_version or (
-        event.version == state.policy_version
-        and (state.policy_seen_at is not None or state.lease_until is not None)
-    ):
+    except that the policy of tables adopted after a restart gives them its lease; a newer
+    version from an older epoch (a deposed engine) is refused."""
+    adopted_own = (
+        state.policy_seen_at is None
+        and state.lease_until is None
+        and event.version == state.policy_version
+    )
+    if adopted_own:  # the adopted tables' own policy, replayed: its epoch and lease
+        _check_freshness(state, event, now)
+        state.epoch = max(state.epoch, event.epoch)
+        state.policy_seen_at = now
+        state.lease_until = _lease_until(state, event, now)
+        return []
+    if event.epoch < state.epoch:
+        if event.version <= state.policy_version:
+            return []  # an old message delivered again
+        raise PolicyRejected(
+            f"v{event.version} from engine epoch {event.epoch}, but epoch {state.epoch} leads:"
+            " a deposed engine's policy"
+        )
+    if event.epoch == state.epoch and event.version <= state.policy_version:
         return []
     _check_freshness(state, event, now)
-    if event.version == state.policy_version:  # the adopted tables' own policy, replayed
-        state.policy_seen_at = now
-        state.lease_until = _lease_until(event, now)
-        return []
-    before = (state.shares, state.policy_version, state.lapsed_version, state.lapses)
+    before = (state.shares, state.policy_version, state.epoch, state.lapsed_version, state.lapses)
     state.shares = _validate(state, event)
     state.policy_version = event.version
+    state.epoch = event.epoch
     state.lapsed_version = None
-    lease_until = _lease_until(event, now)
+    lease_until = _lease_until(state, event, now)
     if lease_until is not None and lease_until <= now:
         _lapse(state)  # expired before it arrived (a replay of a dead engine's last word)
     try:
         writes = _writes(state, now, rebalance=False, changed_shares_only=True)
     except TableInvariantError:
         # The refused policy leaves no trace.
-        state.shares, state.policy_version, state.lapsed_version, state.lapses = before
+        state.shares, state.policy_version, state.epoch, state.lapsed_version, state.lapses = before
         raise
     state.lease_until = lease_until if state.lapsed_version is None else None
     state.policy_seen_at = now
@@ -277,11 +305,19 @@ def on_servers(state: WriterState, load: PopLoad, now: float) -> list[Write]:
     return _writes(state, now, rebalance=True)
 
 
+def on_heard(state: WriterState, now: float) -> None:
+    """Any message arrived (of any PoP, on any of the writer's topics): the bus works."""
+    state.silence.heard(now)
+
+
 def on_tick(state: WriterState, now: float) -> list[Write]:
     """Time passes: a policy whose lease ran out goes back to local, drains that have run their
     period are cleared, table leases are renewed."""
-    if state.lease_until is not None and now >= state.lease_until:
-        _lapse(state)
+    pause = state.silence.pause(now)
+    if state.lease_until is not None:
+        state.lease_until += pause
+        if state.silence.expired(state.lease_until, now):
+            _lapse(state)
     writes = _writes(state, now, rebalance=False)
     written = {w.tier for w in writes}
     for tier, current in sorted(state.tables.items()):

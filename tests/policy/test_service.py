@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from popshift import redis_client
 from popshift import topics as t
 from popshift.bus import MemoryBus
+from popshift.leadership import Leadership
 from schemas.messages import PolicyAction, PolicyEvent
 from services.policy_engine.overrides import Overrides, Pin
 from services.policy_engine.service import OverridesSource, PolicyEngineService
@@ -78,3 +80,33 @@ def test_overrides_apply_at_once_and_a_failing_source_keeps_the_last_ones() -> N
     assert service.tick() == []  # the source failed: the pin stays
     published: list[PolicyEvent] = bus.replay(t.POLICIES, key="a")
     assert published == [pinned]
+
+
+@pytest.mark.redis
+def test_one_engine_leads_a_standby_takes_over_with_a_higher_epoch_and_rising_versions(
+    redis_url: str, unique: str
+) -> None:
+    bus = MemoryBus()
+    send_loads(bus, {"a": 9.0, "b": 7.5, "c": 2.0})
+    key = f"{unique}:leader"
+
+    def engine(holder: str) -> PolicyEngineService:
+        lock = Leadership(redis_client.connect(redis_url), key, holder, ttl_s=5.0)
+        return PolicyEngineService(SETTINGS, NETWORK, bus, leadership=lock, clock=lambda: NOW)
+
+    leader, standby = engine("one"), engine("two")
+    for e in (leader, standby):  # both read every status: the standby is warm
+        assert e.consumer.poll_batch(e.handle) == 3
+    first = leader.tick()
+    assert first and standby.tick() == []
+    epoch = first[0].epoch
+    assert epoch > 0 and {e.epoch for e in first} == {epoch}
+    leader.close()  # gives the lock up
+    send_loads(bus, {"a": 9.5})
+    standby.consumer.poll_batch(standby.handle)
+    taken = standby.tick()
+    assert taken  # a's load changed: the new leader re-solves at once
+    assert standby.state.epoch == epoch + 1
+    assert standby.state.version >= max(e.version for e in first)  # continued, not restarted
+    assert all(e.epoch == epoch + 1 and e.version > max(x.version for x in first) for e in taken)
+    assert leader.tick() == []  # the old leader says nothing any more

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from popshift.network import load_network
+from popshift.silence import BusSilence
 from schemas.bucket import Bucket
 from schemas.messages import PolicyAction, PolicyEvent, PolicyReason, PopLoad, Share
 from schemas.messages import ServerLoad as SL
@@ -36,6 +37,7 @@ from services.table_writer.writer import (
     adopt,
     commit,
     new_state,
+    on_heard,
     on_policy,
     on_servers,
     on_tick,
@@ -229,12 +231,14 @@ def policy(
     action: PolicyAction = PolicyAction.UPDATE,
     issued_at: float | None = None,
     lease: float | None = None,
+    epoch: int = 0,
 ) -> PolicyEvent:
     at = float(version) if issued_at is None else issued_at
     return PolicyEvent(
         action=action,
         source=source,
         version=version,
+        epoch=epoch,
         issued_at=at,
         expires_at=None if lease is None else at + lease,
         shares=[Share(tier=t, destination=d, share=x) for t, d, x in shares],
@@ -404,3 +408,71 @@ def test_absurd_versions_and_future_policies_are_refused() -> None:
     # The allowed jump grows with the time since the last policy (renewals of every PoP).
     on_policy(state, policy(5_000_001 + MAX_VERSION_JUMP + 10_000, issued_at=102.0), 102.0)
     assert state.policy_version == 5_000_001 + MAX_VERSION_JUMP + 10_000
+
+
+def test_a_new_epoch_wins_and_a_deposed_engines_newer_policy_is_refused() -> None:
+    state = leased_writer()
+    for w in on_policy(state, policy(10, (0, "b", 0.25), issued_at=100.0, epoch=1), 100.0):
+        commit(state, w)
+    # The old leader published v11..v12 after its successor read the topic; then the successor
+    # (epoch 2) issues v11: the new epoch wins although its version is not higher.
+    for w in on_policy(state, policy(12, (0, "b", 0.5), issued_at=101.0, epoch=1), 101.0):
+        commit(state, w)
+    assert away_to(state, 2) == 128
+    for w in on_policy(state, policy(11, (0, "b", 0.125), issued_at=102.0, epoch=2), 102.0):
+        commit(state, w)
+    assert (state.epoch, state.policy_version, away_to(state, 2)) == (2, 11, 32)
+    # The deposed leader still talking: a newer version from epoch 1 is refused, loudly...
+    with pytest.raises(PolicyRejected, match="deposed"):
+        on_policy(state, policy(13, (0, "c", 0.5), issued_at=103.0, epoch=1), 103.0)
+    # ...while its old messages, delivered again, are just old.
+    assert on_policy(state, policy(10, (0, "b", 0.25), issued_at=100.0, epoch=1), 103.0) == []
+    assert (state.epoch, state.policy_version, away_to(state, 2)) == (2, 11, 32)
+    with pytest.raises(PolicyRejected, match="absurd"):
+        on_policy(state, policy(12, issued_at=103.0, epoch=2**62), 103.0)
+
+
+def test_a_silent_bus_holds_the_lease_for_the_grace_and_a_live_one_lets_it_lapse() -> None:
+    # Kafka away: nothing heard from t=101; the policy (lease 3 s from 100) is held meanwhile.
+    state = leased_writer()
+    state.silence = BusSilence(silence_s=2.0, grace_s=20.0)
+    for w in on_policy(state, policy(1, (0, "b", 0.25), issued_at=100.0, lease=3.0), 100.0):
+        commit(state, w)
+    on_heard(state, 101.0)
+    for t in range(102, 120):
+        assert on_tick(state, float(t)) == [] and state.lapses == 0, t
+    on_heard(state, 120.0)  # the bus is back, the engine renews
+    on_policy(state, policy(2, (0, "b", 0.25), issued_at=120.0, lease=3.0), 120.0)
+    assert on_tick(state, 121.0) == [] and away_to(state, 2) == 64
+    # The engine dead, the bus alive (pop-load keeps coming): lapses when the lease ends.
+    for heard_at in (121.5, 122.5, 123.0):
+        on_heard(state, heard_at)
+    assert [len(w.changed) for w in on_tick(state, 123.0) if w.tier == 0] == [64]
+    assert state.lapses == 1
+    # Engine and bus silent together: the lease ends at most the grace later.
+    state = leased_writer()
+    state.silence = BusSilence(silence_s=2.0, grace_s=20.0)
+    on_policy(state, policy(1, (0, "b", 0.25), issued_at=100.0, lease=3.0), 100.0)
+    on_heard(state, 100.0)
+    lapsed_at = 0
+    for t in range(101, 200):
+        on_tick(state, float(t))
+        if state.lapses:
+            lapsed_at = t
+            break
+    assert 100 + 3 + 20 <= lapsed_at <= 100 + 3 + 20 + 2
+
+
+def test_a_renewal_held_up_by_a_kafka_outage_is_not_taken_for_a_dead_engines_last_word() -> None:
+    state = leased_writer()
+    state.silence = BusSilence(silence_s=2.0, grace_s=60.0)
+    for w in on_policy(state, policy(1, (0, "b", 0.25), issued_at=100.0, lease=3.0), 100.0):
+        commit(state, w)
+    on_heard(state, 100.5)
+    for t in range(101, 150):  # Kafka away; the engine's renewal of t=101 waits in its queue
+        on_tick(state, float(t))
+    on_heard(state, 150.0)
+    # Issued at 101, expired (104 + 30 s skew) long before it arrives: the outage held it up.
+    on_policy(state, policy(2, (0, "b", 0.25), issued_at=101.0, lease=3.0), 150.0)
+    assert on_tick(state, 150.5) == [] and state.lapses == 0 and away_to(state, 2) == 64
+    assert state.lease_until == pytest.approx(153.0)
