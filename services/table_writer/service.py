@@ -290,8 +290,17 @@ class TableWriterService:
             raise Deposed(f"{self.pop}: the writer lock is {self.leadership.current_holder()}'s")
         self._check_redis()
         self._flush_pending()
+        lapses = self.state.lapses
         with contextlib.suppress(RejectMessage):  # logged loudly; nothing to dead-letter
             self._guarded(lambda: on_tick(self.state, self.clock()))
+        if self.state.lapses > lapses:
+            log.error(
+                "%s: POLICY LEASE RAN OUT (v%s not renewed by the engine): back to local, "
+                "established connections kept by their second chance (%d lapses so far)",
+                self.pop,
+                self.state.lapsed_version,
+                self.state.lapses,
+            )
 
     def run(self, stop: threading.Event) -> None:
         run_ticking(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -49,25 +50,31 @@ class TopicReader:
 
 @contextmanager
 def service(module: str, env: dict[str, str], *args: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A service as a real process, as the lab runs it; stopped with SIGTERM, must exit 0."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO,
-        env={**os.environ, **env},
-        stderr=subprocess.PIPE,
-    )
-    try:
-        yield proc
-    finally:
-        proc.terminate()
+    """A service as a real process, as the lab runs it; stopped with SIGTERM, must exit 0.
+
+    Its stderr goes to a file, not a pipe: nobody reads a pipe while the test runs, and a
+    service that logs a lot (librdkafka while the broker is away) would block on a full one.
+    """
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            cwd=REPO,
+            env={**os.environ, **env},
+            stderr=err,
+        )
         try:
-            _, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-        if proc.returncode not in (0, -15):
-            sys.stderr.write(err.decode(errors="replace")[-5000:])
-        assert proc.returncode == 0, f"{module} exited {proc.returncode}"
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.returncode != 0:
+                err.seek(0)
+                sys.stderr.write(err.read().decode(errors="replace")[-5000:])
+            assert proc.returncode == 0, f"{module} exited {proc.returncode}"
 
 
 class SimulatedAgents:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 import redis
 
 from popshift import topics as t
@@ -180,3 +183,35 @@ def test_an_unreadable_table_in_the_store_is_written_afresh_above_its_version() 
     writer.tick()
     header, table = store.tables[("a", 0)]
     assert header.version > 7 and len(table) == 1 << BITS
+
+
+def test_a_lapsed_policy_is_said_loudly_and_a_deposed_engines_policy_dead_lettered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bus, store = MemoryBus(), MemoryTables()
+    producer = bus.producer()
+    producer.send(t.POP_LOAD, "a", pop_load("a", NOW))
+    leased = policy("a", 5, {"b": 0.25}).model_copy(update={"epoch": 2, "expires_at": NOW + 3.0})
+    producer.send(t.POLICIES, "a", leased)
+    clock = [NOW]
+    writer = TableWriterService(SETTINGS, NETWORK, "a", store, bus, clock=lambda: clock[0])
+    writer.consumer.poll_batch(writer.handle)
+    assert forwarded_counts(store.tables[("a", 0)][1]) == {2: (1 << BITS) // 4}
+    # The engine of epoch 1, deposed, still talking: refused whatever its version.
+    producer.send(t.POLICIES, "a", policy("a", 9, {"c": 0.5}).model_copy(update={"epoch": 1}))
+    writer.consumer.poll_batch(writer.handle)
+    (letter,) = bus.dead_letters(t.POLICIES)
+    assert "deposed" in letter.reason
+    # No renewal while pop-load keeps coming (the bus is alive): the lease runs out.
+    for step in range(1, 6):
+        clock[0] = NOW + step
+        producer.send(t.POP_LOAD, "a", pop_load("a", clock[0]))
+        writer.consumer.poll_batch(writer.handle)
+        with caplog.at_level(logging.ERROR, logger="popshift.table_writer"):
+            writer.tick()
+    assert writer.state.lapses == 1
+    assert forwarded_counts(store.tables[("a", 0)][1]) == {}
+    assert [r.message for r in caplog.records if "LEASE RAN OUT" in r.message] == [
+        "a: POLICY LEASE RAN OUT (v5 not renewed by the engine): back to local, established "
+        "connections kept by their second chance (1 lapses so far)"
+    ]
