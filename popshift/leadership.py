@@ -126,9 +126,10 @@ class Leadership:
             log.warning("%s: could not release the lock (it expires by itself): %s", self.key, exc)
         self._set(None)
 
-    def fence_args(self) -> tuple[str, str]:
-        """For a write script that must only land while this process holds the lock."""
-        return self.key, self.holder
+    def fence_args(self) -> tuple[str, str, int]:
+        """For a write script that must not land while another process holds the lock (and
+        takes it back when nobody does): key, holder, TTL in ms."""
+        return self.key, self.holder, max(1, int(self.ttl_s * 1000))
 
 
 def wait_for_lock(leadership: Leadership, stop: threading.Event, interval_s: float) -> bool:

@@ -60,11 +60,11 @@ class Settings(BaseSettings):
         "bus (Kafka away, or everything upstream dead): policy leases stop ageing.",
     )
     bus_outage_grace_s: float = Field(
-        60.0,
+        120.0,
         ge=0.0,
         description="The most a silent bus holds policy leases in a row; then they run out as "
         "usual (a dead control plane whose bus went silent with it is back to anycast within "
-        "lease + this).",
+        "lease + this). When the bus returns, leases run one full lease from then.",
     )
     topic_prefix: str = Field(
         "",

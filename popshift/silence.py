@@ -5,7 +5,10 @@ hears nothing at all on the bus — no policy, no pop-load, no status from any P
 tell a dead engine from a Kafka outage, and a renewal could not have arrived anyway; so its
 leases stop ageing for the silent stretch, at most ``grace_s`` in a row, after which they run
 out as usual. A dead control plane is therefore back to anycast within lease + grace even when
-its bus went silent with it; a Kafka outage shorter than the grace changes nothing.
+its bus went silent with it; a Kafka outage shorter than the grace changes nothing. When the
+bus comes back, every lease runs at least one full lease from that moment (:meth:`after`):
+the services upstream of a renewal (ingest, analytics) rejoin their groups one by one, and the
+engine gets the time a renewal normally has.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 class BusSilence:
     silence_s: float = 3.0
     """No message at all for this long is a silent bus (several pop-load/status periods)."""
-    grace_s: float = 60.0
+    grace_s: float = 120.0
     """The most a silent stretch may hold leases, in a row."""
     last_heard: float | None = None
     granted_s: float = 0.0  # of the current silent stretch, already added to the leases
@@ -33,6 +36,11 @@ class BusSilence:
             self.last_stretch = (now, min(now - self.last_heard, self.grace_s))
         self.last_heard = now if self.last_heard is None else max(self.last_heard, now)
         self.granted_s = 0.0
+
+    def after(self, lease_until: float, lease_s: float) -> float:
+        """A lease's end, at least one full lease after the bus came back from a silence."""
+        end, held = self.last_stretch
+        return max(lease_until, end + lease_s) if held > 0.0 else lease_until
 
     def held_up(self, issued_at: float) -> float:
         """How long the latest silence held up a message issued at ``issued_at``: its lease

@@ -94,3 +94,7 @@ def test_a_writer_that_lost_its_pops_lock_cannot_write_a_table(redis_url: str, u
         stores["old"].write(table, header(2))  # ...and woke up: its write does not land
     stores["new"].write(table, header(2))
     assert stores["new"].current_version("a", 0) == 2
+    # Redis back empty: the holder's next write takes its lock back; the other stays out.
+    client.delete(key)
+    stores["new"].write(table, header(3))
+    assert new.current_holder() == "new" and old.hold() is None

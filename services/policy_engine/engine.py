@@ -78,7 +78,7 @@ class EngineConfig:
     passed, while the source's pop-status is fresh; a writer drops a lapsed policy to local."""
 
     bus_silence_s: float = 3.0
-    bus_outage_grace_s: float = 60.0
+    bus_outage_grace_s: float = 120.0
     """While no input at all arrives (popshift/silence.py), leases stop ageing, this long at
     most: a Kafka outage neither cancels nor lapses a policy."""
 
@@ -297,8 +297,8 @@ def _expected_loads(
 def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
     pause = state.silence.pause(now)
     for held in state.policies.values():
-        if pause and held.expires_at is not None:
-            held.expires_at += pause  # as every writer does: nothing could be renewed
+        if held.expires_at is not None:  # as every writer does: nothing could be renewed
+            held.expires_at = state.silence.after(held.expires_at + pause, state.config.lease)
     dead = _dead(state)
     fresh = [
         n

@@ -5,8 +5,9 @@ Keys, per PoP and tier (one Redis per PoP in production, so no cluster hash tags
     popshift:table:{pop}:{tier}:v{version}   one blob (codec.py): header + 2^N 16-byte records
     popshift:table:{pop}:{tier}:current      the current version number, as decimal text
 
-A write is one Lua script (atomic): refuse unless the writer still holds its PoP's lock (when
-the store is fenced: ``popshift:table:{pop}:writer``, popshift/leadership.py) and the new version
+A write is one Lua script (atomic): refuse if another writer holds the PoP's lock (when the
+store is fenced: ``popshift:table:{pop}:writer``, popshift/leadership.py; a lock nobody holds,
+as after Redis came back empty, is taken back by the write) and unless the new version
 is higher than ``current``, SET the version key (~1 MiB at N=16), point ``current`` at it, and
 give the version it replaced a TTL of ``retain_s`` so that a reader that just read the old
 pointer can still fetch it. A refused write leaves nothing behind. A reader does GET current,
@@ -25,8 +26,14 @@ from services.table_writer.table import Table
 PREFIX = "popshift:table"
 
 _WRITE = """
-if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[5] then
-  return redis.error_reply('FENCED the lock ' .. KEYS[3] .. ' is not held by ' .. ARGV[5])
+if ARGV[5] ~= '' then
+  local holder = redis.call('GET', KEYS[3])
+  if holder and holder ~= ARGV[5] then
+    return redis.error_reply('FENCED the lock ' .. KEYS[3] .. ' is held by ' .. holder)
+  end
+  if not holder then  -- expired, or a Redis back empty: nobody else holds it, take it back
+    redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[6])
+  end
 end
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 local new = tonumber(ARGV[1])
@@ -71,12 +78,12 @@ class TableStore:
         client: redis.Redis[bytes],
         retain_s: float = 60.0,
         prefix: str = PREFIX,
-        fence: tuple[str, str] | None = None,
+        fence: tuple[str, str, int] | None = None,
     ):
-        """``fence``: (lock key, holder) that every write checks (Leadership.fence_args)."""
+        """``fence``: (lock key, holder, TTL ms) that every write checks (Leadership.fence_args)."""
         self._redis = client
         self.prefix = prefix
-        self._fence = fence or ("", "")
+        self._fence = fence or ("", "", 0)
         self._retain_ms = int(retain_s * 1000)
         self._write: Any = client.register_script(_WRITE)
 
@@ -97,6 +104,7 @@ class TableStore:
                     f"{self.prefix}:{pop}:{tier}:v",
                     blob,
                     self._fence[1],
+                    self._fence[2],
                 ],
             )
         except redis.ResponseError as exc:

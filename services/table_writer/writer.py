@@ -103,6 +103,7 @@ class WriterState:
     renew_s: float = DEFAULT_RENEW_S
     lease_until: float | None = None
     """The current policy is dropped to local at this time (None: no lease known or needed)."""
+    lease_s: float = 0.0  # the current policy's lease length (expires_at - issued_at)
     policy_seen_at: float | None = None  # when the current policy arrived (None: not yet)
     lapsed_version: int | None = None
     """The policy version whose lease ran out and was dropped to local (None: none in force
@@ -231,6 +232,7 @@ def _check_freshness(state: WriterState, event: PolicyEvent, now: float) -> None
 def _lease_until(state: WriterState, event: PolicyEvent, now: float) -> float | None:
     if event.expires_at is None:
         return None
+    state.lease_s = event.expires_at - event.issued_at
     # A renewal that waited out a Kafka outage in the engine's queue: its lease was held too.
     held = state.silence.held_up(event.issued_at)
     return min(
@@ -315,7 +317,7 @@ def on_tick(state: WriterState, now: float) -> list[Write]:
     period are cleared, table leases are renewed."""
     pause = state.silence.pause(now)
     if state.lease_until is not None:
-        state.lease_until += pause
+        state.lease_until = state.silence.after(state.lease_until + pause, state.lease_s)
         if state.silence.expired(state.lease_until, now):
             _lapse(state)
     writes = _writes(state, now, rebalance=False)

@@ -432,12 +432,18 @@ def test_a_new_epoch_wins_and_a_deposed_engines_newer_policy_is_refused() -> Non
         on_policy(state, policy(12, issued_at=103.0, epoch=2**62), 103.0)
 
 
-def test_a_silent_bus_holds_the_lease_for_the_grace_and_a_live_one_lets_it_lapse() -> None:
-    # Kafka away: nothing heard from t=101; the policy (lease 3 s from 100) is held meanwhile.
+def writer_with_a_lease(grace_s: float) -> WriterState:
+    """A quarter of tier 0 to b from t=100, on a 3 s lease; a bus silent after 2 s."""
     state = leased_writer()
-    state.silence = BusSilence(silence_s=2.0, grace_s=20.0)
+    state.silence = BusSilence(silence_s=2.0, grace_s=grace_s)
     for w in on_policy(state, policy(1, (0, "b", 0.25), issued_at=100.0, lease=3.0), 100.0):
         commit(state, w)
+    return state
+
+
+def test_a_silent_bus_holds_the_lease_for_the_grace_and_a_live_one_lets_it_lapse() -> None:
+    # Kafka away: nothing heard from t=101; the policy (lease 3 s from 100) is held meanwhile.
+    state = writer_with_a_lease(grace_s=20.0)
     on_heard(state, 101.0)
     for t in range(102, 120):
         assert on_tick(state, float(t)) == [] and state.lapses == 0, t
@@ -450,9 +456,7 @@ def test_a_silent_bus_holds_the_lease_for_the_grace_and_a_live_one_lets_it_lapse
     assert [len(w.changed) for w in on_tick(state, 123.0) if w.tier == 0] == [64]
     assert state.lapses == 1
     # Engine and bus silent together: the lease ends at most the grace later.
-    state = leased_writer()
-    state.silence = BusSilence(silence_s=2.0, grace_s=20.0)
-    on_policy(state, policy(1, (0, "b", 0.25), issued_at=100.0, lease=3.0), 100.0)
+    state = writer_with_a_lease(grace_s=20.0)
     on_heard(state, 100.0)
     lapsed_at = 0
     for t in range(101, 200):
@@ -464,10 +468,7 @@ def test_a_silent_bus_holds_the_lease_for_the_grace_and_a_live_one_lets_it_lapse
 
 
 def test_a_renewal_held_up_by_a_kafka_outage_is_not_taken_for_a_dead_engines_last_word() -> None:
-    state = leased_writer()
-    state.silence = BusSilence(silence_s=2.0, grace_s=60.0)
-    for w in on_policy(state, policy(1, (0, "b", 0.25), issued_at=100.0, lease=3.0), 100.0):
-        commit(state, w)
+    state = writer_with_a_lease(grace_s=60.0)
     on_heard(state, 100.5)
     for t in range(101, 150):  # Kafka away; the engine's renewal of t=101 waits in its queue
         on_tick(state, float(t))
@@ -476,3 +477,17 @@ def test_a_renewal_held_up_by_a_kafka_outage_is_not_taken_for_a_dead_engines_las
     on_policy(state, policy(2, (0, "b", 0.25), issued_at=101.0, lease=3.0), 150.0)
     assert on_tick(state, 150.5) == [] and state.lapses == 0 and away_to(state, 2) == 64
     assert state.lease_until == pytest.approx(153.0)
+
+
+def test_when_the_bus_returns_the_engine_has_a_full_lease_to_renew() -> None:
+    state = writer_with_a_lease(grace_s=60.0)
+    on_heard(state, 101.5)  # renewed at 100 (3 s), heard last at 101.5, then Kafka away
+    for t in range(102, 150):
+        on_tick(state, float(t))
+    for back in (150.0, 151.0, 152.0, 152.9):  # pop-load again; the engine's inputs are not back
+        on_heard(state, back)
+        on_tick(state, back)
+    assert state.lapses == 0  # without the full lease: 103 + 48.5 held = 151.5, lapsed
+    on_heard(state, 153.0)
+    on_tick(state, 153.0)
+    assert state.lapses == 1  # no renewal within a full lease of the bus's return
