@@ -106,7 +106,12 @@ def run_env(run_id: str, pin_root: Path, log_dir: Path) -> dict[str, str]:
             analytics_config=str(ANALYTICS),
             analytics_datadir=str(log_dir / "analytics-data"),
         )
-        | env(PolicySettings, policy_group=f"{r}-policy", policy_overrides_key=f"{r}:overrides")
+        | env(
+            PolicySettings,
+            policy_group=f"{r}-policy",
+            policy_overrides_key=f"{r}:overrides",
+            policy_leader_key=f"{r}:policy:leader",
+        )
         | env(TableWriterSettings, table_group_prefix=f"{r}-table", table_key_prefix=f"{r}:table")
         | env(SyncSettings, sync_group_prefix=f"{r}-sync", sync_pin_dir=str(pin_root))
         | timings()

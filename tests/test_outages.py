@@ -59,6 +59,7 @@ def _env(kafka: str, redis_url: str, unique: str, tmp_path: Path) -> dict[str, s
         "POPSHIFT_PUBLISH_INTERVAL_S": str(INTERVAL_S),
         "POPSHIFT_POLICY_GROUP": f"{unique}-engine",
         "POPSHIFT_POLICY_OVERRIDES_KEY": f"{unique}:overrides",
+        "POPSHIFT_POLICY_LEADER_KEY": f"{unique}:policy:leader",
         "POPSHIFT_TABLE_GROUP_PREFIX": f"{unique}-writer",
         "POPSHIFT_TABLE_KEY_PREFIX": f"{unique}:table",
         "POPSHIFT_TABLE_BITS": "8",

@@ -148,7 +148,13 @@ class PolicyEngineService:
             return False
         if epoch != self.leading_epoch:
             # The last leader's policies, up to now: versions keep rising, nothing re-issued.
-            restore(self.state, self._bus.replay(self.policies))
+            try:
+                restore(self.state, self._bus.replay(self.policies))
+            except (KafkaException, TimeoutError) as exc:
+                log.warning(
+                    "took the lead (epoch %d); policies.v1 not readable yet: %s", epoch, exc
+                )
+                return False  # again next tick; the lock is ours meanwhile
             self.state.epoch = epoch
             self.leading_epoch = epoch
             log.warning("leading as epoch %d from version %d", epoch, self.state.version)
