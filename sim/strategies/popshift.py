@@ -68,6 +68,9 @@ def knobs(world: World, scenario: Scenario) -> PopshiftKnobs:
             tier_mix={t.id: t.demand_share for t in world.tiers},
             damping=DampingConfig(),
             tick_s=ctl.analytics_interval_s,  # the engine ticks once a round: lease = 3 rounds
+            # Statuses come once a round: a silent bus is three rounds without one (as 3 s is
+            # three of the live analytics' 1 s publications).
+            bus_silence_s=3.0 * ctl.analytics_interval_s,
         ),
         stats_interval_s=10.0,
         table_bits=ctl.table_bits,

@@ -142,3 +142,6 @@ def test_popshift_cuts_a_dark_destination_at_once_and_loses_nothing_after() -> N
     _, lost_at_dark = run(dark_at + 1.0)
     assert lost_at_dark > 0.0
     assert lost == pytest.approx(lost_at_dark, rel=1e-9)
+    # Statuses every round: the engine's bus is never silent, no lease is held.
+    assert strategy.engine.silence.total_granted_s == 0.0
+    assert strategy.engine.silence.last_stretch[1] == 0.0
