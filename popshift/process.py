@@ -17,7 +17,9 @@ from typing import TypeVar
 
 from confluent_kafka import KafkaException
 
-from popshift.bus import DeliveryFailed, transient
+from popshift.bus import DeliveryFailed, create_topics, transient
+from popshift.settings import Settings
+from popshift.topics import Topic
 
 T = TypeVar("T")
 
@@ -121,3 +123,15 @@ def until_ready(
         stop.wait(wait)
         wait = min(longest, wait * 2)
     return None
+
+
+def until_topics(settings: Settings, wanted: list[Topic], what: str, stop: threading.Event) -> bool:
+    """Wait for Kafka and create the service's topics (under the settings' prefix): True once
+    they exist, False if ``stop`` was set first."""
+    names = [settings.topic(t) for t in wanted]
+
+    def create() -> bool:
+        create_topics(settings.kafka_bootstrap, names, settings.topic_partitions, timeout=5.0)
+        return True
+
+    return until_ready(create, f"{what}: Kafka", stop) is not None

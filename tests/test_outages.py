@@ -92,6 +92,17 @@ def _has_tables(store: TableStore) -> bool:
         return False
 
 
+def _services(
+    stack: ExitStack, env: dict[str, str], *specs: tuple[str, tuple[str, ...]]
+) -> list[subprocess.Popen[bytes]]:
+    return [stack.enter_context(service(m, env, *args)) for m, args in specs]
+
+
+INGEST = ("services.feedback_ingest.ingest", ())
+ENGINE = ("services.policy_engine.service", ())
+WRITER_A = ("services.table_writer.service", ("a",))
+
+
 def test_services_started_while_kafka_is_down_wait_and_then_work(
     kafka_bootstrap: str, redis_url: str, unique: str, tmp_path: Path
 ) -> None:
@@ -138,14 +149,7 @@ def test_a_kafka_outage_mid_run_kills_nothing_and_marks_no_server_down(
     names = Settings(topic_prefix=unique)
     store = _tables(redis_url, unique)
     with ExitStack() as stack:
-        procs = [
-            stack.enter_context(service(m, env, *args))
-            for m, args in (
-                ("services.feedback_ingest.ingest", ()),
-                ("services.policy_engine.service", ()),
-                ("services.table_writer.service", ("a",)),
-            )
-        ]
+        procs = _services(stack, env, INGEST, ENGINE, WRITER_A)
         stack.enter_context(
             SimulatedAgents(kafka_bootstrap, names.topic(t.FEEDBACK), SERVERS, INTERVAL_S)
         )
@@ -176,13 +180,7 @@ def test_redis_that_comes_back_empty_gets_the_tables_with_the_change_it_missed(
     names = Settings(topic_prefix=unique)
     store = _tables(redis_url, unique)
     with ExitStack() as stack:
-        procs = [
-            stack.enter_context(service(m, env, *args))
-            for m, args in (
-                ("services.feedback_ingest.ingest", ()),
-                ("services.table_writer.service", ("a",)),
-            )
-        ]
+        procs = _services(stack, env, INGEST, WRITER_A)
         agents = stack.enter_context(
             SimulatedAgents(kafka_bootstrap, names.topic(t.FEEDBACK), SERVERS, INTERVAL_S)
         )

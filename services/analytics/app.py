@@ -26,9 +26,9 @@ from opentelemetry import trace
 from pydantic import Field
 
 from popshift import topics, tracing
-from popshift.bus import Outgoing, RejectMessage, create_topics, dead_letter, validate
+from popshift.bus import Outgoing, RejectMessage, dead_letter, validate
 from popshift.network import load_network
-from popshift.process import install_stop_signals, setup_logging, tune_gc, until_ready
+from popshift.process import install_stop_signals, setup_logging, tune_gc, until_topics
 from popshift.settings import Settings
 from schemas.messages import DeadLetter, PopLoad
 from services.analytics.config import load_config
@@ -163,17 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Kafka down at start: wait for it (faust's own start needs the broker), then start.
     stop = threading.Event()
     install_stop_signals(stop)
-    ready = until_ready(
-        lambda: create_topics(
-            settings.kafka_bootstrap,
-            [settings.topic(topics.POP_LOAD), settings.topic(topics.POP_STATUS)],
-            settings.topic_partitions,
-            timeout=5.0,
-        ),
-        "analytics: Kafka",
-        stop,
-    )
-    if ready is None:
+    if not until_topics(settings, [topics.POP_LOAD, topics.POP_STATUS], "analytics", stop):
         return 0
     app = build_app(settings)
     worker = faust.Worker(app, loglevel="INFO", stdout=sys.stderr, redirect_stdouts=False)

@@ -29,14 +29,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 from popshift import topics
-from popshift.bus import Bus, DeliveryFailed, KafkaBus, Received, RejectMessage, create_topics
+from popshift.bus import Bus, DeliveryFailed, KafkaBus, Received, RejectMessage
 from popshift.network import load_network
 from popshift.process import (
     install_stop_signals,
     run_ticking,
     setup_logging,
     tune_gc,
-    until_ready,
+    until_topics,
 )
 from services.feedback_ingest.aggregate import PopAggregator, TooManyServers, UnknownPop
 from services.feedback_ingest.settings import IngestSettings
@@ -171,17 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     network = load_network(settings.network_file)
     stop = threading.Event()
     install_stop_signals(stop)
-    ready = until_ready(
-        lambda: create_topics(
-            settings.kafka_bootstrap,
-            [settings.topic(topics.FEEDBACK), settings.topic(topics.POP_LOAD)],
-            settings.topic_partitions,
-            timeout=5.0,
-        ),
-        "ingest: Kafka",
-        stop,
-    )
-    if ready is None:
+    if not until_topics(settings, [topics.FEEDBACK, topics.POP_LOAD], "ingest", stop):
         return 0
     ingest = Ingest(settings, network.pop_names, KafkaBus(settings.kafka_bootstrap))
     tune_gc()
