@@ -32,8 +32,8 @@ def main() -> None:
     topic = topics.Topic(
         f"bench-{uuid.uuid4().hex[:8]}.feedback.v1", "PoP", topics.FEEDBACK.adapter
     )
-    create_topics(settings.kafka_bootstrap, [topic], partitions=3)
-    consumer = TypedConsumer(settings.kafka_bootstrap, f"{topic.name}-g", [topic])
+    create_topics(settings.kafka(), [topic], partitions=3)
+    consumer = TypedConsumer(settings.kafka(), f"{topic.name}-g", [topic])
     latencies: list[float] = []
 
     def on_message(r: Received) -> None:
@@ -49,7 +49,7 @@ def main() -> None:
     # Let the consumer join its group before timing starts.
     consumer.poll_batch(on_message, timeout=3.0)
     reader.start()
-    producer = TypedProducer(settings.kafka_bootstrap)
+    producer = TypedProducer(settings.kafka())
     qos = ServiceQos(probes=10, success_rate=1.0, latency_p50_ms=1.0, latency_p95_ms=2.0)
     start = time.time()
     for i in range(args.messages):

@@ -146,7 +146,7 @@ class Chaos:
     def __init__(self, h: Harness) -> None:
         self.h = h
         s = Settings()
-        self.redis_url = s.redis_url
+        self.redis = s.redis()
         self.key_prefix = f"{h.run_id}:table"
         self.faults: list[Fault] = []
         self._known_restarts = 0
@@ -158,7 +158,7 @@ class Chaos:
         """Per PoP: buckets away per destination in Redis's current table, and its written_at;
         None while Redis does not answer or a PoP has no table."""
         names = {p.id: p.name for p in self.h.topo.pops}
-        client = redis_client.connect(self.redis_url, 1.0)
+        client = redis_client.connect(self.redis, 1.0)
         try:
             away: dict[str, dict[str, int]] = {}
             written: dict[str, float] = {}

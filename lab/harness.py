@@ -32,6 +32,7 @@ from lab.settings import NETWORK, PREFIX, REPO, TABLE_BITS, TIER, timings
 from lab.supervisor import Services
 from lab.topology import Role, build
 from lab.work import ServerCgroup, WorkModel, cgroup_name, remove_cgroups
+from popshift import redis_client
 from popshift.network import load_network
 from popshift.settings import Settings
 from services.forwarder.layout import Verdict
@@ -163,7 +164,7 @@ class Harness:
 
     def _wait_ready(self, timeout_s: float = 90.0) -> None:
         """Every PoP has a table in Redis (its writer heard its servers) and a verdict."""
-        client: redis.Redis[bytes] = redis.Redis.from_url(Settings().redis_url)
+        client: redis.Redis[bytes] = redis_client.connect(Settings().redis(), 5.0)
         deadline = time.monotonic() + timeout_s
         try:
             while True:
@@ -320,7 +321,7 @@ class Harness:
             self._lock = None
 
     def _drop_redis(self) -> None:
-        client: redis.Redis[bytes] = redis.Redis.from_url(Settings().redis_url)
+        client: redis.Redis[bytes] = redis_client.connect(Settings().redis(), 5.0)
         try:
             for key in client.scan_iter(f"{self.run_id}:*"):
                 client.delete(key)
@@ -330,7 +331,7 @@ class Harness:
     def _drop_topics(self) -> None:
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": Settings().kafka_bootstrap})
+        admin = AdminClient(Settings().kafka().config())
         names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(self.run_id)]
         if names:
             for fut in admin.delete_topics(names, operation_timeout=10).values():

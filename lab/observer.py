@@ -60,9 +60,9 @@ class Observer:
         settings = Settings(topic_prefix=run_id)
         # Quiet: librdkafka logs every failed connect while Kafka is away (the chaos run)
         quiet = {"log_level": 2}
-        self.producer = TypedProducer(settings.kafka_bootstrap, extra_config=quiet)
+        self.producer = TypedProducer(settings.kafka(), extra_config=quiet)
         self.consumer = TypedConsumer(
-            settings.kafka_bootstrap,
+            settings.kafka(),
             f"{run_id}-observer",
             [settings.topic(topics.POP_STATUS), settings.topic(topics.POLICIES)],
             dead_letter_producer=self.producer,

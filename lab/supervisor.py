@@ -68,12 +68,28 @@ class Services:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._keeper: threading.Thread | None = None
+        self._granted = False
+
+    def grant(self) -> None:
+        """The run's principals and ACLs, for its topics, groups and keys (`popshift access
+        grant` as the admin, with the services' settings), before any service starts."""
+        if self._granted:
+            return
+        admin = self.env() | {"POPSHIFT_PRINCIPAL": "admin"}
+        pops = ",".join(p.name for p in self.topo.pops)
+        subprocess.run(
+            [sys.executable, "-m", "popshift.cli", "access", "grant", "--pops", pops],
+            cwd=REPO, env=admin, check=True, timeout=120, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        self._granted = True
 
     def env(self, more: Mapping[str, str] | None = None) -> dict[str, str]:
-        """The caller's environment without its POPSHIFT_* settings (only where Kafka and
-        Redis are), then the run's settings, then `more`."""
+        """The caller's environment without its POPSHIFT_* settings (only where Kafka, Redis
+        and the secrets are: each service logs in as its own principal), then the run's
+        settings, then `more`."""
         base = {k: v for k, v in os.environ.items() if not k.startswith("POPSHIFT_")}
-        keep = ("POPSHIFT_KAFKA_BOOTSTRAP", "POPSHIFT_REDIS_URL")
+        keep = ("POPSHIFT_KAFKA_BOOTSTRAP", "POPSHIFT_REDIS_URL", "POPSHIFT_SECRETS_DIR",
+                "POPSHIFT_STATE_DIR")  # fmt: skip
         base |= {k: os.environ[k] for k in keep if k in os.environ}
         return base | {"PYTHONUNBUFFERED": "1"} | self.run_env | dict(more or {})
 
@@ -108,13 +124,15 @@ class Services:
         """A node's forwarder sync with its node file (which names PoP, node and role); the
         lab calls this while it attaches the data plane (lab.dataplane.attach)."""
         args = ("--node-file", str(node_file))
+        self.grant()
         return self.spawn(f"sync-{host}", "services.forwarder.sync", args=args)
 
     def start(self, cgroups: Mapping[str, ServerCgroup], capacity: Mapping[str, float]) -> None:
         """Topics first, then ingest, analytics, the engine, and per PoP its table writer and
         an agent per server (reading its server's cgroup). The syncs run already."""
-        own = Settings(topic_prefix=self.run_id)
-        create_topics(own.kafka_bootstrap, [own.topic(t) for t in topics.ALL_TOPICS], 1)
+        own = Settings(topic_prefix=self.run_id, principal="admin")
+        create_topics(own.kafka(), [own.topic(t) for t in topics.ALL_TOPICS], 1)
+        self.grant()
         self.spawn("ingest", "services.feedback_ingest.ingest")
         self.spawn("analytics", "services.analytics.app")
         self.spawn("policy-engine", "services.policy_engine.service")

@@ -33,6 +33,7 @@ from opentelemetry.context import Context
 from pydantic import BaseModel, ValidationError
 
 from popshift import tracing
+from popshift.credentials import KafkaAccess
 from popshift.replay import read_all
 from popshift.topics import DEAD_LETTER_RETENTION_MS, Topic, topic_configs
 from schemas.messages import DeadLetter
@@ -86,10 +87,10 @@ class DeliveryFailed(Exception):
 
 
 def create_topics(
-    bootstrap: str, topics: Iterable[Topic], partitions: int, timeout: float = 30.0
+    kafka: KafkaAccess, topics: Iterable[Topic], partitions: int, timeout: float = 30.0
 ) -> list[str]:
     """Create every topic and its dead-letter topic; existing ones are left as they are."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(kafka.config())
     wanted: list[NewTopic] = []
     for t in topics:
         wanted.append(
@@ -379,13 +380,13 @@ class TypedProducer(_Sender):
 
     def __init__(
         self,
-        bootstrap: str,
+        kafka: KafkaAccess,
         extra_config: dict[str, Any] | None = None,
         *,
         buffer_messages: int = DEFAULT_BUFFER_MESSAGES,
     ) -> None:
         config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap,
+            **kafka.config(),
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
@@ -516,7 +517,7 @@ class TypedConsumer(_Intake):
 
     def __init__(
         self,
-        bootstrap: str,
+        kafka: KafkaAccess,
         group: str,
         topics: Sequence[Topic],
         *,
@@ -525,11 +526,9 @@ class TypedConsumer(_Intake):
         extra_config: dict[str, Any] | None = None,
         history_s: float | None = None,
     ) -> None:
-        super().__init__(
-            topics, max_message_bytes, dead_letter_producer or TypedProducer(bootstrap)
-        )
+        super().__init__(topics, max_message_bytes, dead_letter_producer or TypedProducer(kafka))
         config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap,
+            **kafka.config(),
             "group.id": group,
             "auto.offset.reset": "earliest",
             # Offsets are stored by hand after handling; the background commit only commits those.
@@ -632,13 +631,13 @@ class TypedConsumer(_Intake):
 
 @dataclass(frozen=True)
 class KafkaBus:
-    """The real bus: every producer and consumer is a confluent-kafka client of ``bootstrap``."""
+    """The real bus: every producer and consumer is a confluent-kafka client of ``kafka``."""
 
-    bootstrap: str
+    kafka: KafkaAccess
     replay_timeout_s: float = 30.0
 
     def producer(self) -> TypedProducer:
-        return TypedProducer(self.bootstrap)
+        return TypedProducer(self.kafka)
 
     def consumer(
         self,
@@ -650,7 +649,7 @@ class KafkaBus:
         history_s: float | None = None,
     ) -> TypedConsumer:
         return TypedConsumer(
-            self.bootstrap,
+            self.kafka,
             group,
             topics,
             max_message_bytes=max_message_bytes,
@@ -659,7 +658,7 @@ class KafkaBus:
         )
 
     def replay(self, topic: Topic, key: str | None = None) -> list[Any]:
-        return read_all(self.bootstrap, topic, key=key, timeout_s=self.replay_timeout_s)
+        return read_all(self.kafka, topic, key=key, timeout_s=self.replay_timeout_s)
 
 
 # --- in memory ------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
     "forwarder-sync": ("services.forwarder.sync", "main", "follow a PoP's tables into BPF maps"),
     "build-bpf": ("services.forwarder.build", "main", "compile the XDP programs"),
     "simulate": ("sim.cli", "simulate_main", "run a simulated network against the baselines"),
+    "access": ("popshift.access", "access_main", "create the principals and their ACLs (admin)"),
 }
 
 
@@ -29,7 +30,7 @@ def _topics_create(args: argparse.Namespace, settings: Settings) -> int:
     from popshift.bus import create_topics
     from popshift.topics import ALL_TOPICS
 
-    created = create_topics(settings.kafka_bootstrap, ALL_TOPICS, settings.topic_partitions)
+    created = create_topics(settings.kafka(), ALL_TOPICS, settings.topic_partitions)
     for t in ALL_TOPICS:
         print(f"{t.name:22} key={t.key:16} cleanup={t.cleanup_policy:8} dlq={t.dead_letter}")
     print(f"created {len(created)} topics ({', '.join(created) or 'all existed'})")

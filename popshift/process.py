@@ -131,7 +131,7 @@ def until_topics(settings: Settings, wanted: list[Topic], what: str, stop: threa
     names = [settings.topic(t) for t in wanted]
 
     def create() -> bool:
-        create_topics(settings.kafka_bootstrap, names, settings.topic_partitions, timeout=5.0)
+        create_topics(settings.kafka(), names, settings.topic_partitions, timeout=5.0)
         return True
 
     return until_ready(create, f"{what}: Kafka", stop) is not None

@@ -15,6 +15,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from pydantic import ValidationError
 
+from popshift.credentials import KafkaAccess
 from popshift.topics import Topic
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def _watermarks(consumer: Consumer, tp: TopicPartition, deadline: float) -> tupl
 
 
 def read_all(
-    bootstrap: str, topic: Topic, key: str | None = None, timeout_s: float = 30.0
+    kafka: KafkaAccess, topic: Topic, key: str | None = None, timeout_s: float = 30.0
 ) -> list[Any]:
     """Every valid message of ``topic`` (only ``key``'s if given), oldest first.
 
@@ -47,7 +48,7 @@ def read_all(
     """
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **kafka.config(),
             "group.id": f"popshift-replay-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
+from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from popshift.credentials import KafkaAccess, RedisAccess, Secrets
 from popshift.leadership import default_holder
 from popshift.silence import BusSilence
 from popshift.topics import Topic
@@ -26,7 +30,25 @@ class Settings(BaseSettings):
         "127.0.0.1:9092", description="Kafka bootstrap servers (host:port, comma separated)."
     )
     redis_url: str = Field(
-        "redis://127.0.0.1:6379/0", description="Redis holding the PoPs' forwarding tables."
+        "rediss://127.0.0.1:6379/0",
+        description="Redis holding the PoPs' forwarding tables (rediss:// = TLS, verified "
+        "against the secrets' ca.pem).",
+    )
+    principal: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
+        json_schema_extra={"shown_default": "the service's own"},
+        description="Who this process logs in as to Kafka and Redis (docs/security.md): unset = "
+        "the service's own principal (agent, ingest, analytics, engine, writer-<pop>, "
+        "sync-<pop>, operator for `popshift policy`; admin for the admin tools).",
+    )
+    secrets_dir: str = Field(
+        default_factory=lambda: os.path.join(
+            os.environ.get("POPSHIFT_STATE_DIR", "deploy/local/state"), "secrets"
+        ),
+        json_schema_extra={"shown_default": "$POPSHIFT_STATE_DIR/secrets"},
+        description="Holds ca.pem and kafka/<principal>.password, redis/<principal>.password "
+        "(deploy/local/secrets.sh, `popshift access grant`); default deploy/local/state/secrets.",
     )
     max_message_bytes: int = Field(
         1_048_576,
@@ -76,6 +98,32 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(
         3, ge=1, le=1024, description="Partitions of each topic created by `popshift topics`."
     )
+
+    # The principal of a process whose settings are this class and POPSHIFT_PRINCIPAL is unset.
+    default_principal: ClassVar[str] = "admin"
+
+    def who(self) -> str:
+        return self.principal or self.default_principal
+
+    @property
+    def secrets(self) -> Secrets:
+        return Secrets(Path(self.secrets_dir))
+
+    def kafka(self) -> KafkaAccess:
+        """This process's way into Kafka (SASL/SCRAM over TLS as :meth:`who`)."""
+        who = self.who()
+        return KafkaAccess(
+            self.kafka_bootstrap,
+            who,
+            self.secrets.password("kafka", who),
+            str(self.secrets.ca_file),
+        )
+
+    def redis(self) -> RedisAccess:
+        who = self.who()
+        return RedisAccess(
+            self.redis_url, who, self.secrets.password("redis", who), str(self.secrets.ca_file)
+        )
 
     def bus_silence(self) -> BusSilence:
         return BusSilence(self.bus_silence_s, self.bus_outage_grace_s)

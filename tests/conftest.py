@@ -12,6 +12,7 @@ from pathlib import Path
 import pluggy
 import pytest
 
+from popshift.credentials import KafkaAccess, RedisAccess
 from popshift.settings import Settings
 from popshift.topics import Topic
 
@@ -20,6 +21,10 @@ LOCAL = REPO / "deploy" / "local"
 # CI sets POPSHIFT_REQUIRE_ALL=1: a test skipped for want of root, cgroups, a trace backend or
 # anything else then fails instead, so a green CI means that every test ran.
 REQUIRE_ALL = os.environ.get("POPSHIFT_REQUIRE_ALL") == "1"
+# Tests and the services they start log in as the local admin (a superuser: they make their own
+# topics under their own prefixes); tests/test_access.py checks each service principal's ACLs,
+# and the lab (tests/e2e) runs every service as its own principal.
+os.environ.setdefault("POPSHIFT_PRINCIPAL", "admin")
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -45,15 +50,16 @@ def settings() -> Settings:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(settings: Settings) -> str:
+def kafka(settings: Settings) -> KafkaAccess:
+    """The local Kafka, as the test's principal (the local admin unless POPSHIFT_PRINCIPAL)."""
     _start("kafka-start.sh")
-    return settings.kafka_bootstrap
+    return settings.kafka()
 
 
 @pytest.fixture(scope="session")
-def redis_url(settings: Settings) -> str:
+def redis_access(settings: Settings) -> RedisAccess:
     _start("redis-start.sh")
-    return settings.redis_url
+    return settings.redis()
 
 
 @pytest.fixture

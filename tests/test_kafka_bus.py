@@ -14,6 +14,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[at
 
 from popshift import topics as t
 from popshift.bus import Received, RejectMessage, TypedConsumer, TypedProducer, create_topics
+from popshift.credentials import KafkaAccess
 from schemas import messages as m
 from tests.conftest import LOCAL, private_topic
 from tests.samples import ALL_SAMPLES, HEARTBEAT, POP_FEEDBACK
@@ -38,10 +39,10 @@ def _drain(consumer: TypedConsumer, handler: Any, want: int, deadline_s: float =
         consumer.poll_batch(handler, timeout=0.5)
 
 
-def _read_raw(bootstrap: str, topic: str, want: int, deadline_s: float = 30.0) -> list[Any]:
+def _read_raw(kafka: KafkaAccess, topic: str, want: int, deadline_s: float = 30.0) -> list[Any]:
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **kafka.config(),
             "group.id": f"raw-{topic}",
             "auto.offset.reset": "earliest",
         }
@@ -60,13 +61,13 @@ def _read_raw(bootstrap: str, topic: str, want: int, deadline_s: float = 30.0) -
 
 
 def test_create_topics_is_idempotent_and_policies_are_compacted(
-    kafka_bootstrap: str, unique: str
+    kafka: KafkaAccess, unique: str
 ) -> None:
     mine = [private_topic(x, unique) for x in t.ALL_TOPICS]
-    first = create_topics(kafka_bootstrap, mine, partitions=2)
+    first = create_topics(kafka, mine, partitions=2)
     assert len(first) == 2 * len(mine)
-    assert create_topics(kafka_bootstrap, mine, partitions=2) == []
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    assert create_topics(kafka, mine, partitions=2) == []
+    admin = AdminClient(kafka.config())
     policies = next(x for x in mine if x.name.endswith("policies.v1"))
     res = ConfigResource(ConfigResource.Type.TOPIC, policies.name)
     config = admin.describe_configs([res])[res].result(10)
@@ -74,15 +75,15 @@ def test_create_topics_is_idempotent_and_policies_are_compacted(
     assert len(admin.list_topics(policies.name, timeout=10).topics[policies.name].partitions) == 2
 
 
-def test_every_schema_round_trips_byte_for_byte(kafka_bootstrap: str, unique: str) -> None:
+def test_every_schema_round_trips_byte_for_byte(kafka: KafkaAccess, unique: str) -> None:
     mine = {name: private_topic(topic, unique) for name, topic in SAMPLE_TOPIC.items()}
-    create_topics(kafka_bootstrap, set(mine.values()), partitions=1)
-    producer = TypedProducer(kafka_bootstrap)
+    create_topics(kafka, set(mine.values()), partitions=1)
+    producer = TypedProducer(kafka)
     for name, topic in mine.items():
         producer.send(topic, "ams", ALL_SAMPLES[name])
     producer.flush()
     received: list[Received] = []
-    consumer = TypedConsumer(kafka_bootstrap, f"{unique}-g", list(set(mine.values())))
+    consumer = TypedConsumer(kafka, f"{unique}-g", list(set(mine.values())))
     try:
         _drain(consumer, received.append, want=len(mine))
     finally:
@@ -115,11 +116,11 @@ BAD_FEEDBACK: dict[str, bytes] = {
 
 
 def test_malformed_messages_are_dead_lettered_and_nothing_is_lost(
-    kafka_bootstrap: str, unique: str
+    kafka: KafkaAccess, unique: str
 ) -> None:
     topic = private_topic(t.FEEDBACK, unique)
-    create_topics(kafka_bootstrap, [topic], partitions=1)
-    producer = TypedProducer(kafka_bootstrap)
+    create_topics(kafka, [topic], partitions=1)
+    producer = TypedProducer(kafka)
     valid_sent = 0
     for i, bad in enumerate(BAD_FEEDBACK.values()):
         producer.send(topic, "ams", HEARTBEAT.model_copy(update={"seq": i}))
@@ -136,7 +137,7 @@ def test_malformed_messages_are_dead_lettered_and_nothing_is_lost(
             raise RejectMessage("unknown pop: zzz")
         handled.append(r)
 
-    consumer = TypedConsumer(kafka_bootstrap, f"{unique}-g", [topic], max_message_bytes=4096)
+    consumer = TypedConsumer(kafka, f"{unique}-g", [topic], max_message_bytes=4096)
     try:
         _drain(consumer, handler, want=sent)
     finally:
@@ -148,7 +149,7 @@ def test_malformed_messages_are_dead_lettered_and_nothing_is_lost(
 
     letters = [
         m.DeadLetter.model_validate_json(msg.value())
-        for msg in _read_raw(kafka_bootstrap, topic.dead_letter, want=len(BAD_FEEDBACK) + 1)
+        for msg in _read_raw(kafka, topic.dead_letter, want=len(BAD_FEEDBACK) + 1)
     ]
     assert len(letters) == len(BAD_FEEDBACK) + 1
     payloads = {base64.b64decode(x.payload_b64): x for x in letters}
@@ -166,11 +167,11 @@ def test_malformed_messages_are_dead_lettered_and_nothing_is_lost(
 
 
 def test_committed_offsets_resume_after_the_last_handled_message(
-    kafka_bootstrap: str, unique: str
+    kafka: KafkaAccess, unique: str
 ) -> None:
     topic = private_topic(t.FEEDBACK, unique)
-    create_topics(kafka_bootstrap, [topic], partitions=1)
-    producer = TypedProducer(kafka_bootstrap)
+    create_topics(kafka, [topic], partitions=1)
+    producer = TypedProducer(kafka)
     for i in range(10):
         producer.send(topic, "ams", HEARTBEAT.model_copy(update={"seq": i}))
     producer.flush()
@@ -181,11 +182,11 @@ def test_committed_offsets_resume_after_the_last_handled_message(
             raise RuntimeError("crash while handling")
         seen.append(r.value.seq)
 
-    first = TypedConsumer(kafka_bootstrap, f"{unique}-g", [topic])
+    first = TypedConsumer(kafka, f"{unique}-g", [topic])
     with pytest.raises(RuntimeError):
         _drain(first, stop_after_five, want=10)
     first.close()
-    second = TypedConsumer(kafka_bootstrap, f"{unique}-g", [topic])
+    second = TypedConsumer(kafka, f"{unique}-g", [topic])
     try:
         _drain(second, lambda r: seen.append(r.value.seq), want=5)
     finally:
@@ -195,14 +196,14 @@ def test_committed_offsets_resume_after_the_last_handled_message(
 
 
 def test_consumer_span_is_a_child_of_the_producer_span(
-    kafka_bootstrap: str, unique: str, spans: Any
+    kafka: KafkaAccess, unique: str, spans: Any
 ) -> None:
     topic = private_topic(t.POP_STATUS, unique)
-    create_topics(kafka_bootstrap, [topic], partitions=1)
-    producer = TypedProducer(kafka_bootstrap)
+    create_topics(kafka, [topic], partitions=1)
+    producer = TypedProducer(kafka)
     producer.send(topic, "ams", ALL_SAMPLES["pop-status"])
     producer.flush()
-    consumer = TypedConsumer(kafka_bootstrap, f"{unique}-g", [topic])
+    consumer = TypedConsumer(kafka, f"{unique}-g", [topic])
     try:
         _drain(consumer, lambda r: None, want=1)
     finally:
@@ -217,11 +218,11 @@ def test_consumer_span_is_a_child_of_the_producer_span(
 
 @pytest.mark.slow
 def test_producer_delivers_everything_across_a_broker_restart(
-    kafka_bootstrap: str, unique: str
+    kafka: KafkaAccess, unique: str
 ) -> None:
     topic = private_topic(t.FEEDBACK, unique)
-    create_topics(kafka_bootstrap, [topic], partitions=1)
-    producer = TypedProducer(kafka_bootstrap)
+    create_topics(kafka, [topic], partitions=1)
+    producer = TypedProducer(kafka)
     total = 0
     for i in range(200):
         producer.send(topic, "ams", HEARTBEAT.model_copy(update={"seq": i}))
@@ -235,6 +236,6 @@ def test_producer_delivers_everything_across_a_broker_restart(
     producer.flush(120)
     seqs = [
         json.loads(msg.value())["seq"]
-        for msg in _read_raw(kafka_bootstrap, topic.name, want=total + 1, deadline_s=20)
+        for msg in _read_raw(kafka, topic.name, want=total + 1, deadline_s=20)
     ]
     assert sorted(seqs) == list(range(total)), "lost or duplicated messages"

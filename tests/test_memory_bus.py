@@ -9,6 +9,7 @@ from confluent_kafka import KafkaError
 
 from popshift import topics as t
 from popshift.bus import DeliveryFailed, MemoryBus, Received, RejectMessage, TypedProducer
+from popshift.credentials import KafkaAccess
 from tests.samples import HEARTBEAT, POP_FEEDBACK
 
 
@@ -75,7 +76,7 @@ def test_replay_reads_a_topic_whole_or_one_key_and_skips_invalid() -> None:
 
 
 def test_a_failed_delivery_fails_one_flush_not_every_later_one() -> None:
-    producer = TypedProducer("127.0.0.1:9", {"log_level": 0})
+    producer = TypedProducer(KafkaAccess("127.0.0.1:9", "nobody", "", "ca.pem"), {"log_level": 0})
     producer._on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT), None)
     with pytest.raises(DeliveryFailed, match="1 deliveries failed"):
         producer.flush(0.1)

@@ -22,6 +22,7 @@ import redis
 from popshift import redis_client
 from popshift import topics as t
 from popshift.bus import Received
+from popshift.credentials import KafkaAccess, RedisAccess
 from popshift.settings import Settings
 from schemas.messages import PopLoad
 from services.table_writer.store import TableStore, writer_lock_key
@@ -48,10 +49,12 @@ def kafka_stopped() -> Iterator[None]:
         _local("kafka-start.sh")
 
 
-def _env(kafka: str, redis_url: str, unique: str, tmp_path: Path) -> dict[str, str]:
+def _env(
+    kafka: KafkaAccess, redis_access: RedisAccess, unique: str, tmp_path: Path
+) -> dict[str, str]:
     return {
-        "POPSHIFT_KAFKA_BOOTSTRAP": kafka,
-        "POPSHIFT_REDIS_URL": redis_url,
+        "POPSHIFT_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "POPSHIFT_REDIS_URL": redis_access.url,
         "POPSHIFT_TOPIC_PREFIX": unique,
         "POPSHIFT_TOPIC_PARTITIONS": "1",
         "POPSHIFT_INGEST_GROUP": f"{unique}-ingest",
@@ -81,8 +84,8 @@ def _wait(predicate: Callable[[], bool], deadline_s: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def _tables(redis_url: str, unique: str) -> TableStore:
-    return TableStore(redis_client.connect(redis_url), prefix=f"{unique}:table")
+def _tables(redis_access: RedisAccess, unique: str) -> TableStore:
+    return TableStore(redis_client.connect(redis_access), prefix=f"{unique}:table")
 
 
 def _has_tables(store: TableStore) -> bool:
@@ -104,11 +107,11 @@ WRITER_A = ("services.table_writer.service", ("a",))
 
 
 def test_services_started_while_kafka_is_down_wait_and_then_work(
-    kafka_bootstrap: str, redis_url: str, unique: str, tmp_path: Path
+    kafka: KafkaAccess, redis_access: RedisAccess, unique: str, tmp_path: Path
 ) -> None:
-    env = _env(kafka_bootstrap, redis_url, unique, tmp_path)
+    env = _env(kafka, redis_access, unique, tmp_path)
     names = Settings(topic_prefix=unique)
-    store = _tables(redis_url, unique)
+    store = _tables(redis_access, unique)
     with ExitStack() as stack:
         with kafka_stopped():
             procs = [
@@ -124,9 +127,9 @@ def test_services_started_while_kafka_is_down_wait_and_then_work(
             _alive(procs)
         # Kafka is back: every service starts working without being restarted.
         agents = stack.enter_context(
-            SimulatedAgents(kafka_bootstrap, names.topic(t.FEEDBACK), SERVERS, INTERVAL_S)
+            SimulatedAgents(kafka, names.topic(t.FEEDBACK), SERVERS, INTERVAL_S)
         )
-        statuses = TopicReader(kafka_bootstrap, names.topic(t.POP_STATUS), f"{unique}-r")
+        statuses = TopicReader(kafka, names.topic(t.POP_STATUS), f"{unique}-r")
         stack.callback(statuses.close)
         statuses.wait_for(lambda ms: {r.value.pop for r in ms} >= {"a", "b", "c"}, 90, "status")
         _wait(lambda: _has_tables(store), 30, "a's tables in Redis")
@@ -143,17 +146,15 @@ def _unhealthy(msgs: list[Received]) -> list[PopLoad]:
 
 
 def test_a_kafka_outage_mid_run_kills_nothing_and_marks_no_server_down(
-    kafka_bootstrap: str, redis_url: str, unique: str, tmp_path: Path
+    kafka: KafkaAccess, redis_access: RedisAccess, unique: str, tmp_path: Path
 ) -> None:
-    env = _env(kafka_bootstrap, redis_url, unique, tmp_path)
+    env = _env(kafka, redis_access, unique, tmp_path)
     names = Settings(topic_prefix=unique)
-    store = _tables(redis_url, unique)
+    store = _tables(redis_access, unique)
     with ExitStack() as stack:
         procs = _services(stack, env, INGEST, ENGINE, WRITER_A)
-        stack.enter_context(
-            SimulatedAgents(kafka_bootstrap, names.topic(t.FEEDBACK), SERVERS, INTERVAL_S)
-        )
-        loads = TopicReader(kafka_bootstrap, names.topic(t.POP_LOAD), f"{unique}-r")
+        stack.enter_context(SimulatedAgents(kafka, names.topic(t.FEEDBACK), SERVERS, INTERVAL_S))
+        loads = TopicReader(kafka, names.topic(t.POP_LOAD), f"{unique}-r")
         stack.callback(loads.close)
         loads.wait_for(lambda ms: {r.value.pop for r in ms} >= {"a", "b", "c"}, 60, "pop-load")
         _wait(lambda: _has_tables(store), 30, "a's tables in Redis")
@@ -163,7 +164,7 @@ def test_a_kafka_outage_mid_run_kills_nothing_and_marks_no_server_down(
         back = time.time()
         version = store.current_version("a", 0)
         # A fresh reader from the beginning: what the ingest published before, during, after.
-        after = TopicReader(kafka_bootstrap, names.topic(t.POP_LOAD), f"{unique}-r2")
+        after = TopicReader(kafka, names.topic(t.POP_LOAD), f"{unique}-r2")
         stack.callback(after.close)
         after.wait_for(lambda ms: any(r.value.at > back + 2.0 for r in ms), 60, "loads after")
         assert _unhealthy(after.messages) == [], "servers marked down by a bus outage"
@@ -172,17 +173,17 @@ def test_a_kafka_outage_mid_run_kills_nothing_and_marks_no_server_down(
 
 
 def test_redis_that_comes_back_empty_gets_the_tables_with_the_change_it_missed(
-    kafka_bootstrap: str, redis_url: str, unique: str, tmp_path: Path
+    kafka: KafkaAccess, redis_access: RedisAccess, unique: str, tmp_path: Path
 ) -> None:
     """Redis dies and comes back empty; meanwhile a server went silent. Within a tick of its
     return every tier is rewritten, without the silent server (the failed write was kept)."""
-    env = _env(kafka_bootstrap, redis_url, unique, tmp_path)
+    env = _env(kafka, redis_access, unique, tmp_path)
     names = Settings(topic_prefix=unique)
-    store = _tables(redis_url, unique)
+    store = _tables(redis_access, unique)
     with ExitStack() as stack:
         procs = _services(stack, env, INGEST, WRITER_A)
         agents = stack.enter_context(
-            SimulatedAgents(kafka_bootstrap, names.topic(t.FEEDBACK), SERVERS, INTERVAL_S)
+            SimulatedAgents(kafka, names.topic(t.FEEDBACK), SERVERS, INTERVAL_S)
         )
         _wait(lambda: _has_tables(store), 60, "a's tables in Redis")
         found = store.read("a", 0)
@@ -208,13 +209,13 @@ def test_redis_that_comes_back_empty_gets_the_tables_with_the_change_it_missed(
 
 
 def test_two_writers_of_one_pop_one_writes_and_the_other_takes_over_after_a_kill_9(
-    kafka_bootstrap: str, redis_url: str, unique: str, tmp_path: Path
+    kafka: KafkaAccess, redis_access: RedisAccess, unique: str, tmp_path: Path
 ) -> None:
-    env = _env(kafka_bootstrap, redis_url, unique, tmp_path) | {"POPSHIFT_TABLE_LOCK_TTL_S": "2"}
+    env = _env(kafka, redis_access, unique, tmp_path) | {"POPSHIFT_TABLE_LOCK_TTL_S": "2"}
     names = Settings(topic_prefix=unique)
-    store = _tables(redis_url, unique)
+    store = _tables(redis_access, unique)
     lock_key = writer_lock_key("a", f"{unique}:table")
-    client = redis_client.connect(redis_url)
+    client = redis_client.connect(redis_access)
 
     def holder() -> str | None:
         raw = client.get(lock_key)
@@ -222,9 +223,7 @@ def test_two_writers_of_one_pop_one_writes_and_the_other_takes_over_after_a_kill
 
     with ExitStack() as stack:
         stack.enter_context(service("services.feedback_ingest.ingest", env))
-        stack.enter_context(
-            SimulatedAgents(kafka_bootstrap, names.topic(t.FEEDBACK), SERVERS, INTERVAL_S)
-        )
+        stack.enter_context(SimulatedAgents(kafka, names.topic(t.FEEDBACK), SERVERS, INTERVAL_S))
         first = subprocess.Popen(
             [sys.executable, "-m", "services.table_writer.service", "a"],
             cwd=REPO,

@@ -4,7 +4,8 @@
 #
 # Every setting can be overridden from the environment, e.g.
 #   POPSHIFT_KAFKA_PORT=19092 POPSHIFT_REDIS_PORT=16379 deploy/local/up.sh
-# Everything binds to 127.0.0.1 only: these are local test processes, not services.
+# Everything binds to 127.0.0.1 only, and still nothing answers without a password over TLS:
+# Kafka SASL/SCRAM + ACLs, Redis ACL users (docs/security.md).
 
 POPSHIFT_LOCAL_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
 
@@ -37,12 +38,20 @@ KAFKA_CLUSTER_ID_FILE="$KAFKA_DIR/cluster.id"
 KAFKA_READY="$KAFKA_DIR/kafka.ready"   # pid of the JVM once it logged "Kafka Server started"
 KAFKA_POM="$POPSHIFT_LOCAL_DIR/kafka/pom.xml"
 
+# Certificates and passwords (deploy/local/secrets.sh); services read theirs from here too
+# (POPSHIFT_SECRETS_DIR, popshift/credentials.py).
+SECRETS_DIR="${POPSHIFT_SECRETS_DIR:-$POPSHIFT_STATE_DIR/secrets}"
+mkdir -p -- "$SECRETS_DIR"
+SECRETS_DIR="$(cd -- "$SECRETS_DIR" && pwd)"
+POPSHIFT_SECRETS_DIR="$SECRETS_DIR"
+
 # Redis layout under the state dir.
 REDIS_DIR="$POPSHIFT_STATE_DIR/redis"
 REDIS_PID="$REDIS_DIR/redis.pid"
 REDIS_LOG="$REDIS_DIR/redis.log"
+REDIS_ACL="$SECRETS_DIR/redis/users.acl" # users survive a wipe of the data
 
-export POPSHIFT_STATE_DIR POPSHIFT_KAFKA_PORT POPSHIFT_KAFKA_CONTROLLER_PORT \
+export POPSHIFT_STATE_DIR POPSHIFT_SECRETS_DIR POPSHIFT_KAFKA_PORT POPSHIFT_KAFKA_CONTROLLER_PORT \
   POPSHIFT_REDIS_PORT POPSHIFT_KAFKA_HEAP POPSHIFT_KAFKA_VERSION
 
 # ---------------------------------------------------------------- helpers

@@ -21,4 +21,5 @@ L4J
 fi
 exec java -Xmx256m -Dlog4j.configuration="file:$tools_log4j" \
   -cp "$KAFKA_LIBS/*" org.apache.kafka.tools.TopicCommand \
-  --bootstrap-server "$POPSHIFT_HOST:$POPSHIFT_KAFKA_PORT" "$@"
+  --bootstrap-server "$POPSHIFT_HOST:$POPSHIFT_KAFKA_PORT" \
+  --command-config "$KAFKA_DIR/admin-client.properties" "$@"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Starts Redis (Debian's redis-server) on 127.0.0.1:$POPSHIFT_REDIS_PORT with an append-only
+# Starts Redis (Debian's redis-server) on 127.0.0.1:$POPSHIFT_REDIS_PORT, TLS and ACL users
+# only (deploy/local/secrets.sh), with an append-only
 # file (fsync every second), so that tables and operator overrides survive a restart, and waits
 # for PING -> PONG. Idempotent. `redis-stop.sh --wipe` makes the next start empty.
 set -euo pipefail
@@ -10,7 +11,20 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; th
   apt_install redis-server
 fi
 
-ping_ok() { [[ "$(redis-cli -h "$POPSHIFT_HOST" -p "$POPSHIFT_REDIS_PORT" ping 2>/dev/null)" == PONG ]]; }
+"$POPSHIFT_LOCAL_DIR/secrets.sh"
+# ACL users: the default user (no password) is off; admin may do anything; the services' users
+# are added by `popshift access grant` (popshift/access.py), which saves them into this file.
+if [[ ! -s "$REDIS_ACL" ]]; then
+  admin_hash="$(tr -d '\n' <"$SECRETS_DIR/redis/admin.password" | sha256sum | cut -d' ' -f1)"
+  (umask 077 && printf 'user default off\nuser admin on #%s ~* &* +@all\n' "$admin_hash" >"$REDIS_ACL")
+fi
+
+# As the admin over TLS; REDISCLI_AUTH keeps the password off the command line.
+ping_ok() {
+  [[ "$(REDISCLI_AUTH="$(cat -- "$SECRETS_DIR/redis/admin.password")" redis-cli --tls \
+    --cacert "$SECRETS_DIR/ca.pem" --user admin -h "$POPSHIFT_HOST" -p "$POPSHIFT_REDIS_PORT" \
+    ping 2>/dev/null)" == PONG ]]
+}
 
 mkdir -p -- "$REDIS_DIR"
 # Serialise concurrent starts; fd 9 is closed for redis-server so it does not keep the lock.
@@ -41,7 +55,10 @@ else
   log "starting Redis on $POPSHIFT_HOST:$POPSHIFT_REDIS_PORT"
   # AOF, fsync every second: at most the last second of writes is lost on a crash; no RDB
   # snapshots (the AOF is the one durable copy). --daemonize writes the pidfile.
-  redis-server --bind "$POPSHIFT_HOST" --port "$POPSHIFT_REDIS_PORT" \
+  # TLS only (--port 0); clients need not present a certificate, they log in as an ACL user.
+  redis-server --bind "$POPSHIFT_HOST" --port 0 --tls-port "$POPSHIFT_REDIS_PORT" \
+    --tls-cert-file "$SECRETS_DIR/server.pem" --tls-key-file "$SECRETS_DIR/server.key" \
+    --tls-ca-cert-file "$SECRETS_DIR/ca.pem" --tls-auth-clients no --aclfile "$REDIS_ACL" \
     --daemonize yes --pidfile "$REDIS_PID" --logfile "$REDIS_LOG" \
     --dir "$REDIS_DIR" --save "" --appendonly yes --appendfsync everysec 9>&- \
     || { tail -n 20 -- "$REDIS_LOG" >&2 2>/dev/null || true; die "redis-server failed to start"; }

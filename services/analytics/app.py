@@ -19,7 +19,7 @@ import tempfile
 import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import faust
 from opentelemetry import trace
@@ -27,6 +27,7 @@ from pydantic import Field
 
 from popshift import topics, tracing
 from popshift.bus import Outgoing, RejectMessage, dead_letter, validate
+from popshift.credentials import SCRAM
 from popshift.network import load_network
 from popshift.process import install_stop_signals, setup_logging, tune_gc, until_topics
 from popshift.settings import Settings
@@ -42,6 +43,8 @@ AGENT_NAME = "analyse"
 
 class AnalyticsSettings(Settings):
     """The analytics job's settings (POPSHIFT_* variables)."""
+
+    default_principal: ClassVar[str] = "analytics"
 
     analytics_app_id: str = Field(
         "popshift-analytics",
@@ -117,9 +120,16 @@ def build_app(settings: AnalyticsSettings, analyzer: Analyzer | None = None) -> 
             {p.name: p.target_utilisation for p in network.pops},
         )
     analytics = Analytics(settings, analyzer)
+    kafka = settings.kafka()
     app = faust.App(
         settings.analytics_app_id,
-        broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",")],
+        broker=[f"kafka://{h.strip()}" for h in kafka.bootstrap.split(",")],
+        broker_credentials=faust.SASLCredentials(
+            username=kafka.username,
+            password=kafka.password,
+            ssl_context=kafka.ssl_context(),
+            mechanism=SCRAM,
+        ),
         store="memory://",
         topic_partitions=settings.topic_partitions,
         web_enabled=False,

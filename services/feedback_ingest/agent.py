@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.probe:
         check = make_check(settings.probe, settings.probe_timeout_s)
         probe = Probe(check, settings.probe_interval_s, settings.probe_timeout_s).start()
-    producer = KafkaBus(settings.kafka_bootstrap).producer()
+    producer = KafkaBus(settings.kafka()).producer()
     agent = Agent(settings, build_cpu(settings), producer, probe)
     stop = threading.Event()
     install_stop_signals(stop)

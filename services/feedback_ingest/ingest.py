@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_stop_signals(stop)
     if not until_topics(settings, [topics.FEEDBACK, topics.POP_LOAD], "ingest", stop):
         return 0
-    ingest = Ingest(settings, network.pop_names, KafkaBus(settings.kafka_bootstrap))
+    ingest = Ingest(settings, network.pop_names, KafkaBus(settings.kafka()))
     tune_gc()
     log.info(
         "ingest %s -> %s for %d PoPs", ingest.feedback.name, ingest.pop_load.name, len(network.pops)

@@ -5,6 +5,8 @@ Each field's description is its documentation.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -13,6 +15,8 @@ from popshift.settings import Settings
 
 class IngestSettings(Settings):
     """feedback_ingest: validate, normalise, track liveness, publish pop-load.v1."""
+
+    default_principal: ClassVar[str] = "ingest"
 
     ingest_group: str = Field(
         "popshift-ingest", description="Kafka consumer group of the ingest on feedback.v1."
@@ -44,6 +48,8 @@ class IngestSettings(Settings):
 
 class AgentSettings(Settings):
     """The compute-server agent; every field is also a flag (``--pop a --interval-s 0.5``)."""
+
+    default_principal: ClassVar[str] = "agent"
 
     model_config = SettingsConfigDict(
         env_prefix="POPSHIFT_",

@@ -768,7 +768,7 @@ def redis_client(settings: SyncSettings) -> redis.Redis[bytes]:
     """Short timeouts and no client-side retries: redis-py's default retries a dead server
     with backoff for seconds inside one call, while the loop has its own backoff and stats to
     publish meanwhile."""
-    return popshift_redis.connect(settings.redis_url, settings.sync_redis_timeout_s)
+    return popshift_redis.connect(settings.redis(), settings.sync_redis_timeout_s)
 
 
 def open_maps(settings: SyncSettings) -> Forwarder:
@@ -818,16 +818,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         updates = settings.topic(topics.TABLE_UPDATES)
         try:
             create_topics(
-                settings.kafka_bootstrap,
+                settings.kafka(),
                 [updates, settings.topic(topics.DATAPLANE_STATS)],
                 settings.topic_partitions,
                 timeout=5.0,
             )
         except KafkaException as exc:
             log.warning("Kafka not reachable (%s): polling Redis until it is", exc)
-        producer = TypedProducer(settings.kafka_bootstrap)
+        producer = TypedProducer(settings.kafka())
         consumer = TypedConsumer(
-            settings.kafka_bootstrap,
+            settings.kafka(),
             f"{settings.sync_group_prefix}-{pop}-{node}",
             [updates],
             max_message_bytes=settings.max_message_bytes,

@@ -18,6 +18,9 @@ from services.table_writer.store import PREFIX
 class SyncSettings(Settings):
     """forwarder sync: Redis tables (+ table-updates.v1) in; BPF maps, dataplane-stats.v1 out."""
 
+    def who(self) -> str:
+        return self.principal or f"sync-{self.sync_pop}"
+
     sync_pop: str | None = Field(
         None, description="The PoP whose tables this node follows (a name in network.yaml)."
     )

@@ -120,10 +120,10 @@ def policy_main(argv: Sequence[str] | None = None, settings: PolicySettings | No
     args = build_parser().parse_args(argv)
     settings = settings or PolicySettings()
     network = load_network(settings.network_file)
-    client: redis.Redis[bytes] = redis_client.connect(settings.redis_url)
+    client: redis.Redis[bytes] = redis_client.connect(settings.redis())
     try:
         if args.action == "show":
-            events = read_all(settings.kafka_bootstrap, settings.topic(topics.POLICIES))
+            events = read_all(settings.kafka(), settings.topic(topics.POLICIES))
             latest: dict[str, PolicyEvent] = {}
             for ev in events:
                 latest[ev.source] = ev

@@ -188,11 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     network = load_network(settings.network_file)
     stop = threading.Event()
     install_stop_signals(stop)
-    client: redis.Redis[bytes] = redis_client.connect(settings.redis_url)
+    client: redis.Redis[bytes] = redis_client.connect(settings.redis())
 
     def start() -> PolicyEngineService:
         create_topics(
-            settings.kafka_bootstrap,
+            settings.kafka(),
             [
                 settings.topic(t)
                 for t in (topics.POP_STATUS, topics.DATAPLANE_STATS, topics.POLICIES)
@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return PolicyEngineService(
             settings,
             network,
-            KafkaBus(settings.kafka_bootstrap),
+            KafkaBus(settings.kafka()),
             overrides=lambda: redis_overrides(client, settings.policy_overrides_key),
             leadership=Leadership(
                 client,

@@ -6,6 +6,8 @@ then wait 15 s for the change to show in the load (only new connections move).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
 from popshift.settings import Settings
@@ -16,6 +18,8 @@ from services.policy_engine.solver import Budget
 
 class PolicySettings(Settings):
     """policy_engine: pop-status.v1 + dataplane-stats.v1 in, policies.v1 out."""
+
+    default_principal: ClassVar[str] = "engine"
 
     policy_group: str = Field(
         "popshift-policy-engine", description="Kafka consumer group of the policy engine."

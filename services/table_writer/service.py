@@ -332,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     network = load_network(settings.network_file)
     stop = threading.Event()
     install_stop_signals(stop)
-    client: redis.Redis[bytes] = redis_client.connect(settings.redis_url)
+    client: redis.Redis[bytes] = redis_client.connect(settings.redis())
     leadership = Leadership(
         client,
         writer_lock_key(pop, settings.table_key_prefix),
@@ -348,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def start() -> TableWriterService:
         create_topics(
-            settings.kafka_bootstrap,
+            settings.kafka(),
             [settings.topic(t) for t in (topics.POLICIES, topics.POP_LOAD, topics.TABLE_UPDATES)],
             settings.topic_partitions,
             timeout=5.0,
@@ -358,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             network,
             pop,
             store,
-            KafkaBus(settings.kafka_bootstrap),
+            KafkaBus(settings.kafka()),
             leadership=leadership,
         )
 

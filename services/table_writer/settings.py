@@ -10,6 +10,9 @@ from popshift.settings import Settings
 class TableWriterSettings(Settings):
     """table_writer: one PoP's policies.v1 + pop-load.v1 in; Redis tables, table-updates.v1 out."""
 
+    def who(self) -> str:
+        return self.principal or f"writer-{self.table_pop}"
+
     table_pop: str | None = Field(
         None, description="The PoP whose tables this process writes (a name in network.yaml)."
     )

@@ -11,6 +11,7 @@ import yaml
 
 from popshift import topics as t
 from popshift.bus import Received, create_topics
+from popshift.credentials import KafkaAccess
 from popshift.settings import Settings
 from schemas.messages import PopState, PopStatus
 from tests.feedback.helpers import SimulatedAgents, TopicReader, service
@@ -44,16 +45,14 @@ def latest(msgs: list[Received], since: float = 0.0) -> dict[str, PopStatus]:
 
 
 def test_overload_is_flagged_within_the_window_and_a_silent_server_leaves_capacity(
-    kafka_bootstrap: str, unique: str, tmp_path: Path
+    kafka: KafkaAccess, unique: str, tmp_path: Path
 ) -> None:
     names = Settings(topic_prefix=unique)
-    create_topics(
-        kafka_bootstrap, [names.topic(x) for x in (t.FEEDBACK, t.POP_LOAD, t.POP_STATUS)], 2
-    )
+    create_topics(kafka, [names.topic(x) for x in (t.FEEDBACK, t.POP_LOAD, t.POP_STATUS)], 2)
     config = tmp_path / "analytics.yaml"
     config.write_text(yaml.safe_dump(RULES))
     env = {
-        "POPSHIFT_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "POPSHIFT_KAFKA_BOOTSTRAP": kafka.bootstrap,
         "POPSHIFT_TOPIC_PREFIX": unique,
         "POPSHIFT_INGEST_GROUP": f"{unique}-ingest",
         "POPSHIFT_HEARTBEAT_INTERVAL_S": str(INTERVAL_S),
@@ -64,11 +63,11 @@ def test_overload_is_flagged_within_the_window_and_a_silent_server_leaves_capaci
         "POPSHIFT_ANALYTICS_DATADIR": str(tmp_path / "faust"),
     }
     servers = {pop: [f"{pop}{i}" for i in range(1, 5)] for pop in ("a", "b", "c")}
-    statuses = TopicReader(kafka_bootstrap, names.topic(t.POP_STATUS), f"{unique}-reader")
+    statuses = TopicReader(kafka, names.topic(t.POP_STATUS), f"{unique}-reader")
     with (
         service("services.feedback_ingest.ingest", env),
         service("services.analytics.app", env),
-        SimulatedAgents(kafka_bootstrap, names.topic(t.FEEDBACK), servers, INTERVAL_S) as agents,
+        SimulatedAgents(kafka, names.topic(t.FEEDBACK), servers, INTERVAL_S) as agents,
     ):
         for pop in servers:
             agents.set(pop, 0.65)

@@ -17,6 +17,7 @@ import pytest
 
 from lab import chaos
 from lab.harness import Harness
+from popshift.credentials import KafkaAccess, RedisAccess
 from tests.e2e.conftest import require_lab
 
 pytestmark = [
@@ -30,7 +31,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def run(
-    tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str, redis_url: str
+    tmp_path_factory: pytest.TempPathFactory, kafka: KafkaAccess, redis_access: RedisAccess
 ) -> Iterator[chaos.ChaosResult]:
     require_lab()
     out: Path = tmp_path_factory.mktemp("chaos")

@@ -16,6 +16,7 @@ import pytest
 from lab import checks, scenario
 from lab.harness import Harness
 from lab.record import Result
+from popshift.credentials import KafkaAccess, RedisAccess
 from tests.e2e.conftest import require_lab
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.kafka, pytest.mark.redis]
@@ -23,7 +24,7 @@ pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.kafka, pytest.mark
 
 @pytest.fixture(scope="module")
 def run(
-    tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str, redis_url: str
+    tmp_path_factory: pytest.TempPathFactory, kafka: KafkaAccess, redis_access: RedisAccess
 ) -> Iterator[Result]:
     require_lab()
     out: Path = tmp_path_factory.mktemp("overload")

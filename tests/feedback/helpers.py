@@ -15,6 +15,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from popshift.bus import Received, TypedConsumer, transient
+from popshift.credentials import KafkaAccess
 from popshift.topics import Topic
 from tests.conftest import REPO
 
@@ -22,8 +23,8 @@ from tests.conftest import REPO
 class TopicReader:
     """Validated messages of one topic, from the beginning; ``poll`` adds what has arrived."""
 
-    def __init__(self, bootstrap: str, topic: Topic, group: str) -> None:
-        self.consumer = TypedConsumer(bootstrap, group, [topic])
+    def __init__(self, kafka: KafkaAccess, topic: Topic, group: str) -> None:
+        self.consumer = TypedConsumer(kafka, group, [topic])
         self.messages: list[Received] = []
 
     def poll(self, timeout: float = 0.2) -> list[Received]:
@@ -81,13 +82,13 @@ class SimulatedAgents:
     """N agents heartbeating from a thread; loads and silences are changed by the test."""
 
     def __init__(
-        self, bootstrap: str, topic: Topic, servers: dict[str, list[str]], interval_s: float
+        self, kafka: KafkaAccess, topic: Topic, servers: dict[str, list[str]], interval_s: float
     ) -> None:
         from popshift.bus import TypedProducer
 
         self.topic = topic
         self.interval_s = interval_s
-        self.producer = TypedProducer(bootstrap)
+        self.producer = TypedProducer(kafka)
         self.util = {(pop, s): 0.5 for pop, names in servers.items() for s in names}
         self.silent: set[str] = set()
         self.sent = 0

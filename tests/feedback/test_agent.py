@@ -152,11 +152,11 @@ def test_agent_never_waits_for_an_unreachable_kafka() -> None:
         pop="a",
         server="a1",
         address="10.0.0.1",
-        kafka_bootstrap=f"127.0.0.1:{_closed_port()}",
+        kafka=f"127.0.0.1:{_closed_port()}",
         buffer_size=20,
         max_in_flight=5,
     )
-    producer = TypedProducer(settings.kafka_bootstrap, {"log_level": 0})
+    producer = TypedProducer(settings.kafka(), {"log_level": 0})
     agent = Agent(settings, _FixedCpu(), producer)
     started = time.perf_counter()
     beats = [agent.beat() for _ in range(100)]

@@ -21,6 +21,7 @@ import pytest
 
 from popshift import topics as t
 from popshift.bus import create_topics
+from popshift.credentials import KafkaAccess
 from popshift.settings import Settings
 from schemas.messages import ServerHeartbeat
 from tests.feedback.helpers import TopicReader, service
@@ -62,15 +63,15 @@ def burners(count: int, cgroup: Path | None = None) -> Iterator[BurnerUsage]:
 
 
 def idle_then_busy(
-    bootstrap: str, unique: str, extra: list[str], burn: int, cgroup: Path | None = None
+    kafka: KafkaAccess, unique: str, extra: list[str], burn: int, cgroup: Path | None = None
 ) -> tuple[list[ServerHeartbeat], list[ServerHeartbeat], float]:
     """Heartbeats of a real agent process before and while ``burn`` burners run, and the cores
     the burners got meanwhile (measured from /proc, not by the agent)."""
     feedback = Settings(topic_prefix=unique).topic(t.FEEDBACK)
-    create_topics(bootstrap, [feedback], 1)
-    reader = TopicReader(bootstrap, feedback, f"{unique}-reader")
+    create_topics(kafka, [feedback], 1)
+    reader = TopicReader(kafka, feedback, f"{unique}-reader")
     args = ["--pop", "a", "--server", "a1", "--address", "127.0.0.1", "--interval-s", "0.25"]
-    env = {"POPSHIFT_KAFKA_BOOTSTRAP": bootstrap, "POPSHIFT_TOPIC_PREFIX": unique}
+    env = {"POPSHIFT_KAFKA_BOOTSTRAP": kafka.bootstrap, "POPSHIFT_TOPIC_PREFIX": unique}
     try:
         with service("services.feedback_ingest.agent", env, *args, *extra):
             idle = list(reader.wait_for(lambda ms: len(ms) >= 6 and ms, 30, "idle heartbeats"))
@@ -92,10 +93,10 @@ def median_busy(beats: list[ServerHeartbeat]) -> float:
 
 
 def test_machine_cpu_from_proc_stat_rises_to_full_under_burners(
-    kafka_bootstrap: str, unique: str
+    kafka: KafkaAccess, unique: str
 ) -> None:
     capacity = float(len(os.sched_getaffinity(0)))
-    idle, busy, _ = idle_then_busy(kafka_bootstrap, unique, [], burn=int(capacity))
+    idle, busy, _ = idle_then_busy(kafka, unique, [], burn=int(capacity))
     assert all(b.capacity_cores == capacity for b in idle + busy)
     assert all(0.0 <= b.cpu_busy_cores <= capacity for b in idle)
     # every CPU burnt: the agent sees (almost) the whole machine busy
@@ -106,14 +107,14 @@ def test_machine_cpu_from_proc_stat_rises_to_full_under_burners(
     assert median_busy(busy) >= min(median_busy(idle), 0.9 * capacity) - 0.02
 
 
-def test_cgroup_cpu_sees_exactly_the_burner(kafka_bootstrap: str, unique: str) -> None:
+def test_cgroup_cpu_sees_exactly_the_burner(kafka: KafkaAccess, unique: str) -> None:
     if not os_access_w(CPUACCT):
         pytest.skip("needs a writable cgroup v1 cpuacct hierarchy (root)")
     cgroup = CPUACCT / f"popshift-{unique}"
     cgroup.mkdir()
     try:
         idle, busy, burnt = idle_then_busy(
-            kafka_bootstrap, unique, ["--cgroup", str(cgroup), "--capacity-cores", "2"], 1, cgroup
+            kafka, unique, ["--cgroup", str(cgroup), "--capacity-cores", "2"], 1, cgroup
         )
     finally:
         cgroup.rmdir()

@@ -10,6 +10,7 @@ from pydantic import TypeAdapter
 
 from popshift import topics as t
 from popshift.bus import KafkaBus, TypedProducer, create_topics
+from popshift.credentials import KafkaAccess
 from schemas.messages import DeadLetter, PopLoad
 from services.feedback_ingest.ingest import Ingest
 from services.feedback_ingest.settings import IngestSettings
@@ -38,20 +39,18 @@ BAD: dict[str, tuple[bytes, str]] = {
 
 
 def test_bad_feedback_is_dead_lettered_with_its_reason_and_the_rest_flows(
-    kafka_bootstrap: str, unique: str
+    kafka: KafkaAccess, unique: str
 ) -> None:
     settings = IngestSettings(
-        kafka_bootstrap=kafka_bootstrap,
+        kafka=kafka,
         topic_prefix=unique,
         ingest_group=f"{unique}-ingest",
         max_message_bytes=8192,
     )
     clock = [1000.0]
-    create_topics(
-        kafka_bootstrap, [settings.topic(t.FEEDBACK), settings.topic(t.POP_LOAD)], partitions=2
-    )
-    ingest = Ingest(settings, ["a", "b", "c"], KafkaBus(kafka_bootstrap), clock=lambda: clock[0])
-    producer = TypedProducer(kafka_bootstrap)
+    create_topics(kafka, [settings.topic(t.FEEDBACK), settings.topic(t.POP_LOAD)], partitions=2)
+    ingest = Ingest(settings, ["a", "b", "c"], KafkaBus(kafka), clock=lambda: clock[0])
+    producer = TypedProducer(kafka)
     valid = 0
     for seq in range(1, 21):
         for server, pop in (("a1", "a"), ("a2", "a"), ("b1", "b")):
@@ -80,7 +79,7 @@ def test_bad_feedback_is_dead_lettered_with_its_reason_and_the_rest_flows(
     assert stats["accepted"] + stats["duplicates"] + stats["dead_lettered"] == sent
     assert ingest.consumer.stats.reasons["unknown pop"] == 1
 
-    letters = TopicReader(kafka_bootstrap, _dlq(ingest), f"{unique}-dlq")
+    letters = TopicReader(kafka, _dlq(ingest), f"{unique}-dlq")
     try:
         got = letters.wait_for(lambda ms: len(ms) >= len(BAD) and ms, 30, "dead letters")
     finally:
@@ -91,7 +90,7 @@ def test_bad_feedback_is_dead_lettered_with_its_reason_and_the_rest_flows(
         assert reason in letter.reason, (label, letter.reason)
         assert letter.source_topic == ingest.feedback.name
 
-    loads = TopicReader(kafka_bootstrap, ingest.pop_load, f"{unique}-loads")
+    loads = TopicReader(kafka, ingest.pop_load, f"{unique}-loads")
     try:
         msgs = loads.wait_for(lambda ms: len(ms) >= 2 and ms, 30, "pop loads")
     finally:

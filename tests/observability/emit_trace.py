@@ -21,20 +21,22 @@ from opentelemetry import trace
 
 from popshift import topics as t
 from popshift.bus import Received, TypedConsumer, TypedProducer, create_topics
+from popshift.settings import Settings
 from popshift.tracing import setup_tracing
 from tests.samples import POP_LOAD
 
 
 def main(bootstrap: str, prefix: str, service: str) -> int:
+    kafka = Settings(kafka_bootstrap=bootstrap).kafka()
     endpoint = os.environ.get("POPSHIFT_OTLP_ENDPOINT")
     if not endpoint:
         print("POPSHIFT_OTLP_ENDPOINT is not set", file=sys.stderr)
         return 2
     provider = setup_tracing(service, endpoint)
     topic = dataclasses.replace(t.POP_LOAD, name=f"{prefix}.{t.POP_LOAD.name}")
-    create_topics(bootstrap, [topic], partitions=1)
+    create_topics(kafka, [topic], partitions=1)
 
-    producer = TypedProducer(bootstrap)
+    producer = TypedProducer(kafka)
     producer.send(topic, POP_LOAD.pop, POP_LOAD)
     producer.flush()
 
@@ -46,7 +48,7 @@ def main(bootstrap: str, prefix: str, service: str) -> int:
             {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
         )
 
-    consumer = TypedConsumer(bootstrap, f"{prefix}-jaeger", [topic])
+    consumer = TypedConsumer(kafka, f"{prefix}-jaeger", [topic])
     deadline = time.monotonic() + 60
     try:
         while not seen:

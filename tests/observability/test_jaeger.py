@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from popshift.credentials import KafkaAccess
 from tests.conftest import REPO
 
 OBS = REPO / "deploy" / "observability"
@@ -94,7 +95,7 @@ def _tags(span: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.timeout(BUILD_TIMEOUT_S + 300)
 def test_send_and_process_spans_form_one_trace_in_jaeger(
-    jaeger: str, kafka_bootstrap: str, unique: str
+    jaeger: str, kafka: KafkaAccess, unique: str
 ) -> None:
     service = f"popshift-jaeger-test-{unique}"
     env = {**os.environ, "POPSHIFT_OTLP_ENDPOINT": OTLP_ENDPOINT}
@@ -103,7 +104,7 @@ def test_send_and_process_spans_form_one_trace_in_jaeger(
             sys.executable,
             "-m",
             "tests.observability.emit_trace",
-            kafka_bootstrap,
+            kafka.bootstrap,
             unique,
             service,
         ],

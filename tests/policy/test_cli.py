@@ -6,23 +6,26 @@ import json
 from collections.abc import Iterator
 
 import pytest
-import redis
 
+from popshift import redis_client
+from popshift.credentials import KafkaAccess, RedisAccess
 from services.policy_engine.cli import policy_main
 from services.policy_engine.service import redis_overrides
 from services.policy_engine.settings import PolicySettings
 
 
 @pytest.fixture
-def cli_settings(kafka_bootstrap: str, redis_url: str, unique: str) -> Iterator[PolicySettings]:
+def cli_settings(
+    kafka: KafkaAccess, redis_access: RedisAccess, unique: str
+) -> Iterator[PolicySettings]:
     s = PolicySettings(
-        kafka_bootstrap=kafka_bootstrap,
-        redis_url=redis_url,
+        kafka_bootstrap=kafka.bootstrap,
+        redis_url=redis_access.url,
         topic_prefix=unique,
         policy_overrides_key=f"{unique}:overrides",
     )
     yield s
-    redis.Redis.from_url(redis_url).delete(s.policy_overrides_key)
+    redis_client.connect(redis_access).delete(s.policy_overrides_key)
 
 
 @pytest.mark.kafka
@@ -30,7 +33,7 @@ def cli_settings(kafka_bootstrap: str, redis_url: str, unique: str) -> Iterator[
 def test_pin_forbid_drain_clear_and_show(
     cli_settings: PolicySettings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    client = redis.Redis.from_url(cli_settings.redis_url)
+    client = redis_client.connect(cli_settings.redis())
     assert policy_main(["pin", "a", "b", "20%", "--tier", "0"], cli_settings) == 0
     assert policy_main(["pin", "a", "b", "0.3", "--tier", "0"], cli_settings) == 0
     assert policy_main(["forbid", "b", "c"], cli_settings) == 0

@@ -7,6 +7,7 @@ import pytest
 from popshift import redis_client
 from popshift import topics as t
 from popshift.bus import MemoryBus
+from popshift.credentials import RedisAccess
 from popshift.leadership import Leadership
 from schemas.messages import PolicyAction, PolicyEvent
 from services.policy_engine.overrides import Overrides, Pin
@@ -84,14 +85,14 @@ def test_overrides_apply_at_once_and_a_failing_source_keeps_the_last_ones() -> N
 
 @pytest.mark.redis
 def test_one_engine_leads_a_standby_takes_over_with_a_higher_epoch_and_rising_versions(
-    redis_url: str, unique: str
+    redis_access: RedisAccess, unique: str
 ) -> None:
     bus = MemoryBus()
     send_loads(bus, {"a": 9.0, "b": 7.5, "c": 2.0})
     key = f"{unique}:leader"
 
     def engine(holder: str) -> PolicyEngineService:
-        lock = Leadership(redis_client.connect(redis_url), key, holder, ttl_s=5.0)
+        lock = Leadership(redis_client.connect(redis_access), key, holder, ttl_s=5.0)
         return PolicyEngineService(SETTINGS, NETWORK, bus, leadership=lock, clock=lambda: NOW)
 
     leader, standby = engine("one"), engine("two")

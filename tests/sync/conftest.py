@@ -8,15 +8,16 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from popshift.credentials import RedisAccess
 from services.forwarder.sync import redis_client
 from services.forwarder.sync_settings import SyncSettings
 
 
 @pytest.fixture
 def client(
-    redis_url: str, unique: str, sync_settings: SyncSettings
+    redis_access: RedisAccess, unique: str, sync_settings: SyncSettings
 ) -> Iterator[redis.Redis[bytes]]:
-    c = redis_client(sync_settings.model_copy(update={"redis_url": redis_url}))
+    c = redis_client(sync_settings.model_copy(update={"redis_access": redis_access}))
     yield c
     try:
         for key in c.scan_iter(f"{unique}:*"):

@@ -22,6 +22,7 @@ import redis
 
 from popshift import topics
 from popshift.bus import KafkaBus, TypedConsumer, TypedProducer, create_topics
+from popshift.credentials import KafkaAccess
 from popshift.network import load_network
 from popshift.replay import read_all
 from schemas.bucket import Bucket, Flag
@@ -112,13 +113,13 @@ class Running:
 @pytest.mark.kafka
 @pytest.mark.redis
 def test_pop_status_to_policy_to_redis_to_the_maps(
-    kafka_bootstrap: str, client: redis.Redis[bytes], unique: str, open_maps: OpenMaps
+    kafka: KafkaAccess, client: redis.Redis[bytes], unique: str, open_maps: OpenMaps
 ) -> None:
     """N=16, the production table size; the poll is 30 s, so only notices can make it quick."""
     fwd = open_maps(16)
     common: dict[str, Any] = {
         "topic_prefix": unique,
-        "kafka_bootstrap": kafka_bootstrap,
+        "kafka": kafka,
         "topic_partitions": 1,
     }
     prefix = f"{unique}:table"
@@ -136,10 +137,10 @@ def test_pop_status_to_policy_to_redis_to_the_maps(
     ss = SyncSettings(
         **common, table_key_prefix=prefix, sync_poll_s=30.0, sync_stats_interval_s=0.2
     )
-    create_topics(kafka_bootstrap, [ps.topic(t) for t in topics.ALL_TOPICS], partitions=1)
-    producer = TypedProducer(kafka_bootstrap)
+    create_topics(kafka, [ps.topic(t) for t in topics.ALL_TOPICS], partitions=1)
+    producer = TypedProducer(kafka)
     consumer = TypedConsumer(
-        kafka_bootstrap,
+        kafka,
         f"{unique}-sync",
         [ss.topic(topics.TABLE_UPDATES)],
         dead_letter_producer=producer,
@@ -147,7 +148,7 @@ def test_pop_status_to_policy_to_redis_to_the_maps(
     service = SyncService(
         ss, LoaderMaps(fwd), client, pop="a", node="a-edge1", consumer=consumer, producer=producer
     )
-    bus = KafkaBus(kafka_bootstrap)
+    bus = KafkaBus(kafka)
     engine = PolicyEngineService(ps, NETWORK, bus)
     writer = TableWriterService(ts, NETWORK, "a", TableStore(client, prefix=prefix), bus)
     size = 1 << 16
@@ -186,7 +187,7 @@ def test_pop_status_to_policy_to_redis_to_the_maps(
         assert bytes(held[away][0]["secondary"])[12:] == ia.ip_address("10.100.2.1").packed
         for tier in (1, 2):  # every tier of the PoP got its table
             assert np.array_equal(LoaderMaps(fwd).read(tier), redis_image(client, prefix, tier)[1])
-        stats = read_all(kafka_bootstrap, ss.topic(topics.DATAPLANE_STATS))
+        stats = read_all(kafka, ss.topic(topics.DATAPLANE_STATS))
         assert stats and all(isinstance(s, DataplaneStats) for s in stats)
         assert {(s.pop, s.node) for s in stats} == {("a", "a-edge1")}
         assert [t.tier for t in stats[-1].tiers] == [0, 1, 2, 3, 4]

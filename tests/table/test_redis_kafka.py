@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import redis
 
-from popshift import topics
+from popshift import redis_client, topics
 from popshift.bus import KafkaBus, TypedProducer, create_topics
+from popshift.credentials import KafkaAccess, RedisAccess
 from popshift.network import load_network
 from popshift.replay import read_all
 from schemas.messages import (
@@ -43,8 +44,8 @@ def read(store: Any, pop: str, tier: int, version: int | None = None) -> tuple[A
 
 
 @pytest.fixture
-def client(redis_url: str, unique: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url)
+def client(redis_access: RedisAccess, unique: str) -> Iterator[redis.Redis]:
+    c = redis_client.connect(redis_access)
     yield c
     for key in c.scan_iter(f"{unique}:*"):
         c.delete(key)
@@ -110,11 +111,11 @@ def pop_load(pop: str, now: float) -> PopLoad:
 @pytest.mark.kafka
 @pytest.mark.redis
 def test_pop_status_in_policy_out_tables_in_redis(
-    kafka_bootstrap: str, client: redis.Redis, unique: str
+    kafka: KafkaAccess, client: redis.Redis, unique: str
 ) -> None:
     common: dict[str, Any] = {
         "topic_prefix": unique,
-        "kafka_bootstrap": kafka_bootstrap,
+        "kafka": kafka,
         "topic_partitions": 1,
     }
     ps = PolicySettings(
@@ -132,16 +133,16 @@ def test_pop_status_in_policy_out_tables_in_redis(
         table_bits=16,
     )
     mine = [ps.topic(t) for t in topics.ALL_TOPICS]
-    create_topics(kafka_bootstrap, mine, partitions=1)
+    create_topics(kafka, mine, partitions=1)
     now = time.time()
-    producer = TypedProducer(kafka_bootstrap)
+    producer = TypedProducer(kafka)
     for status in statuses(now):
         producer.send(ps.topic(topics.POP_STATUS), status.pop, status)
     for pop in ("a", "b"):
         producer.send(ts.topic(topics.POP_LOAD), pop, pop_load(pop, now))
     producer.flush()
 
-    bus = KafkaBus(kafka_bootstrap)
+    bus = KafkaBus(kafka)
     store = TableStore(client, prefix=f"{unique}:table")
     engine = PolicyEngineService(ps, NETWORK, bus)
     writers = {pop: TableWriterService(ts, NETWORK, pop, store, bus) for pop in ("a", "b")}
@@ -175,7 +176,7 @@ def test_pop_status_in_policy_out_tables_in_redis(
         for pop in ("a", "b"):
             for tier in (0, 1, 2):
                 assert store.read(pop, tier) is not None
-        notices = read_all(kafka_bootstrap, ts.topic(topics.TABLE_UPDATES))
+        notices = read_all(kafka, ts.topic(topics.TABLE_UPDATES))
         assert all(isinstance(n, TableUpdate) for n in notices)
         latest = max((n for n in notices if n.pop == "a" and n.tier == 0), key=lambda n: n.version)
         assert (latest.version, latest.policy_version) == (header.version, header.policy_version)
