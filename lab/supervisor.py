@@ -71,10 +71,13 @@ class Services:
         self._granted = False
 
     def grant(self) -> None:
-        """The run's principals and ACLs, for its topics, groups and keys (`popshift access
-        grant` as the admin, with the services' settings), before any service starts."""
+        """The run's topics, then its principals and ACLs for its topics, groups and keys
+        (`popshift access grant` as the admin, with the services' settings), before any
+        service starts: services neither create topics nor users."""
         if self._granted:
             return
+        own = Settings(topic_prefix=self.run_id, principal="admin")
+        create_topics(own.kafka(), [own.topic(t) for t in topics.ALL_TOPICS], 1)
         admin = self.env() | {"POPSHIFT_PRINCIPAL": "admin"}
         pops = ",".join(p.name for p in self.topo.pops)
         subprocess.run(
@@ -130,8 +133,6 @@ class Services:
     def start(self, cgroups: Mapping[str, ServerCgroup], capacity: Mapping[str, float]) -> None:
         """Topics first, then ingest, analytics, the engine, and per PoP its table writer and
         an agent per server (reading its server's cgroup). The syncs run already."""
-        own = Settings(topic_prefix=self.run_id, principal="admin")
-        create_topics(own.kafka(), [own.topic(t) for t in topics.ALL_TOPICS], 1)
         self.grant()
         self.spawn("ingest", "services.feedback_ingest.ingest")
         self.spawn("analytics", "services.analytics.app")

@@ -134,3 +134,12 @@ kafka_started() {
   [[ "$(cat -- "$KAFKA_READY" 2>/dev/null)" == "$1" ]] ||
     grep -qF "Kafka Server started" -- "$KAFKA_SERVER_LOG" 2>/dev/null
 }
+
+# True if our Redis answers PING, asked as the admin over TLS (REDISCLI_AUTH keeps the password
+# off the command line).
+redis_ping_ok() {
+  [[ -s "$SECRETS_DIR/redis/admin.password" ]] || return 1
+  [[ "$(REDISCLI_AUTH="$(cat -- "$SECRETS_DIR/redis/admin.password")" redis-cli --tls \
+    --cacert "$SECRETS_DIR/ca.pem" --user admin -h "$POPSHIFT_HOST" -p "$POPSHIFT_REDIS_PORT" \
+    ping 2>/dev/null)" == PONG ]]
+}

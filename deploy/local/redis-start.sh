@@ -19,12 +19,6 @@ if [[ ! -s "$REDIS_ACL" ]]; then
   (umask 077 && printf 'user default off\nuser admin on #%s ~* &* +@all\n' "$admin_hash" >"$REDIS_ACL")
 fi
 
-# As the admin over TLS; REDISCLI_AUTH keeps the password off the command line.
-ping_ok() {
-  [[ "$(REDISCLI_AUTH="$(cat -- "$SECRETS_DIR/redis/admin.password")" redis-cli --tls \
-    --cacert "$SECRETS_DIR/ca.pem" --user admin -h "$POPSHIFT_HOST" -p "$POPSHIFT_REDIS_PORT" \
-    ping 2>/dev/null)" == PONG ]]
-}
 
 mkdir -p -- "$REDIS_DIR"
 # Serialise concurrent starts; fd 9 is closed for redis-server so it does not keep the lock.
@@ -32,7 +26,7 @@ exec 9>"$REDIS_DIR/.start.lock"
 flock -w 120 9 || die "timed out waiting for another redis-start.sh"
 
 if pid="$(live_pid "$REDIS_PID" redis-server)"; then
-  if ping_ok; then
+  if redis_ping_ok; then
     log "Redis already running (pid $pid) on $POPSHIFT_HOST:$POPSHIFT_REDIS_PORT"
     exit 0
   fi
@@ -43,7 +37,7 @@ if pid="$(live_pid "$REDIS_PID" redis-server)"; then
   # Alive but not answering (e.g. still loading): fall through to the wait below.
 else
   rm -f -- "$REDIS_PID" # stale
-  if ping_ok; then
+  if redis_ping_ok; then
     # Some other Redis (e.g. a system service) already answers here. It works for
     # tests, but our stop script will not touch it.
     log "WARNING: a Redis not started by these scripts already answers on $POPSHIFT_HOST:$POPSHIFT_REDIS_PORT; using it"
@@ -66,7 +60,7 @@ fi
 
 t0=$SECONDS
 while ((SECONDS - t0 < POPSHIFT_REDIS_START_TIMEOUT)); do
-  if ping_ok; then
+  if redis_ping_ok; then
     log "Redis healthy (pid $(cat "$REDIS_PID" 2>/dev/null || echo '?')) on $POPSHIFT_HOST:$POPSHIFT_REDIS_PORT"
     exit 0
   fi

@@ -12,6 +12,7 @@ set -euo pipefail
 # shellcheck source=env.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/env.sh"
 
+command -v openssl >/dev/null || apt_install openssl
 umask 077
 mkdir -p -- "$SECRETS_DIR/kafka" "$SECRETS_DIR/redis"
 chmod 700 -- "$SECRETS_DIR"

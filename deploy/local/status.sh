@@ -18,12 +18,12 @@ else
 fi
 
 if pid="$(live_pid "$REDIS_PID" redis-server)"; then
-  if [[ "$(redis-cli -h "$POPSHIFT_HOST" -p "$POPSHIFT_REDIS_PORT" ping 2>/dev/null)" == PONG ]]; then
+  if redis_ping_ok; then
     echo "redis: running (pid $pid) $POPSHIFT_HOST:$POPSHIFT_REDIS_PORT"
   else
     echo "redis: not answering PING (pid $pid), see $REDIS_LOG"; rc=1
   fi
-elif [[ "$(redis-cli -h "$POPSHIFT_HOST" -p "$POPSHIFT_REDIS_PORT" ping 2>/dev/null || true)" == PONG ]]; then
+elif redis_ping_ok; then
   echo "redis: a Redis not started by these scripts answers on $POPSHIFT_HOST:$POPSHIFT_REDIS_PORT"
 else
   echo "redis: stopped"; rc=1

@@ -119,6 +119,8 @@ def policy_main(argv: Sequence[str] | None = None, settings: PolicySettings | No
     """Entry point for ``popshift policy ...``; returns the exit code."""
     args = build_parser().parse_args(argv)
     settings = settings or PolicySettings()
+    if settings.principal is None:  # an operator's command, not the engine (docs/security.md)
+        settings = settings.model_copy(update={"principal": "operator"})
     network = load_network(settings.network_file)
     client: redis.Redis[bytes] = redis_client.connect(settings.redis())
     try:
