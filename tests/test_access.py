@@ -81,10 +81,9 @@ def consume(settings: Settings, topic: str, group: str) -> KafkaError | None:
         consumer.subscribe([topic])
         for _ in range(20):
             msg = consumer.poll(0.5)
-            if msg is not None and msg.error() is not None:
-                err: KafkaError = msg.error()
-                if err.code() != KafkaError._PARTITION_EOF:
-                    return err
+            err = msg.error() if msg is not None else None
+            if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                return err
             if consumer.assignment():
                 consumer.committed([TopicPartition(topic, 0)], timeout=10)
                 return None
