@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from popshift import topics  # noqa: E402
 from popshift.bus import create_topics  # noqa: E402
+from popshift.credentials import KafkaAccess  # noqa: E402
 from popshift.settings import Settings  # noqa: E402
 
 LAG_BOUND_S = 2.0
@@ -139,8 +140,8 @@ def start(module: str, env: dict[str, str], profile: Path | None = None) -> subp
     return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, stderr=subprocess.DEVNULL)
 
 
-def committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+def committed(kafka: KafkaAccess, group: str, topic: str, partitions: int) -> int:
+    c = Consumer({**kafka.config(), "group.id": group})
     try:
         tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
         return sum(max(tp.offset, 0) for tp in tps)
@@ -156,11 +157,11 @@ class LagProbe:
     """
 
     def __init__(
-        self, bootstrap: str, load_topic: str, status_topic: str, pops: set[bytes]
+        self, kafka: KafkaAccess, load_topic: str, status_topic: str, pops: set[bytes]
     ) -> None:
         self.c = Consumer(
             {
-                "bootstrap.servers": bootstrap,
+                **kafka.config(),
                 "group.id": f"bench-lag-{uuid.uuid4().hex[:6]}",
                 "auto.offset.reset": "latest",
                 "enable.auto.commit": False,
@@ -212,7 +213,9 @@ class LagProbe:
                     self.status_seen[key] = now
 
 
-def probe_main(args: tuple[str, str, str, set[bytes]], record: Any, stop: Any, out: Any) -> None:
+def probe_main(
+    args: tuple[KafkaAccess, str, str, set[bytes]], record: Any, stop: Any, out: Any
+) -> None:
     probe = LagProbe(*args)
     while not stop.is_set():
         probe.recording = record.is_set()
@@ -235,14 +238,17 @@ def main() -> int:
     (tmp / "analytics.yaml").write_text(
         yaml.safe_dump({"defaults": {"window_s": 5.0, "refresh_s": 0.001}})
     )
-    names = Settings(topic_prefix=prefix)
+    # The benchmark makes its own topics and groups: it and its services log in as the admin.
+    names = Settings(topic_prefix=prefix, kafka_bootstrap=args.bootstrap, principal="admin")
+    kafka = names.kafka()
     feedback, pop_load, pop_status = (
         names.topic(t) for t in (topics.FEEDBACK, topics.POP_LOAD, topics.POP_STATUS)
     )
-    create_topics(args.bootstrap, [feedback], args.partitions)
-    create_topics(args.bootstrap, [pop_load, pop_status], 2)
+    create_topics(kafka, [feedback], args.partitions)
+    create_topics(kafka, [pop_load, pop_status], 2)
     env = {
         "POPSHIFT_KAFKA_BOOTSTRAP": args.bootstrap,
+        "POPSHIFT_PRINCIPAL": "admin",
         "POPSHIFT_TOPIC_PREFIX": prefix,
         "POPSHIFT_NETWORK_FILE": str(tmp / "network.yaml"),
         "POPSHIFT_INGEST_GROUP": f"{prefix}-ingest",
@@ -271,12 +277,12 @@ def main() -> int:
     lag_pops = {p.encode() for p in pops[: args.lag_pops]}
     prober = ctx.Process(
         target=probe_main,
-        args=((args.bootstrap, pop_load.name, pop_status.name, lag_pops), record, stop, out),
+        args=((kafka, pop_load.name, pop_status.name, lag_pops), record, stop, out),
     )
     prober.start()
     producer = Producer(
         {
-            "bootstrap.servers": args.bootstrap,
+            **kafka.config(),
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 20,
@@ -309,9 +315,7 @@ def main() -> int:
                 break
             if not record.is_set() and now_m >= measure_from:
                 record.set()
-                c0 = committed(
-                    args.bootstrap, env["POPSHIFT_INGEST_GROUP"], feedback.name, args.partitions
-                )
+                c0 = committed(kafka, env["POPSHIFT_INGEST_GROUP"], feedback.name, args.partitions)
                 sent0, tm0 = sent, time.monotonic()
             due = int((now_m - t0) * msg_rate) - sent
             wall = time.time()
@@ -328,7 +332,7 @@ def main() -> int:
             producer.poll(0)
             time.sleep(0.002)
         tm1 = time.monotonic()
-        c1 = committed(args.bootstrap, env["POPSHIFT_INGEST_GROUP"], feedback.name, args.partitions)
+        c1 = committed(kafka, env["POPSHIFT_INGEST_GROUP"], feedback.name, args.partitions)
         producer.flush(30)
         time.sleep(LAG_BOUND_S + 1.0)  # statuses for the window's last heartbeats; later = over
         record.clear()

@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
 
     unique = f"bench-{uuid.uuid4().hex[:8]}"
-    settings = SyncSettings(table_key_prefix=f"{unique}:table", sync_kafka=False)
+    # Its own keys under its own prefix: the benchmark logs in as the admin.
+    settings = SyncSettings(table_key_prefix=f"{unique}:table", sync_kafka=False, principal="admin")
     client = redis_client(settings)
     store = TableStore(client, prefix=settings.table_key_prefix)
     root = DEFAULT_PIN_ROOT / f"b_{unique}"
