@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 
 import pytest
 from confluent_kafka import KafkaError
@@ -75,8 +76,9 @@ def test_replay_reads_a_topic_whole_or_one_key_and_skips_invalid() -> None:
     assert bus.replay(t.POLICIES) == []
 
 
-def test_a_failed_delivery_fails_one_flush_not_every_later_one() -> None:
-    producer = TypedProducer(KafkaAccess("127.0.0.1:9", "nobody", "", "ca.pem"), {"log_level": 0})
+def test_a_failed_delivery_fails_one_flush_not_every_later_one(kafka: KafkaAccess) -> None:
+    nowhere = dataclasses.replace(kafka, bootstrap="127.0.0.1:9")  # nothing listens there
+    producer = TypedProducer(nowhere, {"log_level": 0})
     producer._on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT), None)
     with pytest.raises(DeliveryFailed, match="1 deliveries failed"):
         producer.flush(0.1)

@@ -17,7 +17,7 @@ from services.forwarder.sync_settings import SyncSettings
 def client(
     redis_access: RedisAccess, unique: str, sync_settings: SyncSettings
 ) -> Iterator[redis.Redis[bytes]]:
-    c = redis_client(sync_settings.model_copy(update={"redis_access": redis_access}))
+    c = redis_client(sync_settings.model_copy(update={"redis_url": redis_access.url}))
     yield c
     try:
         for key in c.scan_iter(f"{unique}:*"):

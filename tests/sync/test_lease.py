@@ -134,7 +134,7 @@ def test_a_sync_without_redis_cuts_what_the_maps_hold(
     with Running(SyncService(settings, maps, client, pop="a", node="a-edge1")) as first:
         wait_for("the table", lambda: first.state.tiers[0].version == 1)
     table = maps.read(0)
-    dead = redis_client(settings.model_copy(update={"redis_access": "redis://127.0.0.1:1/0"}))
+    dead = redis_client(settings.model_copy(update={"redis_url": "rediss://127.0.0.1:1/0"}))
     with Running(SyncService(settings, maps, dead, pop="a", node="a-edge1")) as second:
         wait_for("failed Redis reads", lambda: second.state.redis_failures >= 1, 5.0)
         assert second.state.tiers[0].lease is Lease.LIVE

@@ -119,7 +119,7 @@ def test_pop_status_to_policy_to_redis_to_the_maps(
     fwd = open_maps(16)
     common: dict[str, Any] = {
         "topic_prefix": unique,
-        "kafka": kafka,
+        "kafka_bootstrap": kafka.bootstrap,
         "topic_partitions": 1,
     }
     prefix = f"{unique}:table"

@@ -89,7 +89,7 @@ def test_unreachable_redis_keeps_the_maps_and_backs_off(
     good = service(sync_settings, maps, client, clock)
     good.sync()
     before = maps.images[0].copy()
-    dead = redis_client(sync_settings.model_copy(update={"redis_access": "redis://127.0.0.1:1/0"}))
+    dead = redis_client(sync_settings.model_copy(update={"redis_url": "rediss://127.0.0.1:1/0"}))
     down = service(sync_settings, maps, dead, clock)
     down.state = good.state  # the same process, its Redis gone
     assert down.sync() == 0 and down.state.redis_failures == 1

@@ -115,7 +115,7 @@ def test_pop_status_in_policy_out_tables_in_redis(
 ) -> None:
     common: dict[str, Any] = {
         "topic_prefix": unique,
-        "kafka": kafka,
+        "kafka_bootstrap": kafka.bootstrap,
         "topic_partitions": 1,
     }
     ps = PolicySettings(
