@@ -330,9 +330,12 @@ class Lab:
             self.start_service(h.name)
 
     def start_service(self, host: str) -> subprocess.Popen[bytes]:
-        """The lab HTTP server on a compute server, listening on all addresses (the VIPs)."""
+        """The lab HTTP server on a compute server. It listens on 0.0.0.0 of the server's own
+        network namespace, to answer on every anycast VIP (all on that namespace's loopback);
+        the namespace holds only the lab's veth wires and no interface of the host, so that
+        reaches nothing outside the lab. Elsewhere the server's default is loopback."""
         pop, server = self.topo.server_identity(host)
-        args = ("--pop", pop, "--server", server, "--port", str(HTTP_PORT))
+        args = ("--pop", pop, "--server", server, "--host", "0.0.0.0", "--port", str(HTTP_PORT))
         return self.spawn(host, python("lab.app.server", *args), log_name="http")
 
     def stop_service(self, host: str) -> None:

@@ -99,7 +99,8 @@ def overload(
     if pin:
         pin_rate = plan.pin_rate
         h.start_traffic("pin-a", "a", pin_rate, 0, "pin")
-        h.policy_cli("pin", "a", "b", "0.25", "--tier", str(TIER))
+        why = ("--reason", "lab scenario: a pinned share", "--by", "lab")
+        h.policy_cli("pin", "a", "b", "0.25", "--tier", str(TIER), *why)
         h.mark("pin_on")
         want = round(0.25 * (1 << TABLE_BITS))
         h.wait("the pinned share in a's maps", lambda: h.maps_away("a") == want, 30.0)
@@ -110,7 +111,7 @@ def overload(
             return n >= need
 
         h.wait("enough connections at the pinned share", pinned_enough, 120.0)
-        h.policy_cli("clear", "a")
+        h.policy_cli("clear", "a", *why)
         h.mark("pin_off")
         log(f"t={h.t():.0f}s pin cleared")
         h.stop_traffic("pin-a")

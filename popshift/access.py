@@ -167,7 +167,13 @@ def principals(n: Naming, pops: Iterable[str]) -> list[Principal]:
         ),
         Principal(
             "operator",
-            (*see, *_topics(n, "READ", t.POLICIES)),
+            # The audit trail is append-only for operators: nobody but admin deletes records
+            # or changes its retention (topic configs need ALTER_CONFIGS, which no one has).
+            (
+                *see,
+                *_topics(n, "READ", t.POLICIES, t.POLICY_AUDIT),
+                *_topics(n, "WRITE", t.POLICY_AUDIT),
+            ),
             (f"~{n.overrides_key}", *REDIS_WRITE),
         ),
     ]

@@ -40,6 +40,17 @@ TABLE_UPDATES = Topic("table-updates.v1", "PoP name", TypeAdapter(m.TableUpdate)
 DATAPLANE_STATS = Topic(
     "dataplane-stats.v1", "PoP name", TypeAdapter(m.DataplaneStats), retention_ms=3600 * 1000
 )
+# The operators' audit trail (services/policy_engine/audit.py). Append-only: deleted by age,
+# never compacted (compaction would keep only the last record per key). 400 days keeps a full
+# year of history, as audit reviews ask, with room for the review itself, and still bounds the
+# disk (a record is ~1 KB). One partition: the whole trail in one order.
+POLICY_AUDIT = Topic(
+    "policy-audit.v1",
+    "first PoP named, or 'all'",
+    TypeAdapter(m.PolicyAudit),
+    retention_ms=400 * DAY_MS,
+    partitions=1,
+)
 
 ALL_TOPICS: tuple[Topic, ...] = (
     FEEDBACK,
@@ -48,6 +59,7 @@ ALL_TOPICS: tuple[Topic, ...] = (
     POLICIES,
     TABLE_UPDATES,
     DATAPLANE_STATS,
+    POLICY_AUDIT,
 )
 DEAD_LETTER_RETENTION_MS = 7 * DAY_MS
 

@@ -308,6 +308,80 @@ class DeadLetter(Message):
         return v
 
 
+class AuditOutcome(StrEnum):
+    REQUESTED = "requested"  # written, and confirmed by Kafka, before Redis is touched
+    APPLIED = "applied"
+    FAILED = "failed"  # Redis refused or lost the change, or another operator got in between
+    REFUSED = "refused"  # the change broke a rule (services/policy_engine/overrides.py)
+
+
+ChangeKind = Literal["added", "removed", "changed"]
+
+
+class OverrideChange(Message):
+    """One override that a command adds, removes or changes (the share of a pin)."""
+
+    change: ChangeKind
+    kind: Literal["pin", "forbid", "drain"]
+    source: PopName | None = None
+    destination: PopName | None = None
+    pop: PopName | None = None
+    """The drained PoP."""
+    tier: Tier | None = None
+    share_before: Fraction | None = None
+    share_after: Fraction | None = None
+
+
+AuditText = Annotated[str, Field(min_length=1, max_length=MAX_REASON_CHARS)]
+OverridesJson = Annotated[str, Field(max_length=1_048_576)]
+
+
+class PolicyAudit(Message):
+    """policy-audit.v1 (append-only): one step of one ``popshift policy pin|forbid|drain|clear``.
+
+    A command writes ``requested`` before it changes Redis, then ``applied`` or ``failed``, both
+    under the same ``id``; a change refused by the rules writes one ``refused`` record.
+    """
+
+    id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    at: Seconds
+    outcome: AuditOutcome
+    action: Literal["pin", "forbid", "drain", "clear"]
+    arguments: dict[Annotated[str, Field(max_length=32)], str | int | float | bool | None] = Field(
+        default_factory=dict, max_length=16
+    )
+    pops: list[PopName] = Field(default_factory=list, max_length=2)
+    """The PoPs the command names; empty for ``clear --all`` (every PoP)."""
+    reason: AuditText
+    by: AuditText
+    """Who the operator says they are (``--by``, default the OS user)."""
+    os_user: AuditText
+    """The user the command ran as (from its uid, not from the environment)."""
+    host: AuditText
+    pid: int = Field(ge=0, lt=2**32)
+    before: OverridesJson | None = None
+    """The overrides document as Redis held it (None: no overrides key)."""
+    after: OverridesJson | None = None
+    """The document written, or that would have been (None with ``refused`` and ``failed``
+    before a document could be computed)."""
+    changes: list[OverrideChange] = Field(default_factory=list, max_length=10_000)
+    error: AuditText | None = None
+
+    @field_validator("reason", "by")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be blank")
+        return v
+
+    @model_validator(mode="after")
+    def _error_iff_failed(self) -> PolicyAudit:
+        failed = self.outcome in (AuditOutcome.FAILED, AuditOutcome.REFUSED)
+        if failed != (self.error is not None):
+            raise ValueError("error: given with failed and refused records, and only with them")
+        return self
+
+
 ALL_MODELS: dict[str, type[BaseModel]] = {
     "feedback-server": ServerHeartbeat,
     "feedback-pop": PopFeedback,
@@ -317,4 +391,5 @@ ALL_MODELS: dict[str, type[BaseModel]] = {
     "table-update": TableUpdate,
     "dataplane-stats": DataplaneStats,
     "dead-letter": DeadLetter,
+    "policy-audit": PolicyAudit,
 }

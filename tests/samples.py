@@ -71,6 +71,27 @@ DEAD_LETTER = m.DeadLetter(
     payload_b64="e30=",
     at=2.0,
 )
+AUDIT = m.PolicyAudit(
+    id="0123456789abcdef0123456789abcdef",
+    at=1_764_000_005.0,
+    outcome=m.AuditOutcome.REQUESTED,
+    action="pin",
+    arguments={"source": "ams", "destination": "fra", "tier": 0, "share": 0.25},
+    pops=["ams", "fra"],
+    reason="ams maintenance window",
+    by="alice",
+    os_user="alice",
+    host="ops-1",
+    pid=4242,
+    before=None,
+    after='{"pins":[{"source":"ams","destination":"fra","tier":0,"share":0.25}],'
+    '"forbid":[],"drain":[]}',
+    changes=[
+        m.OverrideChange(
+            change="added", kind="pin", source="ams", destination="fra", tier=0, share_after=0.25
+        )
+    ],
+)
 
 ALL_SAMPLES: dict[str, BaseModel] = {
     "feedback-server": HEARTBEAT,
@@ -81,4 +102,5 @@ ALL_SAMPLES: dict[str, BaseModel] = {
     "table-update": TABLE_UPDATE,
     "dataplane-stats": STATS,
     "dead-letter": DEAD_LETTER,
+    "policy-audit": AUDIT,
 }

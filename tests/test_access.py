@@ -111,6 +111,7 @@ def test_kafka_each_principal_may_do_its_job_and_nothing_else(world: World) -> N
         "engine": w.topic(t.POLICIES),
         "writer-a": w.topic(t.TABLE_UPDATES),
         "sync-a": w.topic(t.DATAPLANE_STATS),
+        "operator": w.topic(t.POLICY_AUDIT),
     }
     for principal, topic in may.items():
         assert produce(w.as_(principal), topic) is None, f"{principal} -> {topic}"
@@ -119,6 +120,7 @@ def test_kafka_each_principal_may_do_its_job_and_nothing_else(world: World) -> N
         assert denied(produce(w.as_(principal), w.topic(t.POLICIES))), principal
     assert denied(produce(w.as_("agent"), w.topic(t.POP_STATUS)))
     assert denied(produce(w.as_("sync-a"), w.topic(t.TABLE_UPDATES)))
+    assert denied(produce(w.as_("engine"), w.topic(t.POLICY_AUDIT)))  # only operators sign it
 
 
 def test_kafka_reads_need_the_topic_and_the_principals_own_group(world: World) -> None:

@@ -29,6 +29,7 @@ SAMPLE_TOPIC = {
     "policy-event": t.POLICIES,
     "table-update": t.TABLE_UPDATES,
     "dataplane-stats": t.DATAPLANE_STATS,
+    "policy-audit": t.POLICY_AUDIT,
 }
 
 
@@ -73,6 +74,13 @@ def test_create_topics_is_idempotent_and_policies_are_compacted(
     config = admin.describe_configs([res])[res].result(10)
     assert config["cleanup.policy"].value == "compact"
     assert len(admin.list_topics(policies.name, timeout=10).topics[policies.name].partitions) == 2
+    # The audit trail: append-only, kept 400 days, one partition (one order).
+    audit = next(x for x in mine if x.name.endswith("policy-audit.v1"))
+    res = ConfigResource(ConfigResource.Type.TOPIC, audit.name)
+    config = admin.describe_configs([res])[res].result(10)
+    assert config["cleanup.policy"].value == "delete"
+    assert config["retention.ms"].value == str(400 * t.DAY_MS)
+    assert len(admin.list_topics(audit.name, timeout=10).topics[audit.name].partitions) == 1
 
 
 def test_every_schema_round_trips_byte_for_byte(kafka: KafkaAccess, unique: str) -> None:

@@ -176,13 +176,22 @@ async def _main(args: argparse.Namespace) -> None:
         await task
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="popshift lab HTTP server")
     parser.add_argument("--pop", required=True)
     parser.add_argument("--server", required=True)
-    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default loopback; the lab gives 0.0.0.0 inside each "
+        "compute server's network namespace, lab/namespaces.py)",
+    )
     parser.add_argument("--port", type=int, default=80)
-    asyncio.run(_main(parser.parse_args(argv)))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    asyncio.run(_main(build_parser().parse_args(argv)))
     return 0
 
 

@@ -82,7 +82,12 @@ class Overrides(BaseModel):
         )
 
     def check(self, network: NetworkConfig) -> Overrides:
-        """Raise :class:`InvalidOverride` unless every PoP and tier named exists."""
+        """Raise :class:`InvalidOverride` unless every PoP and tier named exists and every pin
+        that moves traffic keeps its tier's rules: the tier is forwardable and the destination
+        within its ``max_added_latency_ms`` (an unknown latency is not within it). A pin that
+        broke them would reach the table writer, which refuses the whole policy and so freezes
+        the source's tables (services/table_writer/writer.py); refused here, it is never written.
+        """
         pops = set(network.pop_names)
         tiers = {t.id for t in network.tiers}
         named = [p.source for p in self.pins] + [p.destination for p in self.pins]
@@ -94,6 +99,21 @@ class Overrides(BaseModel):
         bad_tiers = sorted({p.tier for p in self.pins} - tiers)
         if bad_tiers:
             raise InvalidOverride(f"unknown tier(s): {bad_tiers}")
+        rules = {t.id: t for t in network.tiers}
+        for p in self.pins:
+            if p.share <= 0.0:
+                continue  # a zero pin only forbids: always within the rules
+            rule = rules[p.tier]
+            where = f"pin {p.source}->{p.destination} tier {p.tier} ({rule.name})"
+            if not rule.forwardable:
+                raise InvalidOverride(f"{where}: tier {rule.name} is not forwardable")
+            ms = network.latency(p.source, p.destination)
+            if ms is None:
+                raise InvalidOverride(f"{where}: latency {p.source}->{p.destination} unknown")
+            if ms > rule.max_added_latency_ms:
+                raise InvalidOverride(
+                    f"{where}: {ms:g} ms added > the tier's {rule.max_added_latency_ms:g} ms"
+                )
         return self
 
 

@@ -106,6 +106,13 @@ class PolicySettings(Settings):
         "popshift:policy:overrides",
         description="Redis key (at POPSHIFT_REDIS_URL) of the `popshift policy` overrides.",
     )
+    policy_audit_timeout_s: float = Field(
+        10.0,
+        gt=0.0,
+        le=300.0,
+        description="How long `popshift policy pin|forbid|drain|clear` waits for Kafka to "
+        "reach it and confirm its audit record (policy-audit.v1) before it refuses the change.",
+    )
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
