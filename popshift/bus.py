@@ -86,10 +86,14 @@ class DeliveryFailed(Exception):
         self.failed = failed
 
 
+_NOT_ALLOWED = (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED)
+
+
 def create_topics(
     kafka: KafkaAccess, topics: Iterable[Topic], partitions: int, timeout: float = 30.0
 ) -> list[str]:
-    """Create every topic and its dead-letter topic; existing ones are left as they are."""
+    """Create every topic and its dead-letter topic; existing ones are left as they are. Only
+    the admin may create topics: for a service this is a check that they exist."""
     admin = AdminClient(kafka.config())
     wanted: list[NewTopic] = []
     for t in topics:
@@ -113,11 +117,20 @@ def create_topics(
     todo = [nt for nt in wanted if nt.topic not in existing]
     if not todo:
         return []
-    for _name, fut in admin.create_topics(todo, operation_timeout=timeout).items():
+    for name, fut in admin.create_topics(todo, operation_timeout=timeout).items():
         try:
             fut.result(timeout)
         except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            code = exc.args[0].code()
+            if code in _NOT_ALLOWED:  # a service: the admin makes topics (popshift/access.py)
+                raise KafkaException(
+                    KafkaError(
+                        code,
+                        f"topic {name} does not exist and {kafka.username} may not create it: "
+                        "run `popshift topics create` as the admin",
+                    )
+                ) from exc
+            if code != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     created = [nt.topic for nt in todo]
     _wait_for_leaders(admin, created, timeout)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 import redis
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from popshift import redis_client
 from popshift import topics as t
@@ -186,3 +186,11 @@ def test_nobody_gets_in_unauthenticated(world: World) -> None:
 
 def admin_port(world: World) -> int:
     return int(world.naming.settings.redis_url.rsplit(":", 1)[1].split("/")[0])
+
+
+def test_only_the_admin_creates_topics(world: World) -> None:
+    """A typo'd or new prefix cannot make a service create a topic with the broker's defaults."""
+    engine = world.as_("engine")
+    elsewhere = engine.model_copy(update={"topic_prefix": f"{engine.topic_prefix}-new"})
+    with pytest.raises(KafkaException, match="may not create it"):
+        create_topics(elsewhere.kafka(), [elsewhere.topic(t.POLICIES)], 1, timeout=10)
