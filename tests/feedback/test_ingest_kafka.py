@@ -13,6 +13,7 @@ from popshift.bus import KafkaBus, TypedProducer, create_topics
 from schemas.messages import DeadLetter, PopLoad
 from services.feedback_ingest.ingest import Ingest
 from services.feedback_ingest.settings import IngestSettings
+from tests.conftest import NETWORK
 from tests.feedback.helpers import TopicReader
 from tests.feedback.test_aggregate import hb
 
@@ -50,7 +51,7 @@ def test_bad_feedback_is_dead_lettered_with_its_reason_and_the_rest_flows(
     create_topics(
         kafka_bootstrap, [settings.topic(t.FEEDBACK), settings.topic(t.POP_LOAD)], partitions=2
     )
-    ingest = Ingest(settings, ["a", "b", "c"], KafkaBus(kafka_bootstrap), clock=lambda: clock[0])
+    ingest = Ingest(settings, NETWORK, KafkaBus(kafka_bootstrap), clock=lambda: clock[0])
     producer = TypedProducer(kafka_bootstrap)
     valid = 0
     for seq in range(1, 21):
