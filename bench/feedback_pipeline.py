@@ -74,7 +74,13 @@ def network_yaml(path: Path, pops: int) -> list[str]:
     names = [f"p{i:03d}" for i in range(pops)]
     doc = {
         "pops": [
-            {"name": n, "id": i + 1, "ingress": f"10.{200 + i // 250}.{i % 250}.1"}
+            {
+                "name": n,
+                "id": i + 1,
+                "ingress": f"10.{200 + i // 250}.{i % 250}.1",
+                "server_prefixes": [f"10.{i // 250}.{i % 250}.0/24"],  # as Offered addresses them
+                "max_server_cores": 8.0,
+            }
             for i, n in enumerate(names)
         ],
         "tiers": [{"id": 0, "name": "bulk"}],

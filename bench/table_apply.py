@@ -49,7 +49,10 @@ TARGET_P99_MS = 250.0
 
 def servers(n: int) -> PopLoad:
     loads = [
-        ServerLoad(server=f"a-s{i}", address=f"192.0.97.{i}", capacity_cores=8.0, utilisation=0.5)
+        # where the lab puts a's servers, inside its server_prefixes (else the writer refuses)
+        ServerLoad(
+            server=f"a-s{i}", address=f"10.100.1.{10 + i}", capacity_cores=8, utilisation=0.5
+        )
         for i in range(1, n + 1)
     ]
     return PopLoad(

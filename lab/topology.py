@@ -327,6 +327,9 @@ def build(
         rtr, edge, client = f"{name}-rtr", f"{name}-edge", f"client-{name}"
         servers = tuple(f"{name}-s{k}" for k in range(1, servers_per_pop + 1))
         server_addrs = tuple(lan[10 + k] for k in range(1, servers_per_pop + 1))
+        outside = [str(a) for a in server_addrs if not p.serves(str(a))]
+        if outside:  # the ingest and the table writers would refuse them (popshift/admission.py)
+            raise ValueError(f"PoP {name}: servers {outside} are outside its server_prefixes")
         hosts += [Host(client, Role.CLIENT, name), Host(rtr, Role.ROUTER, name)]
         hosts += [Host(edge, Role.EDGE, name)]
         hosts += [Host(s, Role.SERVER, name) for s in servers]

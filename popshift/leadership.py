@@ -29,6 +29,9 @@ import redis
 
 log = logging.getLogger("popshift.leadership")
 
+ENGINE_LEADER_KEY = "popshift:policy:leader"
+"""The policy engines' lock (POPSHIFT_POLICY_LEADER_KEY); the table writers read its epoch."""
+
 _HOLD = """
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
@@ -52,6 +55,25 @@ return 0
 """
 
 
+def epoch_key(key: str) -> str:
+    """Where the epoch of the lock ``key`` is kept."""
+    return f"{key}:epoch"
+
+
+def read_epoch(client: redis.Redis[bytes], key: str) -> int | None:
+    """The current epoch of the lock ``key``: None when it cannot be read (Redis away, or
+    empty after a restart until the next holder takes the lock), so a caller can tell "not
+    known" from an epoch."""
+    try:
+        raw = client.get(epoch_key(key))
+    except redis.RedisError:
+        return None
+    try:
+        return None if raw is None else int(raw)
+    except ValueError:
+        return None
+
+
 def default_holder() -> str:
     """host:pid: unique per process, so a restarted process waits for its old lock to expire
     (set a stable ``POPSHIFT_INSTANCE_ID`` per unit to take it back at once)."""
@@ -70,7 +92,7 @@ class Leadership:
         ttl_s: float,
     ) -> None:
         self.key = key
-        self.epoch_key = f"{key}:epoch"
+        self.epoch_key = epoch_key(key)
         self.holder = holder
         self.ttl_s = ttl_s
         self.epoch: int | None = None  # while this process holds the lock

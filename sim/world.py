@@ -94,14 +94,17 @@ class World:
         km = self.region_pop_km[regions, pops]
         return BASE_LATENCY_MS + km * self.route_inflation / FIBRE_KM_PER_MS
 
-    def network_config(self, target_utilisation: float) -> NetworkConfig:
-        """The same description the live services read from network.yaml."""
+    def network_config(self, target_utilisation: float, max_server_cores: float) -> NetworkConfig:
+        """The same description the live services read from network.yaml; PoP ``i``'s servers
+        are in 2001:db8:<i+1>::/48 (the documentation prefix)."""
         pops = [
             PopConfig(
                 name=n,
                 id=i + 1,
                 ingress=f"198.18.{(i + 1) // 256}.{(i + 1) % 256}",  # RFC 2544 bench range
                 target_utilisation=target_utilisation,
+                server_prefixes=[f"2001:db8:{i + 1:x}::/48"],
+                max_server_cores=max_server_cores,
             )
             for i, n in enumerate(self.pop_names)
         ]

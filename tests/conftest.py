@@ -13,11 +13,22 @@ import pluggy
 import pytest
 
 from popshift.credentials import KafkaAccess, RedisAccess
+from popshift.network import load_network
 from popshift.settings import Settings
 from popshift.topics import Topic
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL = REPO / "deploy" / "local"
+NETWORK = load_network(REPO / "deploy" / "config" / "network.yaml")
+
+
+def server_address(pop: str, k: int = 1) -> str:
+    """Server ``k`` of ``pop`` where the lab puts it (lab/topology.py: .10+k of the PoP's /24),
+    inside the PoP's server_prefixes in deploy/config/network.yaml; the ingest and the table
+    writers refuse servers anywhere else (popshift/admission.py)."""
+    return str(NETWORK.pop(pop).server_prefixes[0][10 + k])
+
+
 # CI sets POPSHIFT_REQUIRE_ALL=1: a test skipped for want of root, cgroups, a trace backend or
 # anything else then fails instead, so a green CI means that every test ran.
 REQUIRE_ALL = os.environ.get("POPSHIFT_REQUIRE_ALL") == "1"

@@ -3,14 +3,18 @@
 No Kafka and no clock of its own: ``observe`` and ``tick`` take ``now``, so tests drive time by
 hand. Per-server heartbeats (patent (29), (80)) and feedback that a PoP management server already
 aggregated (patent (42), (81)) land in the same per-server records, so analytics sees one shape.
+Every server a message names is checked against the network description first
+(popshift/admission.py: address in the PoP's server prefixes, capacity within its bound); a
+message with one bad server is refused whole and changes nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from popshift.admission import check_address, check_capacity
+from popshift.network import NetworkConfig, PopConfig
 from schemas.messages import (
     MAX_SERVERS_PER_POP,
     PopFeedback,
@@ -108,6 +112,7 @@ class _Server:
 
 @dataclass
 class _Pop:
+    config: PopConfig
     servers: dict[str, _Server] = field(default_factory=dict)
     server_seq: dict[str, int] = field(default_factory=dict)
     feed_seq: int | None = None  # the PoP management server's own sequence
@@ -127,26 +132,29 @@ class PopAggregator:
 
     def __init__(
         self,
-        pops: Iterable[str],
+        network: NetworkConfig,
         *,
         interval_s: float = 1.0,
         missed_heartbeats: int = 3,
         forget_after_s: float = 300.0,
     ) -> None:
-        self._pops: dict[str, _Pop] = {p: _Pop() for p in pops}
+        self.network = network
+        self._pops: dict[str, _Pop] = {p.name: _Pop(p) for p in network.pops}
         self.missed_heartbeats = missed_heartbeats
         self.down_after_s = interval_s * missed_heartbeats  # unless a heartbeat says its interval
         self.forget_after_s = forget_after_s  # never before the server is down
         self.stats = AggregatorStats()
 
     def observe(self, feedback: ServerHeartbeat | PopFeedback, now: float) -> Outcome:
-        """Take one validated feedback message; raises UnknownPop / TooManyServers."""
+        """Take one validated feedback message; raises UnknownPop / TooManyServers, or Refused
+        (popshift/admission.py) for a server the network description does not allow."""
         pop = self._pops.get(feedback.pop)
         if pop is None:
             raise UnknownPop(f"unknown pop: {feedback.pop}")
         if isinstance(feedback, ServerHeartbeat):
             name = feedback.server
             known = pop.servers.get(name)
+            self._check(pop, name, feedback.address, feedback.capacity_cores, known)
             was_down = known is not None and known.down
             outcome = _order(pop.server_seq.get(name), feedback.seq, was_down)
             if outcome is Outcome.ACCEPTED:
@@ -156,6 +164,8 @@ class PopAggregator:
                 if was_down:
                     outcome = Outcome.REVIVED
         else:
+            for s in feedback.servers:
+                self._check(pop, s.server, s.address, s.capacity_cores, pop.servers.get(s.server))
             stale = now - pop.feed_last_seen > self.down_after_s
             outcome = _order(pop.feed_seq, feedback.seq, pop.feed_seq is not None and stale)
             if outcome is Outcome.ACCEPTED:
@@ -165,6 +175,15 @@ class PopAggregator:
                 pop.feed_seq, pop.feed_last_seen = feedback.seq, now
         self._count(outcome)
         return outcome
+
+    def _check(
+        self, pop: _Pop, name: str, address: str, capacity: float, known: _Server | None
+    ) -> None:
+        """The server's claims against the network; an address already accepted for this
+        server is not parsed again (tens of thousands of heartbeats a second)."""
+        if known is None or known.address != address:
+            check_address(self.network, pop.config, name, address)
+        check_capacity(pop.config, name, capacity)
 
     def _record(self, pop: _Pop, name: str, known: _Server | None) -> _Server:
         """The record to update in place: the known one, or a new one if there is room."""

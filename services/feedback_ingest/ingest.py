@@ -2,8 +2,11 @@
 
 Validation is the bus's (schemas), so NaN, negative, over-capacity, wrong-version, oversized and
 non-JSON feedback is dead-lettered with the reason before it reaches the aggregator; the
-aggregator rejects unknown PoPs, which are dead-lettered too. Duplicates and out-of-order
-heartbeats are valid messages that arrived late: they are counted and dropped, not dead-lettered.
+aggregator rejects unknown PoPs and servers the network description does not allow (an address
+outside the PoP's server prefixes, a capacity above its bound: popshift/admission.py), which are
+dead-lettered too, counted per reason (``stats()["dead_lettered[<reason>]"]``). Duplicates and
+out-of-order heartbeats are valid messages that arrived late: they are counted and dropped, not
+dead-lettered.
 
 Kafka outages (the rule): liveness runs on the *feedback clock*, which advances only while
 feedback arrives. Once no feedback at all arrived from any server for more than one heartbeat
@@ -29,8 +32,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 from popshift import topics
+from popshift.admission import Refused
 from popshift.bus import Bus, DeliveryFailed, KafkaBus, Received, RejectMessage
-from popshift.network import load_network
+from popshift.network import NetworkConfig, load_network
 from popshift.process import (
     install_stop_signals,
     run_ticking,
@@ -52,7 +56,7 @@ class Ingest:
     def __init__(
         self,
         settings: IngestSettings,
-        pops: Sequence[str],
+        network: NetworkConfig,
         bus: Bus,
         *,
         clock: Clock = time.time,
@@ -62,7 +66,7 @@ class Ingest:
         self.feedback = settings.topic(topics.FEEDBACK)
         self.pop_load = settings.topic(topics.POP_LOAD)
         self.aggregator = PopAggregator(
-            pops,
+            network,
             interval_s=settings.heartbeat_interval_s,
             missed_heartbeats=settings.missed_heartbeats,
             forget_after_s=settings.forget_after_s,
@@ -101,7 +105,7 @@ class Ingest:
             self._gap_s = interval
         try:
             self.aggregator.observe(received.value, now - self._skipped_s)
-        except (UnknownPop, TooManyServers) as exc:
+        except (UnknownPop, TooManyServers, Refused) as exc:
             raise RejectMessage(str(exc)) from exc
 
     def publish(self, now: float) -> int:
@@ -125,6 +129,7 @@ class Ingest:
     def stats(self) -> dict[str, int]:
         bus = self.consumer.stats
         return {
+            **{f"dead_lettered[{reason}]": n for reason, n in sorted(bus.reasons.items())},
             **asdict(self.aggregator.stats),
             "dead_lettered": bus.dead_lettered,
             "handled": bus.handled,
@@ -173,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_stop_signals(stop)
     if not until_topics(settings, [topics.FEEDBACK, topics.POP_LOAD], "ingest", stop):
         return 0
-    ingest = Ingest(settings, network.pop_names, KafkaBus(settings.kafka()))
+    ingest = Ingest(settings, network, KafkaBus(settings.kafka()))
     tune_gc()
     log.info(
         "ingest %s -> %s for %d PoPs", ingest.feedback.name, ingest.pop_load.name, len(network.pops)

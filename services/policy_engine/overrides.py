@@ -4,7 +4,8 @@ They come from two places, merged: a YAML file (``POPSHIFT_POLICY_OVERRIDES_FILE
 config) and the ``popshift policy pin|forbid|drain|clear`` commands, which keep theirs in Redis
 (see :mod:`services.policy_engine.cli`) so they survive an engine restart. Validation against
 the network happens here, once, so the solver never sees an unknown PoP or a tier whose pins add
-up to more than all of its traffic.
+up to more than all of its traffic, nor a pin that every table writer would refuse (a tier that
+may not be forwarded, a pair beyond the tier's latency bound: popshift/admission.py).
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from popshift.admission import Refused, check_share
 from popshift.network import NetworkConfig
 from schemas.messages import Fraction, PopName, Tier
 
 
 class InvalidOverride(ValueError):
-    """An override names an unknown PoP or tier, or pins more than a tier's whole traffic."""
+    """An override names an unknown PoP or tier, pins more than a tier's whole traffic, or pins
+    a share the network does not allow."""
 
 
 class Pin(BaseModel):
@@ -99,21 +102,11 @@ class Overrides(BaseModel):
         bad_tiers = sorted({p.tier for p in self.pins} - tiers)
         if bad_tiers:
             raise InvalidOverride(f"unknown tier(s): {bad_tiers}")
-        rules = {t.id: t for t in network.tiers}
         for p in self.pins:
-            if p.share <= 0.0:
-                continue  # a zero pin only forbids: always within the rules
-            rule = rules[p.tier]
-            where = f"pin {p.source}->{p.destination} tier {p.tier} ({rule.name})"
-            if not rule.forwardable:
-                raise InvalidOverride(f"{where}: tier {rule.name} is not forwardable")
-            ms = network.latency(p.source, p.destination)
-            if ms is None:
-                raise InvalidOverride(f"{where}: latency {p.source}->{p.destination} unknown")
-            if ms > rule.max_added_latency_ms:
-                raise InvalidOverride(
-                    f"{where}: {ms:g} ms added > the tier's {rule.max_added_latency_ms:g} ms"
-                )
+            try:
+                check_share(network, p.source, p.tier, p.destination, p.share)
+            except Refused as exc:
+                raise InvalidOverride(f"pins: {exc}") from exc
         return self
 
 

@@ -10,6 +10,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from popshift.leadership import ENGINE_LEADER_KEY
 from popshift.settings import Settings
 from services.policy_engine.damping import DampingConfig
 from services.policy_engine.engine import EngineConfig
@@ -36,7 +37,7 @@ class PolicySettings(Settings):
         "changes nothing and a dead control plane goes back to anycast within it.",
     )
     policy_leader_key: str = Field(
-        "popshift:policy:leader",
+        ENGINE_LEADER_KEY,
         description="Redis key of the engines' leader lock (its epoch at '<key>:epoch'); one "
         "engine per network publishes policies, any others wait as warm standbys.",
     )

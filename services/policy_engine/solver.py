@@ -77,7 +77,8 @@ class Problem:
     """Everything the solver needs; ``latency_ms[i, j]`` is ``inf`` where no path is known.
 
     ``pinned`` fixes a share (tier, src, dst) -> fraction of src's native tier traffic (operator
-    override, honoured even beyond the latency bound); ``forbidden`` removes (src, dst) pairs for
+    override; services/policy_engine/overrides.py refuses pins beyond the tier's latency bound,
+    which every table writer would refuse); ``forbidden`` removes (src, dst) pairs for
     every tier.
     """
 

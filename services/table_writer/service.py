@@ -18,6 +18,14 @@ One writer per PoP: a process writes only while it holds the PoP's writer lock
 (popshift/leadership.py), renewed every tick and checked by every table write in the same Redis
 script. A second writer waits for the lock; one that loses it (its lock expired while it was
 paused, or taken after a Redis wipe) stops, and waits again as the standby.
+
+Inputs checked against the network (popshift/admission.py, in writer.py): a server list or a
+policy the network description does not allow is dead-lettered with its reason and changes no
+table. A policy's epoch is checked against the engines' lock's epoch, read from Redis
+('<POPSHIFT_POLICY_LEADER_KEY>:epoch') for every policy of this PoP. While that key cannot be
+read (Redis away, or back empty until an engine takes the lock again) policies are applied
+unchecked for it, as before this check: a Redis outage must not freeze the PoP's policy, and a
+forged future epoch then still meets the (epoch, version) order and the lease.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import redis
 from confluent_kafka import KafkaException
 
 from popshift import redis_client, topics
+from popshift.admission import Refused
 from popshift.bus import (
     Bus,
     DeliveryFailed,
@@ -45,7 +54,7 @@ from popshift.bus import (
     RejectMessage,
     create_topics,
 )
-from popshift.leadership import Leadership, wait_for_lock
+from popshift.leadership import Leadership, read_epoch, wait_for_lock
 from popshift.network import NetworkConfig, load_network
 from popshift.process import install_stop_signals, run_ticking, setup_logging, until_ready
 from schemas.messages import PolicyEvent, PopLoad, TableUpdate
@@ -98,10 +107,14 @@ class TableWriterService:
         bus: Bus,
         *,
         leadership: Leadership | None = None,
+        engine_epoch: Callable[[], int | None] = lambda: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``engine_epoch``: the engines' current epoch, None when not known (not checked)."""
         self.settings = settings
         self.leadership = leadership
+        self.engine_epoch = engine_epoch
+        self.epoch_unknown = 0  # policies applied without an epoch to check them against
         self.pop = pop
         self.clock = clock
         self.state = new_state(
@@ -124,7 +137,7 @@ class TableWriterService:
         policies = settings.topic(topics.POLICIES)
         for event in bus.replay(policies, key=pop):
             with contextlib.suppress(RejectMessage):  # logged; the live consumer dead-letters
-                self._guarded(functools.partial(on_policy, self.state, event, self.clock()))
+                self._guarded(functools.partial(self._on_policy, event))
         self.consumer = bus.consumer(
             f"{settings.table_group_prefix}-{pop}",
             [policies, settings.topic(topics.POP_LOAD)],
@@ -151,7 +164,11 @@ class TableWriterService:
         if header.bits != self.state.bits:
             log.warning("tier %d: table in Redis has 2^%d buckets, rebuilding", tier, header.bits)
             return False
-        adopt(self.state, tier, table, header.version, header.policy_version, header.shares)
+        try:
+            adopt(self.state, tier, table, header.version, header.policy_version, header.shares)
+        except Refused as exc:
+            log.error("%s tier %d: table in Redis refused, writing afresh: %s", self.pop, tier, exc)
+            return False
         self._pending.pop(tier, None)
         return True
 
@@ -166,7 +183,25 @@ class TableWriterService:
         except PolicyRejected as exc:
             log.error("%s: policy rejected: %s", self.pop, exc)
             raise RejectMessage(f"rejected: {exc}") from exc
+        except Refused as exc:  # its kind first: the bus counts dead letters per kind
+            log.error("%s: REFUSED, not allowed by the network description: %s", self.pop, exc)
+            raise RejectMessage(str(exc)) from exc
         self._write(writes)
+
+    def _on_policy(self, event: PolicyEvent) -> list[Write]:
+        current = self.engine_epoch()
+        if current is None:
+            self.epoch_unknown += 1
+            if self.epoch_unknown <= 3 or self.epoch_unknown % 60 == 0:
+                log.warning(
+                    "%s: the engines' epoch cannot be read: v%d (epoch %d) not checked for it"
+                    " (%d so far)",
+                    self.pop,
+                    event.version,
+                    event.epoch,
+                    self.epoch_unknown,
+                )
+        return on_policy(self.state, event, self.clock(), current)
 
     def _write(self, writes: list[Write]) -> None:
         """Make each write the state's table and store it (now, or on a later attempt)."""
@@ -281,7 +316,7 @@ class TableWriterService:
             return  # another PoP's policy or servers
         value = received.value
         if isinstance(value, PolicyEvent) and value.source == self.pop:
-            self._guarded(lambda: on_policy(self.state, value, self.clock()))
+            self._guarded(lambda: self._on_policy(value))
         elif isinstance(value, PopLoad) and value.pop == self.pop:
             self._guarded(lambda: on_servers(self.state, value, self.clock()))
 
@@ -360,6 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             store,
             KafkaBus(settings.kafka()),
             leadership=leadership,
+            engine_epoch=functools.partial(read_epoch, client, settings.policy_leader_key),
         )
 
     try:

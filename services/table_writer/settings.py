@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from popshift.leadership import ENGINE_LEADER_KEY
 from popshift.settings import Settings
 
 
@@ -43,4 +44,10 @@ class TableWriterSettings(Settings):
         description="A PoP's writer lock ('<prefix>:<pop>:writer') expires this long after its "
         "holder's last renewal (every tick); a second writer of the PoP waits for it, and every "
         "table write checks the lock in the same Redis script (fencing).",
+    )
+    policy_leader_key: str = Field(
+        ENGINE_LEADER_KEY,
+        description="Redis key of the policy engines' leader lock (the engine's setting of the "
+        "same name): a policy from an epoch above '<key>:epoch' is forged and refused; while "
+        "that key cannot be read, policies are not checked for it.",
     )

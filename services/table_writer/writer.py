@@ -18,12 +18,21 @@ is in force for at most the skew. :func:`on_tick` drops a lapsed policy's shares
 draining as usual, and says so in ``WriterState.lapsed_version`` / ``lapses``. While the
 bus is silent (no message of any PoP, :func:`on_heard`), the lease does not age, for at most
 the grace (popshift/silence.py): a Kafka outage is not a dead engine.
+
+Inputs checked against the network (popshift/admission.py), on top of the ingest's own checks,
+since anyone who can write pop-load.v1 or policies.v1 could otherwise steer the PoP: a server
+list is refused whole if one server lies outside the PoP's server prefixes or claims more than
+its capacity bound (the local servers, every primary, come only from accepted lists); a policy
+is refused if a share names an unknown PoP or tier, forwards a tier that may not be forwarded or
+goes farther than the tier's latency bound, or if it comes from an epoch the engines' lock has
+not reached (``current_epoch`` of :func:`on_policy`). A refusal changes no state and no bucket.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from popshift.admission import check_address, check_epoch, check_server, check_share
 from popshift.network import NetworkConfig
 from popshift.silence import BusSilence
 from schemas.messages import PolicyAction, PolicyEvent, PopLoad
@@ -41,8 +50,8 @@ from services.table_writer.table import (
 
 
 class PolicyRejected(ValueError):
-    """A policy this PoP must not apply: not its own, an unknown destination, an immovable tier,
-    a version absurdly far ahead, an issue time in the future."""
+    """A policy this PoP must not apply: not its own, a version absurdly far ahead, an issue
+    time in the future. (What the network does not allow raises admission.Refused.)"""
 
 
 MAX_CLOCK_SKEW_S = 30.0
@@ -86,6 +95,7 @@ DEFAULT_RENEW_S = 5.0
 
 @dataclass
 class WriterState:
+    network: NetworkConfig
     pop: str
     self_id: int
     bits: int
@@ -122,6 +132,7 @@ def new_state(
 ) -> WriterState:
     me = network.pop(pop)
     return WriterState(
+        network=network,
         silence=silence or BusSilence(),
         pop=pop,
         self_id=me.id,
@@ -141,7 +152,14 @@ def adopt(
     policy_version: int,
     shares: dict[str, float],
 ) -> None:
-    """Take over a table found in Redis after a restart."""
+    """Take over a table found in Redis after a restart; Refused (nothing adopted) if a bucket
+    points at an address that is none of the PoP's servers (written by a forged server list
+    before this writer checked them): the tier is then written afresh."""
+    me = state.network.pop(state.pop)
+    local = {b.primary for b in table}
+    local.update(b.secondary for b in table if b.secondary is not None and not b.inter_pop)
+    for address in sorted(local):
+        check_address(state.network, me, "(a bucket in Redis)", address)
     state.tables[tier] = TierTable(table, version, dict(shares))
     state.shares.setdefault(tier, dict(shares))
     state.policy_version = max(state.policy_version, policy_version)
@@ -158,12 +176,7 @@ def _validate(state: WriterState, event: PolicyEvent) -> dict[int, dict[str, flo
     if event.action is PolicyAction.CANCEL:
         return shares
     for s in event.shares:
-        if s.destination not in state.peers:
-            raise PolicyRejected(f"unknown destination PoP {s.destination!r}")
-        if s.tier not in state.forwardable:
-            raise PolicyRejected(f"unknown tier {s.tier}")
-        if not state.forwardable[s.tier] and s.share > 0.0:
-            raise PolicyRejected(f"tier {s.tier} may not be forwarded")
+        check_share(state.network, state.pop, s.tier, s.destination, s.share)
         shares[s.tier][s.destination] = s.share
     return shares
 
@@ -248,10 +261,15 @@ def _lapse(state: WriterState) -> None:
     state.lease_until = None
 
 
-def on_policy(state: WriterState, event: PolicyEvent, now: float) -> list[Write]:
+def on_policy(
+    state: WriterState, event: PolicyEvent, now: float, current_epoch: int | None = None
+) -> list[Write]:
     """A newer policy for this PoP: the tables that meet it. Replays of older ones do nothing,
     except that the policy of tables adopted after a restart gives them its lease; a newer
-    version from an older epoch (a deposed engine) is refused."""
+    version from an older epoch (a deposed engine) is refused, and so is any policy from an
+    epoch above ``current_epoch``, the engines' lock's (a forgery that would otherwise shadow
+    every real policy after it; None: not known, not checked)."""
+    check_epoch(event.epoch, current_epoch)
     adopted_own = (
         state.policy_seen_at is None
         and state.lease_until is None
@@ -296,6 +314,9 @@ def on_servers(state: WriterState, load: PopLoad, now: float) -> list[Write]:
     """A new server list: primaries follow the healthy servers' capacity."""
     if load.pop != state.pop:
         raise PolicyRejected(f"pop-load of {load.pop} sent to {state.pop}'s table writer")
+    me = state.network.pop(state.pop)
+    for s in load.servers:  # every one, healthy or not: each becomes a local address
+        check_server(state.network, me, s.server, s.address, s.capacity_cores)
     healthy = sorted(
         (Server(str(s.address), s.capacity_cores) for s in load.servers if s.healthy),
         key=lambda s: s.address,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
-from ipaddress import ip_address
 
 import numpy as np
 
@@ -84,7 +83,9 @@ class PopshiftStrategy:
         self.world = world
         self.knobs = knobs(world, scenario)
         self.interval_s = scenario.controller.analytics_interval_s
-        self.network = world.network_config(scenario.controller.target_utilisation)
+        self.network = world.network_config(
+            scenario.controller.target_utilisation, scenario.world.cores_per_server
+        )
         self.engine = EngineState(self.network, self.knobs.engine)
         self.tier_ids = [t.id for t in world.tiers]
         self.tier_index = {tid: k for k, tid in enumerate(self.tier_ids)}
@@ -208,7 +209,7 @@ class PopshiftStrategy:
         return [
             ServerLoad(
                 server=f"s{k}",
-                address=ip_address(f"2001:db8:{pop + 1:x}::{k + 1:x}"),  # documentation prefix
+                address=str(self.network.pops[pop].server_prefixes[0][k + 1]),
                 capacity_cores=self.cores_per_server,
                 utilisation=0.0,
             )

@@ -17,7 +17,7 @@ from confluent_kafka import KafkaException
 from popshift.bus import Received, TypedConsumer, transient
 from popshift.credentials import KafkaAccess
 from popshift.topics import Topic
-from tests.conftest import REPO
+from tests.conftest import REPO, server_address
 
 
 class TopicReader:
@@ -90,6 +90,11 @@ class SimulatedAgents:
         self.interval_s = interval_s
         self.producer = TypedProducer(kafka)
         self.util = {(pop, s): 0.5 for pop, names in servers.items() for s in names}
+        self.address = {
+            (pop, s): server_address(pop, k + 1)
+            for pop, names in servers.items()
+            for k, s in enumerate(names)
+        }
         self.silent: set[str] = set()
         self.sent = 0
         self._stop = threading.Event()
@@ -106,13 +111,13 @@ class SimulatedAgents:
         seq = 0
         while not self._stop.wait(self.interval_s):
             seq += 1
-            for i, ((pop, server), util) in enumerate(list(self.util.items())):
+            for (pop, server), util in list(self.util.items()):
                 if server in self.silent:
                     continue
                 hb = ServerHeartbeat(
                     pop=pop,
                     server=server,
-                    address=f"10.1.{i // 250}.{i % 250 + 1}",
+                    address=self.address[(pop, server)],
                     seq=seq,
                     sent_at=time.time(),
                     capacity_cores=4.0,

@@ -6,6 +6,7 @@ import pytest
 
 from schemas.messages import PopFeedback, ServerHeartbeat, ServerLoad, ServiceQos
 from services.feedback_ingest.aggregate import Outcome, PopAggregator, UnknownPop
+from tests.conftest import NETWORK, server_address
 
 
 def hb(
@@ -14,7 +15,7 @@ def hb(
     return ServerHeartbeat(
         pop=pop,
         server=server,
-        address=kw.pop("address", "10.0.0.1"),
+        address=kw.pop("address", None) or _default_address(pop),
         seq=seq,
         sent_at=kw.pop("sent_at", 100.0 + seq),
         capacity_cores=kw.pop("capacity", 4.0),
@@ -23,14 +24,20 @@ def hb(
     )
 
 
+def _default_address(pop: str) -> str:
+    return server_address(pop) if pop in NETWORK.by_name else "192.0.2.1"
+
+
 def agg() -> PopAggregator:
-    return PopAggregator(["a", "b"], interval_s=1.0, missed_heartbeats=3, forget_after_s=60.0)
+    return PopAggregator(NETWORK, interval_s=1.0, missed_heartbeats=3, forget_after_s=60.0)
 
 
 def test_heartbeats_are_normalised_and_combined_per_pop() -> None:
     a = agg()
     a.observe(hb("a1", busy=2.0), now=10.0)
-    a.observe(hb("a2", busy=4.1, capacity=4.0, address="10.0.0.2"), now=10.0)  # 5 % slack
+    a.observe(
+        hb("a2", busy=4.1, capacity=4.0, address=server_address("a", 2)), now=10.0
+    )  # 5 % slack
     a.observe(hb("b1", busy=1.0, pop="b", capacity=8.0), now=10.0)
     loads = {p.pop: p for p in a.tick(10.5)}
     assert set(loads) == {"a", "b"}
@@ -59,7 +66,7 @@ def test_duplicates_and_out_of_order_heartbeats_are_dropped_and_counted() -> Non
 def test_a_silent_server_is_marked_down_after_k_intervals_and_comes_back() -> None:
     a = agg()
     a.observe(hb("a1", seq=1), 0.0)
-    a.observe(hb("a2", seq=1, address="10.0.0.2"), 0.0)
+    a.observe(hb("a2", seq=1, address=server_address("a", 2)), 0.0)
     for t in (1.0, 2.0, 3.0):
         a.observe(hb("a1", seq=int(t) + 1), t)
     (load,) = a.tick(3.0)  # a2 silent for exactly K=3 intervals: not yet down
@@ -70,7 +77,7 @@ def test_a_silent_server_is_marked_down_after_k_intervals_and_comes_back() -> No
     assert load.combined_load_cores == pytest.approx(2.0)
     assert a.stats.marked_down == 1
     # the next heartbeat brings it back, even if the agent restarted with a lower sequence
-    assert a.observe(hb("a2", seq=0, address="10.0.0.2"), 4.0) is Outcome.REVIVED
+    assert a.observe(hb("a2", seq=0, address=server_address("a", 2)), 4.0) is Outcome.REVIVED
     (load,) = a.tick(4.0)
     assert load.healthy_capacity_cores == 8.0
     assert a.stats.revived == 1
@@ -79,7 +86,7 @@ def test_a_silent_server_is_marked_down_after_k_intervals_and_comes_back() -> No
 def test_a_long_silent_server_is_forgotten() -> None:
     a = agg()
     a.observe(hb("a1"), 0.0)
-    a.observe(hb("a2", address="10.0.0.2"), 50.0)
+    a.observe(hb("a2", address=server_address("a", 2)), 50.0)
     (load,) = a.tick(61.0)
     assert [s.server for s in load.servers] == ["a2"]
     assert a.stats.forgotten == 1
@@ -98,8 +105,8 @@ def qos(p95: float, probes: int = 10, ok: float = 1.0) -> ServiceQos:
 def test_qos_is_capacity_weighted_and_down_servers_do_not_count() -> None:
     a = agg()
     a.observe(hb("a1", capacity=4.0, qos=qos(10.0, ok=1.0)), 0.0)
-    a.observe(hb("a2", capacity=12.0, address="10.0.0.2", qos=qos(30.0, ok=0.5)), 0.0)
-    a.observe(hb("a3", capacity=4.0, address="10.0.0.3", qos=qos(900.0, ok=0.0)), -10.0)
+    a.observe(hb("a2", capacity=12.0, address=server_address("a", 2), qos=qos(30.0, ok=0.5)), 0.0)
+    a.observe(hb("a3", capacity=4.0, address=server_address("a", 3), qos=qos(900.0, ok=0.0)), -10.0)
     (load,) = a.tick(0.0)
     assert load.qos_p95_ms == pytest.approx((10 * 4 + 30 * 12) / 16)
     assert load.qos_success_rate == pytest.approx(0.75)
@@ -107,7 +114,11 @@ def test_qos_is_capacity_weighted_and_down_servers_do_not_count() -> None:
 
 def server_load(name: str, util: float, healthy: bool = True) -> ServerLoad:
     return ServerLoad(
-        server=name, address="10.0.1.1", capacity_cores=8.0, utilisation=util, healthy=healthy
+        server=name,
+        address=server_address("b"),
+        capacity_cores=8.0,
+        utilisation=util,
+        healthy=healthy,
     )
 
 

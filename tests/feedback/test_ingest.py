@@ -9,12 +9,13 @@ from popshift.bus import MemoryBus
 from schemas.messages import PopLoad
 from services.feedback_ingest.ingest import Ingest
 from services.feedback_ingest.settings import IngestSettings
+from tests.conftest import NETWORK
 from tests.feedback.test_aggregate import hb
 
 
 def ingest_on(bus: MemoryBus, clock: list[float]) -> Ingest:
     settings = IngestSettings(heartbeat_interval_s=1.0, missed_heartbeats=3)
-    return Ingest(settings, ["a", "b"], bus, clock=lambda: clock[0])
+    return Ingest(settings, NETWORK, bus, clock=lambda: clock[0])
 
 
 def test_valid_feedback_is_published_per_pop_and_bad_feedback_dead_lettered() -> None:

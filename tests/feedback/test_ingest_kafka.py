@@ -14,6 +14,7 @@ from popshift.credentials import KafkaAccess
 from schemas.messages import DeadLetter, PopLoad
 from services.feedback_ingest.ingest import Ingest
 from services.feedback_ingest.settings import IngestSettings
+from tests.conftest import NETWORK
 from tests.feedback.helpers import TopicReader
 from tests.feedback.test_aggregate import hb
 
@@ -49,7 +50,7 @@ def test_bad_feedback_is_dead_lettered_with_its_reason_and_the_rest_flows(
     )
     clock = [1000.0]
     create_topics(kafka, [settings.topic(t.FEEDBACK), settings.topic(t.POP_LOAD)], partitions=2)
-    ingest = Ingest(settings, ["a", "b", "c"], KafkaBus(kafka), clock=lambda: clock[0])
+    ingest = Ingest(settings, NETWORK, KafkaBus(kafka), clock=lambda: clock[0])
     producer = TypedProducer(kafka)
     valid = 0
     for seq in range(1, 21):

@@ -22,9 +22,17 @@ def test_every_pop_has_an_edge_a_router_and_servers_at_its_ingress(net: NetworkC
         pop = topo.pop(cfg.name)
         assert pop.ingress == cfg.ingress
         assert len(pop.servers) == len(pop.server_addrs) == 3
-        assert all(a in pop.lan for a in pop.server_addrs)
+        assert all(a in pop.lan and cfg.serves(str(a)) for a in pop.server_addrs)
         assert {topo.host(s).role for s in pop.servers} == {Role.SERVER}
         assert topo.host(pop.edge).role is Role.EDGE
+
+
+def test_servers_outside_their_pops_server_prefixes_are_refused(net: NetworkConfig) -> None:
+    narrow = net.pops[0].model_copy(
+        update={"server_prefixes": [ipaddress.ip_network("10.9.0.0/24")]}
+    )
+    with pytest.raises(ValueError, match="outside its server_prefixes"):
+        build(net.model_copy(update={"pops": [narrow, *net.pops[1:]]}))
 
 
 def test_addresses_are_unique_and_names_fit_the_kernel(net: NetworkConfig) -> None:

@@ -139,6 +139,13 @@ def test_overrides_validate_and_merge(tmp_path: Path) -> None:
         )
     with pytest.raises(InvalidOverride, match="unknown PoP"):
         Overrides(drain=["zzz"]).check(NETWORK)
+    # What every table writer would refuse (popshift/admission.py) is refused here already.
+    for pin, reason in [
+        (Pin(source="a", destination="c", tier=0, share=0.2), "latency bound: a->c is 45 ms"),
+        (Pin(source="a", destination="b", tier=2, share=0.2), "tier not forwardable"),
+    ]:
+        with pytest.raises(InvalidOverride, match=reason):
+            Overrides(pins=[pin]).check(NETWORK)
     path = tmp_path / "overrides.yaml"
     path.write_text("pins: [{source: a, destination: b, tier: 0, share: 0.2}]\ndrain: [c]\n")
     from_file = load_overrides(path).check(NETWORK)

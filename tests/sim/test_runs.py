@@ -73,7 +73,7 @@ def test_world_of_real_cities_has_the_promised_spread() -> None:
     )
     assert km == pytest.approx(344.0, rel=0.02)
     assert world.latency_ms[i, j] == pytest.approx(1.0 + km * 2.0 / 200.0)
-    assert world.network_config(0.75).pop("London").id == i + 1
+    assert world.network_config(0.75, 64.0).pop("London").id == i + 1
 
 
 def test_cli_prints_the_table_and_q_last_and_writes_its_files(tmp_path: Path, capsys) -> None:

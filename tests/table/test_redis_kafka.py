@@ -31,6 +31,7 @@ from services.table_writer.service import TableWriterService
 from services.table_writer.settings import TableWriterSettings
 from services.table_writer.store import StaleVersion, TableStore, current_key, version_key
 from services.table_writer.table import Peer, Server, apply_policy, forwarded_counts, new_table
+from tests.conftest import server_address
 
 REPO = Path(__file__).resolve().parents[2]
 NETWORK = load_network(REPO / "deploy" / "config" / "network.yaml")
@@ -97,7 +98,7 @@ def pop_load(pop: str, now: float) -> PopLoad:
     servers = [
         ServerLoad(
             server=f"{pop}-s{i}",
-            address=f"192.0.{ord(pop)}.{i}",
+            address=server_address(pop, i),
             capacity_cores=5.0,
             utilisation=0.5,
         )
@@ -170,7 +171,7 @@ def test_pop_status_in_policy_out_tables_in_redis(
         }
         header, table = read(store, "a", 0)
         assert header.policy_version == next(e.version for e in events if e.source == "a")
-        assert all(b.primary in {"192.0.97.1", "192.0.97.2"} for b in table)
+        assert all(b.primary in {server_address("a", 1), server_address("a", 2)} for b in table)
         assert {b.secondary for b in table if b.away} == {"10.100.2.1"}
         # Every PoP x tier got a table; the notices say which version holds which policy.
         for pop in ("a", "b"):

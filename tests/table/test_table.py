@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from popshift.admission import Refused
 from popshift.network import load_network
 from popshift.silence import BusSilence
 from schemas.bucket import Bucket
@@ -262,23 +263,30 @@ def pop_load(*servers: tuple[str, float, bool]) -> PopLoad:
 def test_writer_applies_policies_and_refuses_what_it_must_not_apply() -> None:
     state = new_state(NETWORK, "a", bits=8, drain_period_s=DRAIN, renew_s=float("inf"))
     assert on_policy(state, policy(1, (0, "b", 0.25)), 1.0) == []  # no servers yet
-    writes = on_servers(state, pop_load(("192.0.2.1", 8.0, True), ("192.0.2.2", 8.0, False)), 2.0)
+    writes = on_servers(
+        state, pop_load(("10.100.1.11", 8.0, True), ("10.100.1.12", 8.0, False)), 2.0
+    )
     assert [w.tier for w in writes] == [0, 1, 2] and all(w.version == 1 for w in writes)
     assert forwarded_counts(writes[0].table) == {2: 64}
-    assert all(b.primary == "192.0.2.1" for b in writes[0].table)
+    assert all(b.primary == "10.100.1.11" for b in writes[0].table)
     for w in writes:
         commit(state, w)
-    writes = on_policy(state, policy(2, (0, "b", 0.125), (1, "c", 0.5)), 3.0)
+    writes = on_policy(state, policy(2, (0, "b", 0.125), (1, "b", 0.5)), 3.0)
     assert [(w.tier, w.version, len(w.changed)) for w in writes] == [(0, 2, 32), (1, 2, 128)]
     for w in writes:
         commit(state, w)
     assert on_policy(state, policy(2, (0, "b", 0.9)), 4.0) == []  # a replay changes nothing
-    for bad, match in [
-        (policy(3, (2, "b", 0.1)), "may not be forwarded"),
-        (policy(3, (0, "zzz", 0.1)), "unknown destination"),
-        (policy(3, (0, "a", 0.1), source="b"), "not its own|policy of b"),
+    for bad, error, match in [
+        (policy(3, (2, "b", 0.1)), Refused, "tier not forwardable: tier 2 .premium."),
+        (policy(3, (0, "zzz", 0.1)), Refused, "unknown pop: destination 'zzz'"),
+        (
+            policy(3, (0, "c", 0.1)),
+            Refused,
+            "latency bound: a->c is 45 ms, tier 0 .bulk. allows 30",
+        ),
+        (policy(3, (0, "a", 0.1), source="b"), PolicyRejected, "policy of b"),
     ]:
-        with pytest.raises(PolicyRejected, match=match):
+        with pytest.raises(error, match=match):
             on_policy(state, bad, 5.0)
     assert state.policy_version == 2
     cancel = on_policy(state, policy(4, action=PolicyAction.CANCEL), 6.0)
@@ -301,7 +309,7 @@ def test_writer_applies_policies_and_refuses_what_it_must_not_apply() -> None:
 def test_writer_renews_every_table_before_its_lease_runs_out() -> None:
     """The sync follows a table only for a lease after written_at: a live writer renews it."""
     state = new_state(NETWORK, "a", bits=6, drain_period_s=DRAIN, renew_s=5.0)
-    for w in on_servers(state, pop_load(("192.0.2.1", 8.0, True)), 100.0):
+    for w in on_servers(state, pop_load(("10.100.1.11", 8.0, True)), 100.0):
         commit(state, w)
     for w in on_policy(state, policy(1, (0, "b", 0.25)), 101.0):
         commit(state, w)
@@ -324,7 +332,7 @@ def test_writer_renews_every_table_before_its_lease_runs_out() -> None:
 
 def leased_writer() -> WriterState:
     state = new_state(NETWORK, "a", bits=8, drain_period_s=DRAIN, renew_s=float("inf"))
-    for w in on_servers(state, pop_load(("192.0.2.1", 8.0, True)), 100.0):
+    for w in on_servers(state, pop_load(("10.100.1.11", 8.0, True)), 100.0):
         commit(state, w)
     return state
 
@@ -380,10 +388,10 @@ def test_a_lease_counts_from_arrival_and_a_stale_replay_lapses_at_once() -> None
 
 def test_adopted_tables_take_the_lease_of_their_replayed_policy() -> None:
     state = new_state(NETWORK, "a", bits=8, drain_period_s=DRAIN, renew_s=float("inf"))
-    table = new_table([Server("192.0.2.1", 8.0)], 8, 0.0)
+    table = new_table([Server("10.100.1.11", 8.0)], 8, 0.0)
     table = apply_policy(table, {"b": 0.25}, {p.name: p for p in state.peers.values()}, 0.0, DRAIN)
     adopt(state, 0, table, version=5, policy_version=7, shares={"b": 0.25})
-    state.servers = [Server("192.0.2.1", 8.0)]
+    state.servers = [Server("10.100.1.11", 8.0)]
     assert on_policy(state, policy(7, (0, "b", 0.25), issued_at=100.0, lease=3.0), 100.0) == []
     assert on_policy(state, policy(7, (0, "b", 0.25), issued_at=100.0, lease=3.0), 101.0) == []
     assert state.lease_until == pytest.approx(103.0)

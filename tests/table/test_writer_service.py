@@ -15,6 +15,7 @@ from services.table_writer.service import TableWriterService
 from services.table_writer.settings import TableWriterSettings
 from services.table_writer.store import StaleVersion
 from services.table_writer.table import Table, forwarded_counts
+from tests.conftest import server_address
 from tests.table.test_redis_kafka import NETWORK, pop_load
 
 BITS = 8
@@ -83,7 +84,7 @@ def test_own_policy_and_servers_become_tables_and_notices_others_are_ignored() -
     latest = max((n for n in notices if n.tier == 0), key=lambda n: n.version)
     assert (latest.version, latest.policy_version) == (header.version, 2)
     (letter,) = bus.dead_letters(t.POLICIES)
-    assert letter.reason == "rejected: unknown destination PoP 'zzz'"
+    assert letter.reason == "unknown pop: destination 'zzz' is not a peer of a"
 
 
 def test_a_restarted_writer_adopts_the_store_and_its_policy_and_rebuilds_nothing() -> None:
@@ -130,7 +131,7 @@ def test_a_server_change_whose_write_failed_is_applied_when_the_store_returns() 
     producer.send(t.POP_LOAD, "a", pop_load("a", NOW))
     writer = writer_on(bus, store)
     writer.consumer.poll_batch(writer.handle)
-    assert _primaries(store.tables[("a", 0)][1]) == {"192.0.97.1", "192.0.97.2"}
+    assert _primaries(store.tables[("a", 0)][1]) == {server_address("a", 1), server_address("a", 2)}
     store.down = True
     full = pop_load("a", NOW)
     gone = full.servers[1].model_copy(update={"healthy": False})
@@ -140,11 +141,13 @@ def test_a_server_change_whose_write_failed_is_applied_when_the_store_returns() 
     writer.tick()
     writer.tick()
     assert writer.write_failures > 0
-    assert _primaries(store.tables[("a", 0)][1]) == {"192.0.97.1", "192.0.97.2"}
+    assert _primaries(store.tables[("a", 0)][1]) == {server_address("a", 1), server_address("a", 2)}
     store.down = False
     writer.tick()
     for tier, (_, table) in ((k[1], v) for k, v in store.tables.items()):
-        assert _primaries(table) == {"192.0.97.1"}, f"tier {tier}: the server change was lost"
+        assert _primaries(table) == {server_address("a", 1)}, (
+            f"tier {tier}: the server change was lost"
+        )
     assert not writer._pending
 
 
