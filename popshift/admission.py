@@ -73,10 +73,10 @@ def check_share(
         raise Refused("tier not forwardable", f"tier {tier} ({rule.name}) may not be forwarded")
     latency = network.latency(source, destination)
     if latency is None or latency > rule.max_added_latency_ms:
-        took = "no known latency" if latency is None else f"{latency:g} ms"
+        took = "has no known latency" if latency is None else f"is {latency:g} ms"
         raise Refused(
             "latency bound",
-            f"{source}->{destination} is {took}, tier {tier} ({rule.name}) allows"
+            f"{source}->{destination} {took}, tier {tier} ({rule.name}) allows"
             f" {rule.max_added_latency_ms:g} ms",
         )
 

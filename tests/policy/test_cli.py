@@ -97,8 +97,8 @@ def test_a_pin_is_audited_before_and_after_and_the_log_shows_it(
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        (["pin", "a", "b", "0.2", "--tier", "2"], "tier premium is not forwardable"),
-        (["pin", "a", "c", "0.2", "--tier", "1"], "45 ms added > the tier's 15 ms"),
+        (["pin", "a", "b", "0.2", "--tier", "2"], "tier 2 (premium) may not be forwarded"),
+        (["pin", "a", "c", "0.2", "--tier", "1"], "a->c is 45 ms, tier 1 (standard) allows 15 ms"),
     ],
 )
 def test_a_pin_against_its_tier_rules_writes_nothing_to_redis(

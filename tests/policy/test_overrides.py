@@ -21,9 +21,9 @@ def pin(src: str, dst: str, tier: int, share: float) -> Overrides:
 @pytest.mark.parametrize(
     ("overrides", "says"),
     [
-        (pin("a", "b", 2, 0.1), "tier premium is not forwardable"),
-        (pin("a", "c", 1, 0.1), "45 ms added > the tier's 15 ms"),
-        (pin("a", "c", 0, 0.1), "45 ms added > the tier's 30 ms"),
+        (pin("a", "b", 2, 0.1), "tier 2 (premium) may not be forwarded"),
+        (pin("a", "c", 1, 0.1), "a->c is 45 ms, tier 1 (standard) allows 15 ms"),
+        (pin("a", "c", 0, 0.1), "a->c is 45 ms, tier 0 (bulk) allows 30 ms"),
         (pin("a", "zzz", 0, 0.1), "unknown PoP(s): zzz"),
         (pin("a", "b", 9, 0.1), "unknown tier(s): [9]"),
     ],
@@ -43,5 +43,5 @@ def test_pins_within_the_rules_and_zero_pins_pass() -> None:
 
 def test_an_unknown_latency_is_not_within_the_bound() -> None:
     sparse = NETWORK.model_copy(update={"latency_ms": {"a": {"b": 10.0}}})
-    with pytest.raises(InvalidOverride, match="latency b->c unknown"):
+    with pytest.raises(InvalidOverride, match="b->c has no known latency"):
         pin("b", "c", 0, 0.2).check(sparse)
