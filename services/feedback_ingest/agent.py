@@ -5,6 +5,12 @@ agent must never hurt the service it measures, so nothing in its loop waits on K
 ``max_in_flight`` heartbeats are inside the Kafka client; the rest wait in a bounded buffer that
 drops its oldest entry (and counts it) when full, e.g. while the broker is unreachable.
 
+A Kafka client that stops making progress (heartbeats in flight, none acknowledged or failed
+for ``producer_stall_s``) is replaced by a fresh one and its in-flight heartbeats are given up
+(counted): a client stuck on a connection that a broker restart left half-open would otherwise
+keep this server silent after Kafka is back, and the ingest would take it for dead. During an
+outage that costs at most ``max_in_flight`` old heartbeats per stall; the buffer keeps the rest.
+
 Sequence numbers start at the start time in milliseconds, so a restarted agent keeps counting
 upwards and the ingest does not take its heartbeats for stale ones.
 
@@ -62,6 +68,8 @@ class AgentStats:
     dropped: int = 0
     delivered: int = 0
     failed: int = 0
+    abandoned: int = 0  # in flight in a stalled client that was replaced
+    producer_restarts: int = 0
 
 
 class Agent:
@@ -74,6 +82,8 @@ class Agent:
         producer: Producer,
         probe: Probe | None = None,
         clock: Callable[[], float] = time.time,
+        new_producer: Callable[[], Producer] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.cpu = cpu
@@ -84,11 +94,38 @@ class Agent:
         self.capacity = settings.capacity_cores or cpu.capacity_cores
         self.buffer = BoundedBuffer(settings.buffer_size)
         self.seq = self._first_seq = int(clock() * 1000)
-        self._sent = 0
+        self._sent = 0  # to the current client
+        self._new_producer = new_producer
+        self._monotonic = monotonic
+        self._progress = (0, monotonic())  # (delivered + failed, when it last changed)
+        self._before = AgentStats()  # what earlier (replaced) clients sent and delivered
 
     @property
     def in_flight(self) -> int:
         return self._sent - self.producer.delivered - self.producer.failed
+
+    def _replace_if_stalled(self) -> None:
+        done, since = self._progress
+        now = self._monotonic()
+        if self.producer.delivered + self.producer.failed != done or self.in_flight == 0:
+            self._progress = (self.producer.delivered + self.producer.failed, now)
+            return
+        if self._new_producer is None or now - since < self.settings.producer_stall_s:
+            return
+        log.warning(
+            "Kafka client made no progress for %.0fs with %d heartbeats in flight: replacing it",
+            now - since,
+            self.in_flight,
+        )
+        b = self._before
+        b.sent += self._sent
+        b.delivered += self.producer.delivered
+        b.failed += self.producer.failed
+        b.abandoned += self.in_flight
+        b.producer_restarts += 1
+        self.producer = self._new_producer()
+        self._sent = 0
+        self._progress = (0, now)
 
     def beat(self) -> ServerHeartbeat:
         """Measure one interval, queue its heartbeat and hand Kafka what it may take now."""
@@ -113,19 +150,23 @@ class Agent:
 
     def pump(self) -> None:
         self.producer.poll(0)
+        self._replace_if_stalled()
         while len(self.buffer) and self.in_flight < self.settings.max_in_flight:
             heartbeat = self.buffer.pop()
             self.producer.send(self.topic, heartbeat.pop, heartbeat)
             self._sent += 1
 
     def stats(self) -> AgentStats:
+        b = self._before
         return AgentStats(
             beats=self.seq - self._first_seq,
-            sent=self._sent,
+            sent=b.sent + self._sent,
             buffered=len(self.buffer),
             dropped=self.buffer.dropped,
-            delivered=self.producer.delivered,
-            failed=self.producer.failed,
+            delivered=b.delivered + self.producer.delivered,
+            failed=b.failed + self.producer.failed,
+            abandoned=b.abandoned,
+            producer_restarts=b.producer_restarts,
         )
 
     def run(self, stop: threading.Event, log_every_s: float = 60.0) -> None:
@@ -156,8 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.probe:
         check = make_check(settings.probe, settings.probe_timeout_s)
         probe = Probe(check, settings.probe_interval_s, settings.probe_timeout_s).start()
-    producer = KafkaBus(settings.kafka()).producer()
-    agent = Agent(settings, build_cpu(settings), producer, probe)
+    bus = KafkaBus(settings.kafka())
+    agent = Agent(settings, build_cpu(settings), bus.producer(), probe, new_producer=bus.producer)
     stop = threading.Event()
     install_stop_signals(stop)
     log.info(
@@ -176,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             probe.stop()
         agent.pump()
         try:
-            producer.flush(2.0)
+            agent.producer.flush(2.0)
         except DeliveryFailed as exc:
             log.warning("agent stopping with undelivered heartbeats: %s", exc)
         log.info("agent stopped %s", agent.stats())

@@ -94,6 +94,12 @@ class AgentSettings(Settings):
         description="Heartbeats kept while Kafka is unreachable; when full the oldest is "
         "dropped (and counted).",
     )
+    producer_stall_s: float = Field(
+        15.0,
+        gt=0.0,
+        description="Heartbeats in flight and none acknowledged or failed for this long: the "
+        "Kafka client is replaced (a half-open connection must not silence a live server).",
+    )
     max_in_flight: int = Field(
         10,
         ge=1,

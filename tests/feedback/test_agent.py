@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from popshift.bus import TypedProducer
+from popshift import tracing
+from popshift.bus import MemoryBus, MemoryProducer, TypedProducer
 from services.feedback_ingest.agent import Agent, BoundedBuffer
 from services.feedback_ingest.cpu import CgroupCpu, ProcStatCpu, cgroup_quota_cores
 from services.feedback_ingest.probe import Probe, make_check, percentile, summarise
@@ -152,7 +153,7 @@ def test_agent_never_waits_for_an_unreachable_kafka() -> None:
         pop="a",
         server="a1",
         address="10.0.0.1",
-        kafka=f"127.0.0.1:{_closed_port()}",
+        kafka_bootstrap=f"127.0.0.1:{_closed_port()}",
         buffer_size=20,
         max_in_flight=5,
     )
@@ -172,3 +173,41 @@ def test_agent_never_waits_for_an_unreachable_kafka() -> None:
     assert beats[-1].interval_s == settings.interval_s  # the ingest times liveness by it
     assert [b.seq for b in beats] == list(range(beats[0].seq, beats[0].seq + 100))
     producer._producer.purge()  # nothing will ever be delivered: drop it, leave no thread busy
+
+
+class _StuckProducer(MemoryProducer):
+    """A Kafka client that takes messages and never reports on them (a half-open connection)."""
+
+    def send_raw(
+        self, topic: str, key: str | bytes | None, value: bytes, headers: tracing.Headers
+    ) -> None:
+        self.sent = getattr(self, "sent", 0) + 1
+
+
+def test_a_stalled_kafka_client_is_replaced_and_the_server_heard_again() -> None:
+    settings = AgentSettings(
+        pop="a", server="a1", address="10.0.0.1", max_in_flight=3, producer_stall_s=10.0
+    )
+    now = [0.0]
+    bus = MemoryBus()
+    stuck, fresh = _StuckProducer(bus), MemoryProducer(bus)
+    agent = Agent(
+        settings, _FixedCpu(), stuck, new_producer=lambda: fresh, monotonic=lambda: now[0]
+    )
+    for _ in range(5):  # 3 in flight, never answered; not yet a stall
+        agent.beat()
+        now[0] += 2.0
+    assert agent.producer is stuck and stuck.sent == 3 and agent.stats().producer_restarts == 0
+    for _ in range(3):
+        agent.beat()
+        now[0] += 2.0
+    assert agent.producer is fresh  # 10 s without progress: replaced
+    stats = agent.stats()
+    assert stats.producer_restarts == 1 and stats.abandoned == 3
+    assert fresh.delivered >= 5  # the buffered heartbeats went out through the new client
+    assert stats.sent == stats.delivered + stats.abandoned + agent.in_flight
+    # A client that delivers is never replaced, however long it runs.
+    for _ in range(50):
+        agent.beat()
+        now[0] += 2.0
+    assert agent.stats().producer_restarts == 1
