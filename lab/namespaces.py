@@ -285,6 +285,9 @@ class Lab:
         namespaces = lab_namespaces(self.topo.prefix)
         stop_processes(namespaces)
         stop_syncs(self._syncs_file())
+        for proc in self._procs:  # ours and stopped: collect them now, not at garbage collection
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5.0)
         self._reap()
         remove_namespaces(namespaces)
         remove_pins(self.topo)
@@ -377,7 +380,11 @@ class Lab:
             table_key_prefix=f"lab-{self.topo.prefix}table",
         )
         base = {k: v for k, v in os.environ.items() if not k.startswith("POPSHIFT_")}
-        base |= {k: os.environ[k] for k in ("POPSHIFT_REDIS_URL",) if k in os.environ}
+        keep = ("POPSHIFT_REDIS_URL", "POPSHIFT_SECRETS_DIR", "POPSHIFT_STATE_DIR")
+        base |= {k: os.environ[k] for k in keep if k in os.environ}
+        # The lab's own hand-written tables, under its own key prefix: it reads them as the
+        # admin (the product's syncs log in as sync-<pop>, lab.supervisor).
+        base["POPSHIFT_PRINCIPAL"] = "admin"
         log = open(self.state_dir / f"{host}.sync.log", "ab")  # noqa: SIM115
         try:
             proc = subprocess.Popen(
