@@ -14,6 +14,7 @@ Redis, which is what b's forwarders read.
 from __future__ import annotations
 
 import argparse
+import os
 import secrets as random_secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,10 @@ Pattern = Literal["LITERAL", "PREFIXED"]
 
 # Redis commands a service may run: reads, writes and Lua (the table write and the lock are
 # scripts), nothing that reconfigures or empties the server. Keys are limited per principal.
-REDIS_READ = ("-@all", "+@read", "+@connection", "-@dangerous")
+# Minus what reaches beyond a user's keys: listing every key name (SCAN, RANDOMKEY) and
+# emptying the server's script cache or its functions.
+_NOT_BEYOND_KEYS = ("-scan", "-randomkey", "-script|flush", "-script|kill", "-function")
+REDIS_READ = ("-@all", "+@read", "+@connection", "-@dangerous", *_NOT_BEYOND_KEYS)
 REDIS_WRITE = (
     "-@all",
     "+@read",
@@ -39,6 +43,7 @@ REDIS_WRITE = (
     "+@connection",
     "-@dangerous",
     "-@admin",
+    *_NOT_BEYOND_KEYS,
 )
 
 
@@ -197,7 +202,9 @@ def principals(n: Naming, pops: Iterable[str]) -> list[Principal]:
                 (
                     *see,
                     *_topics(n, "READ", t.TABLE_UPDATES),
-                    _group(f"{n.sync_group_prefix}-{pop}-", "PREFIXED"),
+                    # '<prefix>-<pop>:<node>': ':' cannot occur in a PoP name, so sync-ams
+                    # cannot join the groups of a PoP named ams-2.
+                    _group(f"{n.sync_group_prefix}-{pop}:", "PREFIXED"),
                     *_topics(n, "WRITE", t.DATAPLANE_STATS),
                     *_dead_letters(n, t.TABLE_UPDATES),
                 ),
@@ -211,13 +218,18 @@ def principals(n: Naming, pops: Iterable[str]) -> list[Principal]:
 
 
 def ensure_password(path: Path) -> str:
-    """The principal's password, created (random, mode 0600) the first time."""
+    """The principal's password, created (random, mode 0600 from the start) the first time;
+    two grants at once both end with the same file (the second replace wins, both read it)."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(random_secrets.token_hex(24) + "\n")
-        tmp.chmod(0o600)
-        tmp.replace(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{random_secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(random_secrets.token_hex(24) + "\n")
+        if not path.exists():
+            tmp.replace(path)
+        else:
+            tmp.unlink()
     return path.read_text().strip()
 
 
@@ -274,7 +286,10 @@ def grant_redis(admin: Settings, who: Sequence[Principal]) -> None:
         for p in who:
             if p.redis:
                 password = ensure_password(admin.secrets.password_file("redis", p.name))
-                client.execute_command("ACL", "SETUSER", p.name, "on", f">{password}", *p.redis)
+                # resetpass: the file's password is the only one (a rotated one stops working).
+                client.execute_command(
+                    "ACL", "SETUSER", p.name, "on", "resetpass", f">{password}", *p.redis
+                )
         client.execute_command("ACL", "SAVE")
     finally:
         client.close()

@@ -59,3 +59,10 @@ def test_per_pop_principals_touch_only_their_pops_keys_and_groups() -> None:
     assert not any(g.name.endswith("-b") for g in writer_a.kafka if g.resource == "GROUP")
     # Nobody but the admin empties or reconfigures Redis.
     assert all("-@dangerous" in p.redis for p in by_name.values() if p.redis)
+
+
+def test_a_pops_sync_groups_cannot_cover_another_pop_whose_name_extends_it() -> None:
+    by_name = {p.name: p for p in principals(naming(), ["ams", "ams-2"])}
+    (prefix,) = [g.name for g in by_name["sync-ams"].kafka if g.resource == "GROUP"]
+    assert not "g-sync-ams-2:node1".startswith(prefix)
+    assert "g-sync-ams:node1".startswith(prefix)

@@ -130,6 +130,9 @@ ssl.truststore.type=PEM
 ssl.truststore.location=$SECRETS_DIR/ca.pem
 EOF
 umask 022
+# umask does not change a file that already existed (state from before): set the modes.
+chmod 600 -- "$KAFKA_PROPS" "$KAFKA_DIR/admin-client.properties" "$KAFKA_DIR/keystore.pem"
+chmod 700 -- "$KAFKA_DIR" # the log: policies, the audit trail, SCRAM hashes
 
 # log4j 1.x (reload4j) config: everything to files in the state dir, nothing to stdout.
 cat >"$KAFKA_LOG4J" <<EOF

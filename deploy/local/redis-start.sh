@@ -21,6 +21,7 @@ fi
 
 
 mkdir -p -- "$REDIS_DIR"
+chmod 700 -- "$REDIS_DIR" # the append-only file: tables, overrides
 # Serialise concurrent starts; fd 9 is closed for redis-server so it does not keep the lock.
 exec 9>"$REDIS_DIR/.start.lock"
 flock -w 120 9 || die "timed out waiting for another redis-start.sh"

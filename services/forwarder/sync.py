@@ -828,7 +828,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         producer = TypedProducer(settings.kafka())
         consumer = TypedConsumer(
             settings.kafka(),
-            f"{settings.sync_group_prefix}-{pop}-{node}",
+            f"{settings.sync_group_prefix}-{pop}:{node}",  # ':' ends the PoP (popshift/access.py)
             [updates],
             max_message_bytes=settings.max_message_bytes,
             dead_letter_producer=producer,

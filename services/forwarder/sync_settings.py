@@ -61,8 +61,8 @@ class SyncSettings(Settings):
     )
     sync_group_prefix: str = Field(
         "popshift-forwarder-sync",
-        description="Consumer group prefix; each node uses '<prefix>-<pop>-<node>' so that "
-        "every node sees every notice of its PoP.",
+        description="Consumer group prefix; each node uses '<prefix>-<pop>:<node>' so that "
+        "every node sees every notice of its PoP (and its ACL covers its own PoP's groups only).",
     )
     sync_batch_size: int = Field(
         16384,

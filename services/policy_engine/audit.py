@@ -14,7 +14,9 @@ append-only, 400 days, one partition), in this order (services/policy_engine/cli
 
 A change the rules refuse writes one ``refused`` record (best effort: it is refused anyway), so
 attempts show too. ``by`` is who the operator says they are (``--by``); ``os_user`` (from the
-process's uid), ``host`` and ``pid`` are what the machine says, so a wrong ``--by`` hides nobody.
+process's uid), ``host`` and ``pid`` are what the client's machine says: enough to tell apart
+operators who forget ``--by``, not proof against one who holds the operator's password and lies
+(docs/security.md, "Known limits").
 The trail is only as tamper-proof as the broker's ACLs: only operators may write the topic, and
 nobody may delete records or alter its retention.
 """

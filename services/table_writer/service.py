@@ -364,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not pop:
         log.error("which PoP? set POPSHIFT_TABLE_POP or pass it as the first argument")
         return 2
+    settings = settings.model_copy(update={"table_pop": pop})  # logs in as writer-<pop>
     network = load_network(settings.network_file)
     stop = threading.Event()
     install_stop_signals(stop)
