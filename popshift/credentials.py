@@ -11,7 +11,7 @@ ACL user over TLS (``rediss://``).
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +79,6 @@ class KafkaAccess:
         """For faust/aiokafka: verifies the broker's certificate and name against our CA."""
         return ssl.create_default_context(cafile=self.ca_file)
 
-    def as_principal(self, secrets: Secrets, principal: str) -> KafkaAccess:
-        return replace(self, username=principal, password=secrets.password("kafka", principal))
-
 
 @dataclass(frozen=True)
 class RedisAccess:
@@ -97,6 +94,3 @@ class RedisAccess:
         if self.url.startswith("rediss://"):
             kwargs["ssl_ca_certs"] = self.ca_file
         return kwargs
-
-    def as_principal(self, secrets: Secrets, principal: str) -> RedisAccess:
-        return replace(self, username=principal, password=secrets.password("redis", principal))

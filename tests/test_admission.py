@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from popshift import topics as t
 from popshift.admission import Refused, check_epoch, check_server, check_share
-from popshift.bus import MemoryBus
+from popshift.bus import MemoryBus, Producer
 from popshift.leadership import read_epoch
 from popshift.network import NetworkConfig
 from schemas.messages import PolicyEvent, PopFeedback, PopLoad, ServerHeartbeat, ServerLoad
@@ -137,13 +137,19 @@ def forged_load(capacity: float = 900_000.0, address: str = EVIL) -> PopLoad:
     return good.model_copy(update={"servers": [*good.servers, evil]})
 
 
-def test_the_writer_refuses_a_forged_server_list_whatever_the_ingest_let_through() -> None:
+def writer_with_tables() -> tuple[MemoryBus, MemoryTables, Producer, TableWriterService]:
+    """PoP a's writer with its servers heard and a first policy applied (tables in the store)."""
     bus, store = MemoryBus(), MemoryTables()
     producer = bus.producer()
     producer.send(t.POP_LOAD, "a", good_pop_load("a", NOW))
     producer.send(t.POLICIES, "a", policy("a", 1, {"b": 0.25}))
     writer = writer_on(bus, store, [None])
     writer.consumer.poll_batch(writer.handle)
+    return bus, store, producer, writer
+
+
+def test_the_writer_refuses_a_forged_server_list_whatever_the_ingest_let_through() -> None:
+    bus, store, producer, writer = writer_with_tables()
     before = dict(store.tables)
     producer.send(t.POP_LOAD, "a", forged_load())
     producer.send(t.POP_LOAD, "a", forged_load(capacity=8.0))
@@ -185,12 +191,7 @@ def test_a_table_in_redis_pointing_at_a_foreign_server_is_not_adopted() -> None:
 
 
 def test_the_writer_dead_letters_a_policy_the_network_does_not_allow_and_keeps_its_tables() -> None:
-    bus, store = MemoryBus(), MemoryTables()
-    producer = bus.producer()
-    producer.send(t.POP_LOAD, "a", good_pop_load("a", NOW))
-    producer.send(t.POLICIES, "a", policy("a", 1, {"b": 0.25}))
-    writer = writer_on(bus, store, [None])
-    writer.consumer.poll_batch(writer.handle)
+    bus, store, producer, writer = writer_with_tables()
     before = {k: v[1] for k, v in store.tables.items()}
     premium = policy("a", 3, {"b": 0.5})
     premium = premium.model_copy(
