@@ -103,15 +103,15 @@ class Naming:
         from services.policy_engine.settings import PolicySettings
         from services.table_writer.settings import TableWriterSettings
 
-        policy = PolicySettings()
+        policy, writer = PolicySettings(), TableWriterSettings()
         return cls(
             settings=Settings(),
             ingest_group=IngestSettings().ingest_group,
             analytics_app_id=AnalyticsSettings().analytics_app_id,
             policy_group=policy.policy_group,
-            table_group_prefix=TableWriterSettings().table_group_prefix,
+            table_group_prefix=writer.table_group_prefix,
             sync_group_prefix=SyncSettings().sync_group_prefix,
-            table_key_prefix=TableWriterSettings().table_key_prefix,
+            table_key_prefix=writer.table_key_prefix,
             leader_key=policy.policy_leader_key,
             overrides_key=policy.policy_overrides_key,
         )
