@@ -122,6 +122,9 @@ class WorkModel:
         self.duty: dict[str, float] = dict.fromkeys(duty_files, 0.0)
         self.rate: dict[str, float] = dict.fromkeys(duty_files, 0.0)
         self._stop = threading.Event()
+        # set_cost (caller's thread) and _run (this model's thread) both write the duty files
+        # through the same .tmp name: one writer at a time.
+        self._write_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="work-model", daemon=True)
         for f in self.duty_files.values():
             f.write_text("0\n")
@@ -132,11 +135,12 @@ class WorkModel:
         self._write()
 
     def _write(self) -> None:
-        for host, f in self.duty_files.items():
-            self.duty[host] = duty_for(self.rate[host], self.cost_ms[host])
-            tmp = f.with_suffix(".tmp")
-            tmp.write_text(f"{self.duty[host]:.4f}\n")
-            tmp.replace(f)
+        with self._write_lock:
+            for host, f in self.duty_files.items():
+                self.duty[host] = duty_for(self.rate[host], self.cost_ms[host])
+                tmp = f.with_suffix(".tmp")
+                tmp.write_text(f"{self.duty[host]:.4f}\n")
+                tmp.replace(f)
 
     def _run(self) -> None:
         last = {h: (self.clock(), self.packets(h)) for h in self.duty_files}
