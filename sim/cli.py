@@ -1,7 +1,8 @@
 """``popshift simulate --scenario FILE [--out DIR] [--seed N]``: every strategy, one table.
 
 Runs each strategy of the scenario on the same world, seed and events, shows a progress bar,
-prints the table and, last, ``overload_removed_vs_oracle: Q``, and writes CSV, PNG and a
+prints the table, popshift's ``changes_per_hour`` and ``oscillations``, ``overload_vs_oracle``
+and, last, ``overload_removed_vs_oracle: Q``, and writes CSV, PNG and a
 markdown report to the output folder.
 """
 
@@ -15,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from sim.engine import RunResult, run_strategy
-from sim.report import overload_removed_vs_oracle, table, write_csv, write_markdown, write_plots
+from sim.report import (
+    overload_removed_vs_oracle,
+    overload_vs_oracle,
+    table,
+    write_csv,
+    write_markdown,
+    write_plots,
+)
 from sim.scenario import STRATEGY_NAMES, load_scenario
 from sim.strategies import make_strategy
 from sim.world import build_world, describe
@@ -76,6 +84,11 @@ def simulate_main(argv: Sequence[str] | None = None) -> int:
         if r.conservation_error > 1e-9:
             print(f"WARNING: {r.strategy} conservation error {r.conservation_error:.2e}")
     print(f"output: {out}/ (summary.csv, utilisation_over_time.csv, report.md, plots)")
+    for r in results:
+        if r.strategy == "popshift":
+            print(f"changes_per_hour: {r.summary['policy_changes_per_h']:.1f}")
+            print(f"oscillations: {r.summary['oscillations']:.0f}")
+    print(f"overload_vs_oracle: {overload_vs_oracle(results):.3f}")
     print(f"overload_removed_vs_oracle: {overload_removed_vs_oracle(results):.3f}")
     return 0
 

@@ -9,6 +9,7 @@ one seed gives one run, whichever strategy is in it.
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -17,6 +18,7 @@ import numpy as np
 
 from sim.connections import Cohorts
 from sim.demand import Demand
+from sim.measure import QueueModel, QueueParams, measured_busy
 from sim.metrics import Metrics
 from sim.scenario import Dark, HalfServers, Scenario
 from sim.strategies.base import Action, Counters, Observation, Strategy
@@ -81,6 +83,10 @@ class Engine:
         self.c_out = np.zeros((n, t))
         self.c_in = np.zeros((n, t))
         self.c_landed = np.zeros((n, t))
+        self.c_qos = np.zeros(n)
+        self.queue = QueueModel(n, QueueParams(cores_per_server=scenario.world.cores_per_server))
+        # What the controllers see is feedback_delay_s old: the counters of recent ticks.
+        self._seen: deque[tuple[Counters, FloatArray]] = deque()
         self.events = sorted(self._event_timeline(), key=lambda e: e[0])
         self.rates = np.zeros((world.n_regions, t))
 
@@ -165,12 +171,31 @@ class Engine:
 
     # --- the strategy ---------------------------------------------------------------------------
 
+    def _snapshot(self, now: float, load: FloatArray) -> None:
+        """Keep this tick's counters until they are old enough to be seen."""
+        counters = Counters(
+            at=now,
+            load=self.c_load.copy(),
+            qos_ms=self.c_qos.copy(),
+            local=self.c_local.copy(),
+            forwarded=self.c_out.copy(),
+            received=self.c_in.copy(),
+            landed_new=self.c_landed.copy(),
+        )
+        self._seen.append((counters, measured_busy(load, self.capacity)))
+        delay = self.sc.controller.feedback_delay_s
+        while len(self._seen) > 1 and self._seen[1][0].at <= now - delay:
+            self._seen.popleft()
+
     def observe(self, now: float) -> Observation:
         c = self.cohorts
+        if not self._seen:
+            self._snapshot(now, c.load())
+        counters, busy = self._seen[0]
         return Observation(
             now=now,
             world=self.world,
-            load=c.load(),
+            load=busy,
             capacity=self.capacity,
             alive=self.alive.copy(),
             catchment=self.catchment.copy(),
@@ -179,14 +204,7 @@ class Engine:
             dns_target=self.dns_target.copy(),
             landed=c.landed(),
             region_active=c.anyc.copy(),
-            counters=Counters(
-                at=now,
-                load=self.c_load.copy(),
-                local=self.c_local.copy(),
-                forwarded=self.c_out.copy(),
-                received=self.c_in.copy(),
-                landed_new=self.c_landed.copy(),
-            ),
+            counters=counters,
             true_rates=self.rates,
             shares=c.shares(),
         )
@@ -271,8 +289,10 @@ class Engine:
             self._account(dt, frac)
             load = c.load()
             cap = self.capacity
+            self.c_qos += self.queue.step(load, cap, dt) * dt
             util = np.divide(load, cap, out=np.zeros_like(load), where=cap > 0.0)
             m.tick(dt, util)
+            self._snapshot(now + dt, load)
             if now >= next_sample:
                 m.sample(now, util)
                 next_sample += sc.sample_s
@@ -311,7 +331,7 @@ class Engine:
             live = c.alive[c.arc_p]
             m.moved(c.arc_t[live], arc_ms[live], c.arc_arrivals[live])
         self.c_local += (c.local + c.direct) * cost * dt
-        self.c_load += c.load() * dt
+        self.c_load += measured_busy(c.load(), self.capacity) * dt  # what /proc/stat shows
         nt = self.world.n_tiers
         if dns_frac is not None:
             on = np.flatnonzero(dns_frac > 0.0)

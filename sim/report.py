@@ -56,6 +56,14 @@ def overload_removed_vs_oracle(results: Sequence[RunResult]) -> float:
     return (by["none"] - by["popshift"]) / gap if gap > 0 else float("nan")
 
 
+def overload_vs_oracle(results: Sequence[RunResult]) -> float:
+    """popshift's overload PoP-seconds over the oracle's; nan if undefined."""
+    by = {r.strategy: r.summary["overload_pop_s"] for r in results}
+    if not {"popshift", "oracle"} <= by.keys() or by["oracle"] <= 0.0:
+        return float("nan")
+    return by["popshift"] / by["oracle"]
+
+
 def write_csv(results: Sequence[RunResult], world: World, out: Path) -> None:
     keys = sorted({k for r in results for k in r.summary})
     with open(out / "summary.csv", "w", newline="") as f:

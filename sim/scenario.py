@@ -97,6 +97,15 @@ class ControllerSpec(_Strict):
     low: float = Field(0.6, gt=0.0, description="baselines undo below this utilisation")
     threshold_step: float = Field(0.1, gt=0.0, le=1.0)
     target_utilisation: float = Field(0.75, gt=0.0, le=1.0)
+    feedback_delay_s: float = Field(
+        2.0,
+        ge=0.0,
+        description="age of the newest measurement a controller sees: a heartbeat interval "
+        "plus the ingest's publish interval (1 s each in production)",
+    )
+    measurement_noise: float = Field(
+        0.02, ge=0.0, description="relative sd of one 1 s load or latency sample"
+    )
 
 
 class Scenario(_Strict):

@@ -7,12 +7,21 @@ connection lifetime. Chasing the solver each round would overshoot and oscillate
 - a cap on the change of each share per round (``max_step``);
 - a hold-off: after a source's policy changed, it stays as it is for ``holdoff_s`` so the
   change can show in the load before the next one.
-Safety changes (forbidden pair, drained destination, operator pin) bypass all three.
+Safety changes (forbidden pair, drained destination, operator pin) bypass all three, and so
+does relief for a PoP analytics flags (``urgent``): a share growing to take load off an
+overloaded PoP is applied whole at once, and none of its shares goes down while it is flagged
+(but those to a destination flagged in turn);
+a share going down waits and steps once the flag is gone (giving back is never urgent, and a
+fast give-back is what makes a relieved PoP flap).
+
+The engine also keeps a policy that still does its job (engine.py ``_still_good``): within
+``keep_margin`` above and ``give_back_margin`` below the target for the source, and within
+``receiver_margin`` above the target for each (unflagged) destination.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 ShareKey = tuple[int, str]  # (tier, destination)
@@ -23,9 +32,14 @@ EPSILON = 1e-9
 
 @dataclass(frozen=True)
 class DampingConfig:
-    deadband: float = 0.02
+    deadband: float = 0.05
+    relief_deadband: float = 0.02
+    """Relief is finer: a flagged PoP's share grows by as little as this."""
     max_step: float = 0.10
     holdoff_s: float = 15.0
+    keep_margin: float = 0.10
+    give_back_margin: float = 0.10
+    receiver_margin: float = 0.08
 
 
 def damp(
@@ -36,10 +50,14 @@ def damp(
     now: float,
     config: DampingConfig,
     forced: Mapping[ShareKey, float] | None = None,
+    urgent: bool = False,
+    flagged: Collection[str] = (),
 ) -> Shares:
     """The shares to emit this round for one source PoP.
 
-    ``forced`` holds shares that must take effect now, whatever the damping says.
+    ``forced`` holds shares that must take effect now, whatever the damping says; ``urgent``
+    (the source is flagged) lets every growing share reach its target at once and holds the
+    others, except those to a destination that is ``flagged`` itself (damped as usual).
     """
     forced = forced or {}
     held = last_change is not None and now - last_change < config.holdoff_s
@@ -48,6 +66,10 @@ def damp(
         cur = current.get(key, 0.0)
         if key in forced:
             new = forced[key]
+        elif urgent and target.get(key, 0.0) > cur + config.relief_deadband:
+            new = target[key]
+        elif urgent and key[1] not in flagged:
+            new = cur  # no share of a flagged PoP goes down: its load must not swing back up
         elif held:
             new = cur
         else:

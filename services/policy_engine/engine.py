@@ -22,6 +22,7 @@ from schemas.messages import (
     PolicyAction,
     PolicyEvent,
     PolicyReason,
+    PopState,
     PopStatus,
     Share,
 )
@@ -77,6 +78,19 @@ class EngineConfig:
     None = ``LEASE_TICKS`` x ``tick_s``. The engine renews a policy once a third of its lease has
     passed, while the source's pop-status is fresh; a writer drops a lapsed policy to local."""
 
+    calibrate_below: float = 0.9
+    """A PoP's packets-to-cores ratio is learned only below this utilisation (model.py)."""
+    calibrate_weight: float = 0.2
+    integral_gain: float = 0.5
+    """Share of a flagged PoP's measured excess added to its demand estimate per pop-status
+    while the excess persists (see :func:`_integrate`)."""
+    max_boost: float = 0.10
+    """The integral lowers a shedder's target by at most this share of its capacity: it corrects
+    a model error, it does not replace the model."""
+    settle_tolerance: float = 0.03
+    """A load still falling by more than this share of capacity between two pop-statuses is
+    the last change still taking effect: the integral waits."""
+
     bus_silence_s: float = 3.0
     bus_outage_grace_s: float = 120.0
     """While no input at all arrives (popshift/silence.py), leases stop ageing, this long at
@@ -111,6 +125,9 @@ class EngineState:
     policies: dict[str, Policy] = field(default_factory=dict)
     native: dict[str, dict[int, float]] = field(default_factory=dict)
     history: dict[str, list[Policy]] = field(default_factory=dict)
+    infeasible: set[str] = field(default_factory=set)
+    """PoPs the last solution left over target: no receiver had room (the integral's
+    anti-windup)."""
     version: int = 0
     epoch: int = 0
     """The leadership epoch stamped on every policy (the adapter sets it when it takes the lead;
@@ -206,6 +223,12 @@ def _estimate(state: EngineState, fresh: list[str], now: float) -> dict[str, dic
         assert model.status is not None
         rates = model.tier_rates(now, state.config.stats_max_age_s)
         moved_out = moved_in = 0.0
+        cost = model.packet_cost(
+            model.status.load_cores,
+            rates,
+            state.config.calibrate_below,
+            state.config.calibrate_weight,
+        )
         if not rates:
             at = model.status.at - state.config.effect_lag_s
             for src, history in state.history.items():
@@ -214,28 +237,110 @@ def _estimate(state: EngineState, fresh: list[str], now: float) -> dict[str, dic
                         moved_out += x * prev.get(src, {}).get(tier, 0.0)
                     elif dst == name:
                         moved_in += x * prev.get(src, {}).get(tier, 0.0)
-        out[name] = estimate_native(
+        native = estimate_native(
             model.status.load_cores,
             rates,
             tier_ids,
             state.config.tier_mix,
             moved_out,
             moved_in,
+            cost,
         )
+        out[name] = native
     return out
 
 
-def _problem(state: EngineState, fresh: list[str], native: dict[str, dict[int, float]]) -> Problem:
+def _shedders(state: EngineState, names: Iterable[str]) -> set[str]:
+    """Of ``names``, those analytics flagged or whose own relief is still in force: the one
+    notion of "sheds" that the solver, the integral and the reasons share. A PoP analytics calls
+    neutral is never asked to start shedding; one whose policy brought it back below the
+    threshold keeps that policy while its demand still needs it. A relay's onward shares (it
+    receives from a shedder) are the cascade's, not its own shedding."""
+    receiving = {
+        dst
+        for src, policy in state.policies.items()
+        for (_, dst), x in policy.shares.items()
+        if x > 0.0 and dst != src
+    }
+    out = set()
+    for name in names:
+        status = state.pops[name].status
+        policy = state.policies.get(name)
+        if (status is not None and status.state is PopState.SHED) or (
+            policy is not None and bool(policy.shares) and name not in receiving
+        ):
+            out.add(name)
+    return out
+
+
+def _integrate(
+    state: EngineState, fresh: list[str], shedders: set[str], unchanged: set[str], now: float
+) -> None:
+    """Integral action on the measured excess, once per new pop-status of each PoP, for the
+    next round.
+
+    The demand estimate re-measures each PoP's cost per packet every round, so a share that
+    proved too small is usually corrected by the next solve. When it is not (a saturated PoP
+    whose ratio was never learned, no counters, load that packets do not explain), the solver
+    would hold a flagged PoP's shares still while it stays over target: then a share of the
+    measured excess accrues in its ``boost``, by which the next solve aims below the target, so
+    it keeps moving, round after round, until the excess is gone. Only once the shares have
+    held still for ``effect_lag_s`` and the load is no longer falling (the last change has
+    shown), only while some receiver has room (anti-windup). Between the target and the flag
+    it holds; an unflagged PoP measured below its target gives it back gradually (so a boost
+    accrued while the load was still catching up does not over-shed for good), and it ends
+    with the PoP's shedding.
+    """
+    cfg = state.config
+    for name in fresh:
+        model = state.pops[name]
+        status = model.status
+        assert status is not None
+        if model.integrated_at is not None and status.at <= model.integrated_at:
+            continue
+        previous, model.previous_load = model.previous_load, status.load_cores
+        model.integrated_at = status.at
+        if name not in shedders:
+            model.boost = 0.0
+            continue
+        policy = state.policies.get(name)
+        if name not in unchanged or policy is None or now - policy.last_change < cfg.effect_lag_s:
+            continue  # the estimate is still moving it, or the last change has not shown yet
+        cap = status.capacity_cores
+        if previous is not None and previous - status.load_cores > cfg.settle_tolerance * cap:
+            continue  # still falling: the last change is still taking effect
+        target = state.network.pop(name).target_utilisation * cap
+        if status.state is PopState.SHED and status.excess_cores > 0.0:
+            if name not in state.infeasible:
+                model.boost += cfg.integral_gain * status.excess_cores
+                model.boost = min(model.boost, cfg.max_boost * cap)
+        elif status.state is not PopState.SHED and status.load_cores < target:
+            model.boost *= 1.0 - cfg.integral_gain  # below target: give it back, gradually
+
+
+def _problem(
+    state: EngineState,
+    fresh: list[str],
+    native: dict[str, dict[int, float]],
+    shedders: set[str],
+) -> Problem:
     drained = set(state.overrides.drain)
     pops = []
     for name in fresh:
         status = state.pops[name].status
         assert status is not None
+        target = state.network.pop(name).target_utilisation
+        cap = status.capacity_cores
+        if name not in shedders and cap > 0.0:
+            # Over target but not flagged: it is not asked to shed (nor can it take anything).
+            target = max(target, sum(native[name].values()) / cap)
+        elif cap > 0.0:  # the integral's correction: aim lower than the model says suffices
+            target -= state.pops[name].boost / cap
         pops.append(
             PopSpec(
                 name=name,
                 capacity=status.capacity_cores,
-                target_utilisation=state.network.pop(name).target_utilisation,
+                target_utilisation=target,
                 native=native[name],
                 drained=name in drained,
             )
@@ -308,11 +413,17 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
     fresh_set = set(fresh)
     native: dict[str, dict[int, float]] = {}
     solution: Solution | None = None
+    shedders: set[str] = set()
     if fresh:
+        shedders = _shedders(state, fresh)
         native = _estimate(state, fresh, now)
         state.native.update(native)
-        solution = solve_with_budget(_problem(state, fresh, native), state.config.solve_budget)
+        problem = _problem(state, fresh, native, shedders)
+        solution = solve_with_budget(problem, state.config.solve_budget)
+        state.infeasible = set(solution.overloaded)
 
+    keep = _still_good(state, native, fresh_set, solution) if solution is not None else set()
+    flagged = {name for name in fresh_set if _flagged(state, name)}
     decided: dict[str, Shares] = {}
     targets: dict[str, Shares] = {}
     for src in state.network.pop_names:
@@ -326,6 +437,8 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
             target = solution.source_shares(src)
         else:  # no recent verdict for src: keep its policy, minus stale destinations
             target = {k: v for k, v in current.items() if k[1] in fresh_set}
+        if src in keep:
+            target = dict(current)  # it still does its job: a better one is not worth the churn
         targets[src] = target
         decided[src] = damp(
             current,
@@ -334,8 +447,13 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
             now=now,
             config=state.config.damping,
             forced=_forced(state, src, current, dead),  # ...but a dead destination goes at once
+            urgent=_flagged(state, src),
+            flagged=flagged,
         )
 
+    if solution is not None:
+        unchanged = {src for src, new in decided.items() if _same(_current(state, src), new)}
+        _integrate(state, fresh, shedders, unchanged, now)
     expected = _expected_loads(state, native, {s: d for s, d in decided.items()})
     events: list[PolicyEvent] = []
     lease = state.config.lease
@@ -399,6 +517,77 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
         state.adopt(src, adopted, state.config.status_max_age_s)
         events.append(event)
     return events
+
+
+def _flagged(state: EngineState, name: str) -> bool:
+    status = state.pops[name].status
+    return status is not None and status.state is PopState.SHED
+
+
+def _still_good(
+    state: EngineState, native: dict[str, dict[int, float]], fresh: set[str], solution: Solution
+) -> set[str]:
+    """Sources whose policy in force still does its job, by the current estimates; such a
+    policy is kept as it is even if the solver found a slightly better one: what costs (table
+    churn, connections moved, oscillation) is changing, not being a little off the optimum.
+
+    Kept: the source not over its target (nor flagged), nor shedding far more than it needs
+    (``keep_margin`` above, ``give_back_margin`` below), and every one of its destinations
+    fresh and expected within ``receiver_margin`` of its target (at or under it, if analytics
+    flags it). Also kept: an unflagged source whose new answer only moves the same amount
+    between other destinations (each tier's total within the dead-band) while none of its
+    destinations is too full: the LP has many equally good answers (receivers filled by other
+    shedders in another order), and swapping between them is churn for nothing."""
+    cfg = state.config.damping
+    policies = {src: policy.shares for src, policy in state.policies.items() if policy.shares}
+    expected = _expected_loads(state, native, policies)
+
+    def utilisation(name: str) -> float:
+        status = state.pops[name].status
+        cap = status.capacity_cores if status is not None else 0.0
+        return expected[name] / cap if cap > 0.0 else float("inf")
+
+    def over(name: str) -> float:
+        return utilisation(name) - state.network.pop(name).target_utilisation
+
+    good: set[str] = set()
+    for src, shares in policies.items():
+        if src not in fresh or src not in expected:
+            continue
+        dsts = {dst for _, dst in shares}
+        if any(dst not in fresh or dst not in expected for dst in dsts):
+            continue
+        if any(over(dst) > cfg.receiver_margin for dst in dsts):
+            continue
+        u = over(src)
+        flagged = _flagged(state, src)
+        does_its_job = (
+            -cfg.give_back_margin <= u <= cfg.keep_margin
+            and not (flagged and (u > 0.0 or state.pops[src].boost > 0.0))
+            and not any(over(dst) > 0.0 and _flagged(state, dst) for dst in dsts)
+        )
+        only_swaps = not flagged and _same_totals(shares, solution.source_shares(src), cfg.deadband)
+        if does_its_job or only_swaps:
+            good.add(src)
+    return good
+
+
+def _same_totals(a: Shares, b: Shares, tolerance: float) -> bool:
+    """Each tier moves the same share in total, within ``tolerance``."""
+    tiers = {t for t, _ in a} | {t for t, _ in b}
+    return all(
+        abs(
+            sum(x for (t, _), x in a.items() if t == tier)
+            - sum(x for (t, _), x in b.items() if t == tier)
+        )
+        < tolerance
+        for tier in tiers
+    )
+
+
+def _current(state: EngineState, src: str) -> Shares:
+    policy = state.policies.get(src)
+    return policy.shares if policy is not None else {}
 
 
 def _lapsed(state: EngineState, policy: Policy, now: float) -> bool:

@@ -21,6 +21,12 @@ offs inside the PoP (``intra_pop_forward``: every packet an edge passes on, seco
 an intra-PoP secondary) are not used. Received traffic thus weighs in ``k`` but never in native
 demand: a PoP does not look like a shedder because it takes a neighbour's overflow.
 
+A PoP past saturation measures 100 % of its cores however much more it is asked for, so ``k``
+from that moment is too small and the demand would be underestimated exactly when it matters.
+``k`` is therefore learned (an exponential average) only while the PoP is below
+``calibrate_below`` utilisation, and a saturated PoP's demand is its counters times the ``k`` it
+had before: packets keep being counted as they arrive, whether or not the servers keep up.
+
 Without fresh counters the load is split by a configured tier mix, corrected by the traffic our
 current policies move in and out.
 """
@@ -82,6 +88,13 @@ class PopModel:
     status: PopStatus | None = None
     last_stats: dict[str, DataplaneStats] = field(default_factory=dict)
     node_rates: dict[str, tuple[float, dict[int, TierRates]]] = field(default_factory=dict)
+    cores_per_packet: float | None = None
+    """``k`` learned while the PoP was not saturated (see the module docstring)."""
+    boost: float = 0.0
+    """Cores the engine's integral action takes off the PoP's target load (engine.py)."""
+    integrated_at: float | None = None
+    """``at`` of the last pop-status the integral action has used."""
+    previous_load: float | None = None
 
     def observe_status(self, status: PopStatus) -> None:
         if self.status is None or status.at >= self.status.at:
@@ -110,6 +123,20 @@ class PopModel:
                 total[tier] = total.get(tier, TierRates()) + r
         return total
 
+    def packet_cost(
+        self, load: float, rates: Mapping[int, TierRates], calibrate_below: float, weight: float
+    ) -> float | None:
+        """Cores per packet now: measured while unsaturated (and learned), else the learned one."""
+        processed = sum(r.local + r.received for r in rates.values())
+        if processed <= 0.0 or self.status is None:
+            return None
+        measured = load / processed
+        if self.status.utilisation < calibrate_below:
+            k = self.cores_per_packet
+            self.cores_per_packet = measured if k is None else k + weight * (measured - k)
+            return measured
+        return self.cores_per_packet if self.cores_per_packet is not None else measured
+
 
 def estimate_native(
     load: float,
@@ -118,11 +145,13 @@ def estimate_native(
     mix: Mapping[int, float],
     moved_out: float = 0.0,
     moved_in: float = 0.0,
+    cores_per_packet: float | None = None,
 ) -> dict[int, float]:
-    """Native demand per tier in cores (see the module docstring for the formula)."""
+    """Native demand per tier in cores (see the module docstring for the formula);
+    ``cores_per_packet`` replaces ``load / processed`` when given (a saturated PoP)."""
     processed = sum(r.local + r.received for r in rates.values())
     if processed > 0.0:
-        k = load / processed
+        k = load / processed if cores_per_packet is None else cores_per_packet
         return {
             t: k * (rates[t].local + rates[t].forwarded) if t in rates else 0.0 for t in tier_ids
         }

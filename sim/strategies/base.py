@@ -22,14 +22,17 @@ ShareKey = tuple[int, int, int]
 
 @dataclass(frozen=True)
 class Counters:
-    """Cumulative since the start (core-seconds), as a forwarder's monotonic counters would be.
+    """Cumulative since the start, as an agent's and a forwarder's monotonic counters would be.
 
-    Work is counted in core-seconds: a packet counter proportional to CPU work, so that a
-    counter-based native-demand estimate is exact in the simulator.
+    ``load`` integrates *measured* busy cores (capped at capacity: sim/measure.py), ``qos_ms``
+    the probes' p95 latency. The traffic counters integrate the work of the connections in each
+    place in core-seconds, uncapped: a forwarder counts packets as they arrive, whether or not
+    the servers keep up (sim/strategies/popshift.py turns them into packets per PoP).
     """
 
     at: float
-    load: FloatArray  # (pops,) integral of busy cores
+    load: FloatArray  # (pops,) integral of measured busy cores (core-seconds)
+    qos_ms: FloatArray  # (pops,) integral of the probes' p95 latency (ms x s)
     local: FloatArray  # (pops, tiers) own connections processed here
     forwarded: FloatArray  # (pops, tiers) own connections processed elsewhere
     received: FloatArray  # (pops, tiers) other PoPs' connections processed here
@@ -40,7 +43,7 @@ class Counters:
 class Observation:
     now: float
     world: World
-    load: FloatArray  # cores busy per PoP now
+    load: FloatArray  # measured busy cores per PoP (capped at capacity), feedback_delay_s old
     capacity: FloatArray  # healthy cores per PoP now; 0 = dark
     alive: BoolArray
     catchment: IntArray  # region -> PoP its anycast traffic lands in now

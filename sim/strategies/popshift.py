@@ -33,7 +33,7 @@ from schemas.messages import (
     ServerLoad,
     TierCounters,
 )
-from services.analytics.config import PopRules
+from services.analytics.config import Band, PopRules
 from services.analytics.rules import Hysteresis, Metrics, ServerMetric
 from services.analytics.rules import step as analytics_step
 from services.policy_engine.damping import DampingConfig
@@ -44,6 +44,11 @@ from sim.scenario import Scenario
 from sim.strategies.base import Action, Counters, Observation, ShareKey
 from sim.world import World
 
+QOS_SHED_MS, QOS_CALM_MS = 250.0, 150.0
+"""deploy/config/analytics.yaml's qos_p95_over_ms band."""
+PACKETS_PER_CORE_S = 50_000.0
+"""Median packets a core processes per second; each PoP's own figure is drawn around it
+(lognormal, sigma 0.3): the engine must learn a PoP's packets-to-cores ratio, not assume it."""
 DRAIN_PERIOD_S = 1800.0
 """Longer than any tier's connections live (e^-15 of them remain), so a cleared drain breaks
 none; the simulator does not model connections outliving it."""
@@ -61,12 +66,22 @@ class PopshiftKnobs:
 
 def knobs(world: World, scenario: Scenario) -> PopshiftKnobs:
     ctl = scenario.controller
+    defaults = PopRules()
     return PopshiftKnobs(
-        rules=PopRules(target_utilisation=ctl.target_utilisation),
+        # deploy/config/analytics.yaml's shed rules: utilisation, and the probes' latency that
+        # still shows how far over a saturated PoP is
+        rules=PopRules(
+            target_utilisation=ctl.target_utilisation,
+            shed=defaults.shed.model_copy(
+                update={"qos_p95_over_ms": Band(enter=QOS_SHED_MS, exit=QOS_CALM_MS)}
+            ),
+        ),
         engine=EngineConfig(
             tier_mix={t.id: t.demand_share for t in world.tiers},
             damping=DampingConfig(),
             tick_s=ctl.analytics_interval_s,  # the engine ticks once a round: lease = 3 rounds
+            # a share's effect shows over about a connection lifetime: the demand-weighted mean
+            effect_lag_s=sum(t.demand_share * t.mean_lifetime_s for t in world.tiers),
             # Statuses come once a round: a silent bus is three rounds without one (as 3 s is
             # three of the live analytics' 1 s publications).
             bus_silence_s=3.0 * ctl.analytics_interval_s,
@@ -91,6 +106,11 @@ class PopshiftStrategy:
         self.tier_index = {tid: k for k, tid in enumerate(self.tier_ids)}
         self.pop_index = {n: i for i, n in enumerate(world.pop_names)}
         self.cores_per_server = float(scenario.world.cores_per_server)
+        self.rng = np.random.default_rng([scenario.seed, 0x5EED])
+        self.noise = scenario.controller.measurement_noise
+        self.packets_per_core = PACKETS_PER_CORE_S * self.rng.lognormal(
+            0.0, 0.3, len(world.pop_names)
+        )
         self._hyst: dict[int, Hysteresis] = {}
         self._history: deque[Counters] = deque()
         self._last_stats = -np.inf
@@ -107,17 +127,30 @@ class PopshiftStrategy:
     # --- analytics ------------------------------------------------------------------------------
 
     def _window(self, obs: Observation) -> tuple[Counters, float]:
-        """The snapshot one rule window back (or the oldest one kept) and its age."""
+        """The snapshot one rule window before the newest seen (or the oldest kept), its age."""
         window = self.knobs.rules.window_s
+        newest = obs.counters
         hist = self._history
-        hist.append(obs.counters)
-        while len(hist) > 1 and hist[1].at <= obs.now - window:
+        hist.append(newest)
+        while len(hist) > 1 and hist[1].at <= newest.at - window:
             hist.popleft()
-        return hist[0], obs.now - hist[0].at
+        return hist[0], newest.at - hist[0].at
+
+    def _noisy(self, values: np.ndarray, samples: float) -> np.ndarray:
+        """A window's mean of ``samples`` 1 s samples, each off by ``measurement_noise``."""
+        sd = self.noise / np.sqrt(max(1.0, samples))
+        return np.asarray(values * (1.0 + self.rng.normal(0.0, sd, values.shape)))
 
     def _analytics(self, obs: Observation) -> list[PopStatus]:
         then, age = self._window(obs)
-        load = (obs.counters.load - then.load) / age if age > 0.0 else obs.load
+        c = obs.counters
+        if age > 0.0:
+            load = (c.load - then.load) / age
+            qos: np.ndarray | None = (c.qos_ms - then.qos_ms) / age
+        else:
+            load, qos = obs.load, None
+        load = np.clip(self._noisy(load, age), 0.0, obs.capacity)  # busy cores never exceed it
+        qos = self._noisy(qos, age) if qos is not None else None
         rules = self.knobs.rules
         out: list[PopStatus] = []
         for i in range(len(self.world.pop_names)):
@@ -130,6 +163,7 @@ class PopshiftStrategy:
                     capacity_cores=cap,
                     load_cores=float(load[i]),
                     servers=(ServerMetric(util, cap / n),) * n,
+                    qos_p95_ms=float(qos[i]) if qos is not None else None,
                 )
             else:  # dark: the ingest marks its silent servers down, no healthy capacity is left
                 metrics = Metrics(
@@ -144,17 +178,19 @@ class PopshiftStrategy:
         return max(1, round(capacity / self.cores_per_server))
 
     def _stats(self, obs: Observation) -> list[DataplaneStats]:
+        """The forwarders' packet counters: work at each PoP's own packets-per-core ratio."""
         c = obs.counters
         out = []
-        local = (c.local * 1000.0).astype(np.int64)
-        fwd = (c.forwarded * 1000.0).astype(np.int64)
-        rec = (c.received * 1000.0).astype(np.int64)
+        ppc = self.packets_per_core[:, None]
+        local = (c.local * ppc).astype(np.int64)
+        fwd = (c.forwarded * ppc).astype(np.int64)
+        rec = (c.received * ppc).astype(np.int64)
         for i in np.flatnonzero(obs.alive):
             out.append(
                 DataplaneStats(
                     pop=self.world.pop_names[i],
                     node="edge",
-                    at=obs.now,
+                    at=c.at,
                     tiers=[
                         TierCounters(
                             tier=tid,

@@ -220,7 +220,7 @@ def test_every_pop_is_under_target_when_that_is_possible(problem: Problem) -> No
         assert not sol.infeasible
         for p in problem.pops:
             assert sol.load[p.name] <= p.capacity * p.target_utilisation + 1e-6
-    else:
+    elif total > room + 1e-6:  # exactly full is feasible or not by a rounding: no verdict
         assert sol.infeasible
 
 
