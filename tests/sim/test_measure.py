@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from sim.engine import Engine
@@ -81,6 +83,6 @@ def test_controllers_see_capped_delayed_measurements_only_the_oracle_the_demand(
     assert all(o.now - o.counters.at == 2.0 for o in rec.seen if o.now >= 2.0)
     delta = [
         (b.counters.qos_ms[a] - o.counters.qos_ms[a]) / (b.counters.at - o.counters.at)
-        for o, b in zip(after, after[1:], strict=False)
+        for o, b in itertools.pairwise(after)
     ]
     assert max(delta) > 250.0  # the probes see the queue: the shed rule on latency can fire
