@@ -77,11 +77,7 @@ def timings() -> dict[str, str]:
             policy_deadband=0.08,
             policy_effect_lag_s=3.0,
             policy_status_max_age_s=10.0,
-            # Native demand from the measured load and the policies in effect, not from the
-            # forwarders' counters (SCENARIOS.md, "Known limits": kept until runs on the
-            # counter estimate are verified).
-            policy_stats_max_age_s=0.001,
-            policy_tier_mix={0: 1.0},
+            # native demand: the production estimate from the forwarders' counters
         )
         | env(
             TableWriterSettings,
