@@ -25,10 +25,14 @@ from lab.record import (
     share_processed,
     shorts,
 )
+from lab.settings import ANALYTICS
+from services.analytics.config import load_config
 from services.forwarder.model import flow_hash
 
 SETTLE_S = 1.0  # after a table change was seen: SYNs in flight across it (one retransmit) done
 TOLERANCE = 0.03  # the issue's promise: the share processed in B within +-3 points
+RELIEF_S = 20.0  # the issue's promise: every PoP below the shed threshold this soon after
+CALM_HOLD_S = 5.0  # ... and staying there this long (several analytics windows, not one dip)
 
 
 @dataclass
@@ -36,6 +40,20 @@ class Check:
     name: str
     ok: bool
     detail: str
+    pending: str = ""
+    """Why a failure is known and waits on someone else's change: printed with the failure, and
+    the demo's exit status does not count it (`passed`); empty = every failure counts."""
+
+    @property
+    def passed(self) -> bool:
+        return self.ok or bool(self.pending)
+
+
+# The relief check fails with today's engine more often than not (lab/SCENARIOS.md, "Known
+# limits"): its native-demand estimate of a saturated PoP is capped at capacity and it sheds in
+# held-off steps; on a quiet machine it may pass. Remove this once the engine closes the loop
+# on the measured excess (issue 13, item 2).
+RELIEF_PENDING = "issue 13 item 2: the engine's estimate of a saturated PoP is capped"
 
 
 def check_long_connections(result: Result) -> Check:
@@ -280,8 +298,87 @@ def check_after_cancel(result: Result, t0: float, t1: float) -> list[Check]:
     ]
 
 
+def shed_thresholds(result: Result) -> dict[str, float]:
+    """Each PoP's combined_over *enter* threshold (lab/analytics.yaml): the load at which
+    analytics flags it. Not the exit one: that is the engine's target (0.75), where a relieved
+    PoP is meant to sit, so "below exit" would judge the noise around the target, not relief."""
+    config = load_config(str(ANALYTICS))
+    out = {}
+    for pop in result.pops:
+        band = config.for_pop(pop).shed.combined_over
+        out[pop] = band.enter if band is not None else 1.0
+    return out
+
+
+def overload_gone(
+    result: Result, start: float, end: float, hold_s: float = CALM_HOLD_S
+) -> float | None:
+    """When the overload that began after `start` was gone: the first sample in [start, end)
+    after some PoP was seen over its shed threshold from which every PoP's reported
+    utilisation stayed at or below it for `hold_s` (or until `end`); None if never."""
+    limit = shed_thresholds(result)
+    samples = [s for s in result.samples if start <= s.t < end and set(result.pops) <= set(s.util)]
+    over = [any(s.util[p] > limit[p] for p in result.pops) for s in samples]
+    if True not in over:
+        return None
+    calm_since: float | None = None
+    for s, hot in itertools.islice(zip(samples, over, strict=True), over.index(True), None):
+        if hot:
+            calm_since = None
+            continue
+        calm_since = s.t if calm_since is None else calm_since
+        if s.t - calm_since >= hold_s:
+            return calm_since
+    return calm_since if calm_since is not None and end - calm_since >= hold_s else None
+
+
+def check_relief(result: Result, max_s: float = RELIEF_S) -> Check:
+    """The outcome popshift exists for: once the load started, every PoP is below its shed
+    threshold within `max_s` (the scenario's capacity allows it: SCENARIOS.md)."""
+    on, off = result.marks["load_on"], result.marks["load_off"]
+    gone = overload_gone(result, on, off)
+    limit = shed_thresholds(result)
+    peak = {
+        p: max((s.util.get(p, 0.0) for s in result.samples if on <= s.t < off), default=0.0)
+        for p in result.pops
+    }
+    after = f"{gone - on:.1f} s after the load started" if gone is not None else "never"
+    return Check(
+        f"relief: every PoP below its shed threshold within {max_s:g} s",
+        gone is not None and gone - on <= max_s,
+        f"overload gone {after} (every PoP <= combined_over enter "
+        f"{', '.join(f'{p} {limit[p]:g}' for p in result.pops)} for {CALM_HOLD_S:g} s); "
+        f"peak utilisation {', '.join(f'{p} {u:.0%}' for p, u in peak.items())}",
+        pending=RELIEF_PENDING,
+    )
+
+
+def check_infeasible_reported(result: Result) -> Check:
+    """Where the receivers cannot take the excess within the latency bounds, the engine says
+    so: a policy whose reason is least-bad (infeasible), with the rule naming why."""
+    start = result.marks["infeasible_on"]
+    end = result.marks.get("infeasible_off", float("inf"))
+    said = [
+        p
+        for p in result.policies
+        if start <= p.t < end and p.infeasible and p.rule.startswith("partial: receivers full")
+    ]
+    first = said[0] if said else None
+    return Check(
+        "beyond capacity: the policy is reported least-bad (infeasible) with its reason",
+        first is not None,
+        f"{len(said)} infeasible policy events from {start:.0f}s"
+        + (f", first at {first.t:.1f}s: {first.source}: {first.rule}" if first else ""),
+    )
+
+
 def format_checks(checks: Iterable[Check]) -> str:
-    return "\n".join(f"[{'PASS' if c.ok else 'FAIL'}] {c.name}: {c.detail}" for c in checks)
+    def verdict(c: Check) -> str:
+        if c.ok:
+            return "PASS"
+        return f"FAIL, pending: {c.pending}" if c.pending else "FAIL"
+
+    return "\n".join(f"[{verdict(c)}] {c.name}: {c.detail}" for c in checks)
 
 
 def engine_windows(result: Result, end: float) -> list[Window]:
@@ -310,4 +407,7 @@ def checks(result: Result) -> dict[str, Check]:
     t0 = max(m["cancel"] + 2.0, m.get("a_local", 0.0) + 1.0)
     local, survive = check_after_cancel(result, t0, m["drained"])
     out["after_cancel_local"], out["after_cancel_longs"] = local, survive
+    out["relief"] = check_relief(result)
+    if "infeasible_on" in m:
+        out["infeasible"] = check_infeasible_reported(result)
     return out

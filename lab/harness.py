@@ -47,15 +47,23 @@ class LoadPlan:
     rates: Mapping[str, float] = field(default_factory=lambda: {"a": 50.0, "b": 18.0, "c": 10.0})
     longs: Mapping[str, int] = field(default_factory=lambda: {"a": 6, "b": 3, "c": 2})
     late_longs: int = 12  # opened in region a while a forwards: some live in b
-    # Small absolute CPU (a tenth of a core per server) so that the overload is the lab's own
-    # and not at the mercy of whatever else runs on the machine's two cores.
-    # each server's CFS quota, and what its agent reports; c (far away) has room to spare
+    # Small absolute CPU (a tenth of a core or so per server) so that the overload is the
+    # lab's own and not at the mercy of whatever else runs on the machine's two cores.
+    # Each server's CFS quota, and what its agent reports. Sized so that relief is possible
+    # within the bulk tier's bound (SCENARIOS.md, "Capacity"): a's excess fits in b once b
+    # passes part of its own traffic on to c, which has room to spare.
     capacity_cores: Mapping[str, float] = field(
-        default_factory=lambda: {"a": 0.1, "b": 0.1, "c": 0.2}
+        default_factory=lambda: {"a": 0.1, "b": 0.15, "c": 0.2}
     )
     cost_ms: float = 0.64  # CPU per locally processed packet while the load is on
+    infeasible_cost_ms: float = 2.5  # ... in the variant beyond capacity (scenario.infeasible)
     idle_cost_ms: float = 0.04  # ... and while it is off
     pin_rate: float = 100.0  # extra short requests/s from region a while the share is pinned
+
+
+# A server's verdicts for its PoP's own traffic: processed here, or sent to another PoP.
+OWN_HERE = (Verdict.LOCAL, Verdict.LOCAL_HOPS_EXHAUSTED, Verdict.LOCAL_SELF_SECONDARY)
+OWN_AWAY = (Verdict.FWD_INTER, Verdict.SECOND_CHANCE_INTER)
 
 
 class ScenarioError(RuntimeError):
@@ -95,6 +103,7 @@ class Harness:
         self.observer: Observer | None = None
         self.work: WorkModel | None = None
         self._server_fwd: dict[str, Forwarder] = {}
+        self._native_last: tuple[float, dict[str, int]] = (0.0, {})
         self.traffic: dict[str, tuple[str, str, Path, subprocess.Popen[bytes]]] = {}
         self.progress_s = 5.0
         self._next_progress = 0.0
@@ -155,12 +164,30 @@ class Harness:
             cg.add(self.lab.spawn(host, cmd, log_name="burner").pid)
             self._server_fwd[host] = open_forwarder(self.topo, host, FwdRole.SERVER)
 
+    def _count(self, host: str, verdicts: tuple[Verdict, ...]) -> int:
+        counts = self._server_fwd[host].read_counters()
+        return sum(c[v].packets for c in counts.values() for v in verdicts)
+
     def _packets(self, host: str) -> int:
         """Packets the server processed itself (its share of the work)."""
-        local = (Verdict.LOCAL, Verdict.LOCAL_HOPS_EXHAUSTED, Verdict.LOCAL_SELF_SECONDARY,
-                 Verdict.RECEIVED_PEER)  # fmt: skip
-        counts = self._server_fwd[host].read_counters()
-        return sum(c[v].packets for c in counts.values() for v in local)
+        return self._count(host, (*OWN_HERE, Verdict.RECEIVED_PEER))
+
+    def native_demand(self) -> dict[str, float]:
+        """The true native demand of each PoP in cores since the last call: its region's
+        packets (processed here or sent to another PoP) times the cost of a packet now. What
+        the engine's estimate (its log's "native cores") should find; uncapped."""
+        now = time.monotonic()
+        own = {h: self._count(h, (*OWN_HERE, *OWN_AWAY)) for h in self._server_fwd}
+        then, before = self._native_last
+        self._native_last = (now, own)
+        if not before or now <= then or self.work is None:
+            return {}
+        out: dict[str, float] = {}
+        for host, n in own.items():
+            pop = self.topo.host(host).pop
+            cores = (n - before.get(host, n)) / (now - then) * self.work.cost_ms[host] / 1000.0
+            out[pop] = out.get(pop, 0.0) + cores
+        return out
 
     def _wait_ready(self, timeout_s: float = 90.0) -> None:
         """Every PoP has a table in Redis (its writer heard its servers) and a verdict."""
@@ -221,9 +248,10 @@ class Harness:
             self.result.traffic.append(Traffic(region, tag, Record.from_json(line)))
         del self.traffic[name]
 
-    def set_load(self, on: bool) -> None:
+    def set_load(self, on: bool, cost_ms: float | None = None) -> None:
+        """Load on (at `cost_ms`, default the plan's) or off, on every server."""
         assert self.work is not None
-        cost = self.plan.cost_ms if on else self.plan.idle_cost_ms
+        cost = (cost_ms or self.plan.cost_ms) if on else self.plan.idle_cost_ms
         self.work.set_cost(dict.fromkeys(self.cgroups, cost))
 
     def progress(self) -> None:
@@ -241,7 +269,9 @@ class Harness:
         if self.work is not None:
             duty = " ".join(f"{h}:{self.work.rate[h]:.0f}pps" for h in sorted(self.cgroups))
         shares = {src: {d: round(x, 3) for d, x in v.items()} for src, v in s.shares.items() if v}
-        self.log(f"  t={s.t:5.1f}s load {load} shares {shares or '-'} away {s.away} [{duty}]")
+        native = " ".join(f"{p}={c:.3f}" for p, c in sorted(self.native_demand().items()))
+        self.log(f"  t={s.t:5.1f}s load {load} shares {shares or '-'} away {s.away} [{duty}]"
+                 f" native cores (true) {native or '-'}")  # fmt: skip
 
     def wait(self, what: str, check: Callable[[], bool], timeout_s: float) -> float:
         deadline = time.monotonic() + timeout_s

@@ -100,6 +100,7 @@ class Observer:
                         shares={s.destination: s.share for s in value.shares if s.tier == TIER},
                         version=value.version,
                         rule=value.reason.rule,
+                        infeasible=value.reason.infeasible,
                     )
                 )
 

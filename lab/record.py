@@ -37,6 +37,7 @@ class PolicyRecord:
     shares: dict[str, float]  # destination -> share (tier 0)
     version: int
     rule: str
+    infeasible: bool = False  # the reason says the engine could not meet the target (least bad)
 
 
 @dataclass

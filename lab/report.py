@@ -15,7 +15,7 @@ from typing import Any
 import matplotlib
 
 from lab.app.results import Kind, Outcome
-from lab.checks import Check, checks, format_checks
+from lab.checks import Check, checks, format_checks, shed_thresholds
 from lab.record import Result, longs
 
 
@@ -96,6 +96,7 @@ def timeline(result: Result, step_s: float = 2.0) -> list[Row]:
 
 _MARK_NAMES = {
     "load_on": "load starts",
+    "overload_gone": "overload gone",
     "load_off": "load stops",
     "late_longs_on": "long conns opened in region a",
     "cancel": "policies cancelled",
@@ -103,6 +104,8 @@ _MARK_NAMES = {
     "drained": "drain complete",
     "pin_on": "pin a->b 25%",
     "pin_off": "pin cleared",
+    "infeasible_on": "load beyond capacity",
+    "infeasible_off": "beyond-capacity load stops",
 }
 
 
@@ -161,7 +164,15 @@ def plot(result: Result, path: Path, step_s: float = 2.0) -> None:
         if shed:
             ax_load.scatter(shed, [102] * len(shed), marker="|", s=30)
     ax_load.axhline(75, color="grey", ls=":", lw=1)
-    ax_load.set_ylabel("utilisation %\n(| = flagged shed)")
+    for limit in set(shed_thresholds(result).values()):
+        ax_load.axhline(limit * 100, color="red", ls=":", lw=1)
+    on = result.marks.get("load_on")
+    if on is not None and "load_off" in result.marks:  # the overload, shaded until it was gone
+        gone = result.marks.get("overload_gone")
+        ax_load.axvspan(on, gone or result.marks["load_off"], color="red", alpha=0.08)
+        said = f"overload gone\nafter {gone - on:.1f} s" if gone else "overload never gone"
+        ax_load.text(gone or on, 50, f" {said}", fontsize=8)
+    ax_load.set_ylabel("utilisation %\n(| = flagged shed;\nred: shed threshold)")
     ax_load.legend(loc="upper right", fontsize=8)
     pairs = sorted({(src, dst) for s in result.samples for src, d in s.shares.items() for dst in d})
     for src, dst in pairs:

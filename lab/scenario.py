@@ -11,7 +11,14 @@ data plane's precision. The timings are lab.settings.timings(); SCENARIOS.md exp
 
 from __future__ import annotations
 
-from lab.checks import TOLERANCE, Window, engine_windows, min_samples, pin_windows
+from lab.checks import (
+    TOLERANCE,
+    Window,
+    engine_windows,
+    min_samples,
+    overload_gone,
+    pin_windows,
+)
 from lab.harness import Harness
 from lab.record import Result
 from lab.settings import DRAIN_PERIOD_S, TABLE_BITS, TIER
@@ -82,6 +89,10 @@ def overload(
     def cancelled() -> bool:
         return not any(h.forwarding(p.name) for p in h.topo.pops)
 
+    gone = overload_gone(h.result, on, off)
+    if gone is not None:
+        h.result.marks["overload_gone"] = gone
+    log(f"overload gone: {f'{gone - on:.1f} s after the load started' if gone else 'never'}")
     h.wait("every policy cancelled", cancelled, 120.0)
     cancel = max((p.t for p in h.result.policies if not p.shares and p.t >= off), default=h.t())
     h.result.marks["cancel"] = cancel
@@ -120,4 +131,30 @@ def overload(
         h.stop_traffic(name)
     h.counters("end")
     h.mark("end")
+    return h.result
+
+
+def infeasible(h: Harness, timeout_s: float = 60.0) -> Result:
+    """A short variant on the same harness, after `overload`: the load on every server is
+    `plan.infeasible_cost_ms` per packet, more than the lab can carry within the bulk tier's
+    bound (a reaches only b, b only c, and c has little room left: SCENARIOS.md), so the engine
+    must say its policy is the least bad (reason infeasible, "partial: receivers full ...")
+    instead of promising relief. Short requests only; ends when it said so (or `timeout_s`)."""
+    for pop in h.topo.pops:
+        h.start_traffic(f"over-{pop.name}", pop.name, h.plan.rates.get(pop.name, 0.0), 0, "over")
+    h.sleep(3.0)
+    on = h.mark("infeasible_on")
+    h.set_load(True, h.plan.infeasible_cost_ms)
+    h.log(f"t={on:.0f}s load beyond capacity: {h.plan.infeasible_cost_ms} ms CPU per packet")
+
+    def said() -> bool:
+        return any(p.t >= on and p.infeasible for p in h.result.policies)
+
+    h.wait("an infeasible policy", said, timeout_s)
+    h.sleep(1.0)
+    h.mark("infeasible_off")
+    h.set_load(False)
+    for name in [n for n in h.traffic if n.startswith("over-")]:
+        h.stop_traffic(name)
+    h.wait("every policy cancelled", lambda: not any(h.forwarding(p) for p in h.result.pops), 90.0)
     return h.result

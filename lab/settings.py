@@ -30,6 +30,9 @@ PREFIX = "po-"  # not the interactive lab's ps-: a scenario never tears down som
 TABLE_BITS = 8
 TIER = 0  # the loadgen's VIP is the first (bulk) tier: 30 ms bound, so a->c (45 ms) is out
 DRAIN_PERIOD_S = 30.0  # longer than the late long connections live after any decrease
+# Agents' heartbeat and ingest's pop-load interval: analytics' window (lab/analytics.yaml,
+# 1.5 s) then averages 3 samples, as many as 1 s heartbeats in a 3 s window did, in half the time
+HEARTBEAT_S = 0.5
 
 
 def env(cls: type[BaseSettings], **values: Any) -> dict[str, str]:
@@ -54,8 +57,14 @@ def env(cls: type[BaseSettings], **values: Any) -> dict[str, str]:
 def timings() -> dict[str, str]:
     """The lab's short timings (SCENARIOS.md), so that a run takes minutes, not tens of them."""
     return (
-        # agents and ingest: one heartbeat a second, pop-load every second
-        env(IngestSettings, heartbeat_interval_s=1.0, publish_interval_s=1.0, missed_heartbeats=3)
+        # agents and ingest: two heartbeats a second (HEARTBEAT_S, the agents' interval), pop-load
+        # every half second; a server is down after 3 s of silence, as with 1 s heartbeats
+        env(
+            IngestSettings,
+            heartbeat_interval_s=HEARTBEAT_S,
+            publish_interval_s=HEARTBEAT_S,
+            missed_heartbeats=6,
+        )
         | env(
             PolicySettings,
             # re-solve twice a second, big steps (few rounds per change), and a hold-off of
@@ -68,11 +77,7 @@ def timings() -> dict[str, str]:
             policy_deadband=0.08,
             policy_effect_lag_s=3.0,
             policy_status_max_age_s=10.0,
-            # Native demand from the measured load and the policies in effect, not from the
-            # forwarders' counters (SCENARIOS.md, "Known limits": kept until runs on the
-            # counter estimate are verified).
-            policy_stats_max_age_s=0.001,
-            policy_tier_mix={0: 1.0},
+            # native demand: the production estimate from the forwarders' counters
         )
         | env(
             TableWriterSettings,

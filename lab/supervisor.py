@@ -148,6 +148,7 @@ class Services:
                     address=str(addr),
                     cgroup=str(cgroups[host].acct),
                     capacity_cores=capacity[pop.name],
+                    interval_s=settings.HEARTBEAT_S,
                 )
                 self.spawn(f"agent-{host}", "services.feedback_ingest.agent", more=agent)
 

@@ -34,7 +34,7 @@ from popshift.bus import (
 from popshift.leadership import Leadership
 from popshift.network import NetworkConfig, load_network
 from popshift.process import install_stop_signals, run_ticking, setup_logging, until_ready
-from schemas.messages import PolicyEvent
+from schemas.messages import PolicyEvent, PopStatus
 from services.policy_engine.engine import (
     EngineState,
     SetOverrides,
@@ -90,12 +90,27 @@ class PolicyEngineService:
         self.leadership = leadership
         self.leading_epoch: int | None = None if leadership is not None else 0
         self.published = 0
+        self.state_changed = False  # a pop-status changed its PoP's state since the last tick
+        self._last_native_log = 0.0
 
     def handle(self, received: Received) -> None:
+        value = received.value
+        if isinstance(value, PopStatus) and (model := self.state.pops.get(value.pop)):
+            before = model.status
+            if before is None or (value.state is not before.state and value.at >= before.at):
+                self.state_changed = True
         try:
-            decide(self.state, received.value, self.clock())
+            decide(self.state, value, self.clock())
         except UnknownPop as exc:
             raise RejectMessage(str(exc)) from exc
+
+    def poll(self, wait_s: float) -> None:
+        """Handle what arrived; a PoP that changed state (newly shedding, or calm again) is
+        acted on at once, not at the next tick: a tick's wait is time an overload is not
+        relieved (up to ``policy_tick_s``)."""
+        self.consumer.poll_batch(self.handle, timeout=wait_s)
+        if self.state_changed:
+            self.tick()
 
     def _refresh_overrides(self, now: float) -> None:
         extra = Overrides()
@@ -117,10 +132,12 @@ class PolicyEngineService:
         flushed, or sent again if their delivery failed, on every later tick; never raises.
         """
         now = self.clock()
+        self.state_changed = False
         if not self._leading():
             return []
         self._refresh_overrides(now)
         _, events = decide(self.state, Tick(), now)
+        self._log_native(now)
         for event in events:
             self.outbox.send(self.policies, event.source, event)
             log.info(
@@ -133,6 +150,19 @@ class PolicyEngineService:
         self.outbox.flush()
         self.published += len(events)
         return events
+
+    def _log_native(self, now: float) -> None:
+        """Once a second, the native demand the solver was given next to the measured load, so
+        that a run can compare the estimate with the truth (the lab knows the true demand)."""
+        if now - self._last_native_log < 1.0 or not self.state.native:
+            return
+        self._last_native_log = now
+        parts = []
+        for name, tiers in sorted(self.state.native.items()):
+            status = self.state.pops[name].status
+            load = f"{status.load_cores:.3f}/{status.capacity_cores:.3f}" if status else "-"
+            parts.append(f"{name}={sum(tiers.values()):.3f} (load {load})")
+        log.info("native cores: %s", " ".join(parts))
 
     def _leading(self) -> bool:
         """Hold the lead (or wait as a standby); on taking it, continue from the last leader's
@@ -162,7 +192,7 @@ class PolicyEngineService:
 
     def run(self, stop: threading.Event) -> None:
         run_ticking(
-            lambda wait: self.consumer.poll_batch(self.handle, timeout=wait),
+            self.poll,
             self.tick,
             self.settings.policy_tick_s,
             stop,

@@ -1,9 +1,11 @@
 """End to end: the overload scenario with every service as a real process, then its checks.
 
-One run of the overload scenario (lab.scenario; module fixture, 3 to 4 minutes): PoP a
+One run of the overload scenario (lab.scenario; module fixture, 4 to 5 minutes): PoP a
 overloaded by a burner that follows its traffic, a -> b and the cascade b -> c, long
-connections opened while a forwards, load stops, cancel, drain, then a pinned share. Each
-test asserts one promise on the run's record (the same record the demo prints and plots).
+connections opened while a forwards, load stops, cancel, drain, then a pinned share; then, on
+the same lab, a load beyond what the PoPs can carry within the latency bounds
+(scenario.infeasible). Each test asserts one promise on the run's record (the same record the
+demo prints and plots).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def run(
     with Harness(out, log=lambda line: print(line, flush=True)) as h:
         try:
             result = scenario.overload(h, pin=True)
+            scenario.infeasible(h)  # the variant beyond capacity, on the same lab (cheaper)
         finally:
             for name in list(h.traffic):
                 h.stop_traffic(name, 5.0)
@@ -83,3 +86,18 @@ def test_one_inter_pop_hop_at_most(run: Result) -> None:
 def test_after_the_cancel_a_processes_its_own_and_b_keeps_its_connections(run: Result) -> None:
     _check(run, "after_cancel_local")
     _check(run, "after_cancel_longs")
+
+
+def test_every_pop_is_below_its_shed_threshold_within_20_s(run: Result) -> None:
+    """The outcome: the overload gone, not only the mechanism. An expected failure while
+    checks.RELIEF_PENDING says the engine does not close the loop on a saturated PoP yet (it
+    may pass on a quiet machine); a plain assertion once that mark is removed."""
+    check = checks.checks(run)["relief"]
+    print(checks.format_checks([check]))
+    if check.pending and not check.ok:
+        pytest.xfail(f"{check.pending}: {check.detail}")
+    assert check.ok, f"{check.name}: {check.detail}"
+
+
+def test_beyond_capacity_the_engine_reports_its_policy_as_least_bad(run: Result) -> None:
+    _check(run, "infeasible")

@@ -284,3 +284,47 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
 )
 def test_burner_duty_follows_the_packet_rate(rate: float, cost: float, duty: float) -> None:
     assert work.duty_for(rate, cost) == pytest.approx(duty)
+
+
+def util_samples(
+    loads: list[tuple[float, float, float]], start: float = 10.0
+) -> list[record.Sample]:
+    """One sample per 0.5 s from `start`: the (a, b, c) utilisations given, in turn."""
+    out = []
+    for i, (a, b, c) in enumerate(loads):
+        s = sample(start + 0.5 * i)
+        s.util = {"a": a, "b": b, "c": c}
+        out.append(s)
+    return out
+
+
+def test_relief_is_when_every_pop_stays_below_the_shed_threshold() -> None:
+    """Gone = the start of the first stretch of CALM_HOLD_S in which no PoP is over its
+    combined_over enter threshold (0.85), after the overload was seen; a dip is not relief."""
+    r = base()
+    over, calm, dip = (1.0, 0.7, 0.3), (0.8, 0.8, 0.5), (0.6, 0.9, 0.3)  # dip: b over
+    r.samples = util_samples([(0.3, 0.2, 0.1)] * 4 + [over] * 10 + [calm] * 4 + [dip] * 2
+                             + [calm] * 30)  # fmt: skip
+    gone = checks.overload_gone(r, 10.0, 50.0)
+    assert gone == pytest.approx(10.0 + 0.5 * 20)  # after the dip, not at the first calm
+    check = checks.check_relief(r)
+    assert check.ok, check.detail
+    assert not checks.check_relief(r, max_s=5.0).ok
+    r.samples = util_samples([(0.3, 0.2, 0.1)] * 4 + [over] * 76)
+    assert checks.overload_gone(r, 10.0, 50.0) is None
+    assert not checks.check_relief(r).ok
+    r.samples = util_samples([(0.3, 0.2, 0.1)] * 80)  # never overloaded: nothing relieved
+    assert checks.overload_gone(r, 10.0, 50.0) is None
+
+
+def test_infeasible_is_reported_only_by_an_infeasible_partial_policy_in_its_phase() -> None:
+    r = base()
+    r.marks |= {"infeasible_on": 100.0, "infeasible_off": 140.0}
+    r.policies = [policy(110.0, "a", {"b": 0.4})]
+    assert not checks.check_infeasible_reported(r).ok  # a policy, but not said infeasible
+    rule = "partial: receivers full, a at 0.99 > target 0.75"
+    said = record.PolicyRecord(120.0, "a", "update", {"b": 0.44}, 2, rule, infeasible=True)
+    r.policies.append(said)
+    assert checks.check_infeasible_reported(r).ok
+    r.marks["infeasible_on"] = 125.0  # before the phase: not its answer
+    assert not checks.check_infeasible_reported(r).ok
