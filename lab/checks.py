@@ -40,20 +40,6 @@ class Check:
     name: str
     ok: bool
     detail: str
-    pending: str = ""
-    """Why a failure is known and waits on someone else's change: printed with the failure, and
-    the demo's exit status does not count it (`passed`); empty = every failure counts."""
-
-    @property
-    def passed(self) -> bool:
-        return self.ok or bool(self.pending)
-
-
-# The relief check fails with today's engine more often than not (lab/SCENARIOS.md, "Known
-# limits"): its native-demand estimate of a saturated PoP is capped at capacity and it sheds in
-# held-off steps; on a quiet machine it may pass. Remove this once the engine closes the loop
-# on the measured excess (issue 13, item 2).
-RELIEF_PENDING = "issue 13 item 2: the engine's estimate of a saturated PoP is capped"
 
 
 def check_long_connections(result: Result) -> Check:
@@ -349,7 +335,6 @@ def check_relief(result: Result, max_s: float = RELIEF_S) -> Check:
         f"overload gone {after} (every PoP <= combined_over enter "
         f"{', '.join(f'{p} {limit[p]:g}' for p in result.pops)} for {CALM_HOLD_S:g} s); "
         f"peak utilisation {', '.join(f'{p} {u:.0%}' for p, u in peak.items())}",
-        pending=RELIEF_PENDING,
     )
 
 
@@ -373,12 +358,7 @@ def check_infeasible_reported(result: Result) -> Check:
 
 
 def format_checks(checks: Iterable[Check]) -> str:
-    def verdict(c: Check) -> str:
-        if c.ok:
-            return "PASS"
-        return f"FAIL, pending: {c.pending}" if c.pending else "FAIL"
-
-    return "\n".join(f"[{verdict(c)}] {c.name}: {c.detail}" for c in checks)
+    return "\n".join(f"[{'PASS' if c.ok else 'FAIL'}] {c.name}: {c.detail}" for c in checks)
 
 
 def engine_windows(result: Result, end: float) -> list[Window]:

@@ -25,7 +25,10 @@ A PoP past saturation measures 100 % of its cores however much more it is asked 
 from that moment is too small and the demand would be underestimated exactly when it matters.
 ``k`` is therefore learned (an exponential average) only while the PoP is below
 ``calibrate_below`` utilisation, and a saturated PoP's demand is its counters times the ``k`` it
-had before: packets keep being counted as they arrive, whether or not the servers keep up.
+had before: packets keep being counted as they arrive, whether or not the servers keep up. If
+the traffic got dearer per packet (a flood of handshakes), the ``k`` measured now, a floor while
+saturated, is higher than the learned one and is used instead; the engine's integral action
+(engine.py) closes what is left.
 
 Without fresh counters the load is split by a configured tier mix, corrected by the traffic our
 current policies move in and out.
@@ -135,7 +138,9 @@ class PopModel:
             k = self.cores_per_packet
             self.cores_per_packet = measured if k is None else k + weight * (measured - k)
             return measured
-        return self.cores_per_packet if self.cores_per_packet is not None else measured
+        # Saturated, ``measured`` is a floor (the load is capped, the packets are not); the ratio
+        # learned before is the better figure unless the traffic got dearer per packet since.
+        return max(measured, self.cores_per_packet or 0.0)
 
 
 def estimate_native(

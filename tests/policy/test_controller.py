@@ -206,3 +206,16 @@ def test_relief_in_force_stays_while_the_relieved_pop_reads_neutral() -> None:
         plant.step(state, float(now))
         assert plant.states["a"] is PopState.NEUTRAL  # no cancel, no flapping back to shed
     assert state.policies["a"].shares[(0, "b")] == pytest.approx(4.5 / 12.0, abs=0.02)
+
+
+def test_traffic_dearer_per_packet_is_not_estimated_below_what_is_measured() -> None:
+    # Calm: 0.01 cores per packet learned. Then each packet costs twice as much (a flood of
+    # handshakes): the same 500 pkt/s now need 10 cores and show 10 (saturated). The learned
+    # ratio would say 5 cores; the measured one, a floor while saturated, says at least 10.
+    plant = SaturatingPlant({"a": 5.0, "b": 2.0, "c": 2.0})
+    state = engine(integral_gain=0.0)
+    run(plant, state, 10)
+    plant.background = {"a": 5.0}  # the extra cost, invisible in the packet counters
+    events = [ev for now in range(10, 12) for ev in plant.step(state, float(now))]
+    assert sum(state.native["a"].values()) >= CAPACITY - 1e-6
+    assert (share_to(events, "a", "b") or 0.0) >= 0.25 - 0.02
