@@ -305,9 +305,15 @@ def objective(graph: Graph, flow: FloatArray) -> float:
     return float(graph.cost @ flow + graph.penalty @ over)
 
 
-def _solution(problem: Problem, graph: Graph, flow: FloatArray, method: str) -> Solution:
+def _cleaned(graph: Graph, flow: FloatArray) -> FloatArray:
+    """A flow as a solution reports it: within its arcs' bounds, dust dropped."""
     flow = np.clip(flow, graph.lower, graph.upper)
     flow[flow < TOLERANCE] = 0.0
+    return flow
+
+
+def _solution(problem: Problem, graph: Graph, flow: FloatArray, method: str) -> Solution:
+    flow = _cleaned(graph, flow)
     load = loads_after(graph, flow)
     names = [p.name for p in problem.pops]
     shares: dict[int, dict[tuple[str, str], float]] = {}
@@ -499,9 +505,9 @@ def _greedy_flow(graph: Graph) -> FloatArray:
     load = loads_after(graph, flow)
     sent = np.zeros_like(graph.native)
     np.add.at(sent, (graph.tier, graph.src), flow)
-    by_src: dict[int, list[int]] = {}
-    for pos in np.lexsort((graph.cost, graph.src)).tolist():
-        by_src.setdefault(int(graph.src[pos]), []).append(pos)
+    order = np.lexsort((graph.cost, graph.src))  # by source, cheapest arc first
+    starts = np.flatnonzero(np.diff(graph.src[order])) + 1
+    by_src = {int(graph.src[g[0]]): g.tolist() for g in np.split(order, starts) if g.size}
 
     def room(pos: int) -> float:
         ti, i = graph.tier[pos], graph.src[pos]
@@ -566,13 +572,15 @@ class Budget:
 def solve_with_budget(problem: Problem, budget: Budget) -> Solution:
     """Greedy first (always an answer), then the exact LP if the candidate graph fits."""
     graph = build_graph(problem)
-    greedy = solve_greedy(problem, graph)
+    flow = _greedy_flow(graph)  # its Solution only built if it is the answer: most rounds not
     if graph.size > budget.max_exact_arcs:
-        return greedy
+        return _solution(problem, graph, flow, "greedy")
     try:
         exact = solve(problem, max_iterations=budget.max_lp_iterations, graph=graph)
     except SolverFailed:
-        return greedy
-    if exact.objective > greedy.objective + TOLERANCE * max(1.0, abs(greedy.objective)):
-        return greedy  # numerical trouble: an LP answer worse than the greedy is not worth having
+        return _solution(problem, graph, flow, "greedy")
+    greedy = objective(graph, _cleaned(graph, flow))
+    if exact.objective > greedy + TOLERANCE * max(1.0, abs(greedy)):
+        # numerical trouble: an LP answer worse than the greedy is not worth having
+        return _solution(problem, graph, flow, "greedy")
     return exact

@@ -130,3 +130,17 @@ def test_without_scipys_highs_module_linprog_gives_the_same_solution(
     slow = solve_with_budget(problem, Budget())
     assert fast.method == slow.method == "exact"
     assert (fast.shares, fast.load, fast.objective) == (slow.shares, slow.load, slow.objective)
+
+
+@pytest.mark.parametrize("budget", [Budget(max_exact_arcs=0), Budget(max_lp_iterations=1)])
+def test_a_greedy_answer_of_the_budgeted_solve_is_solve_greedys(budget: Budget) -> None:
+    """solve_with_budget builds the greedy's Solution only when it returns it: the same one."""
+    problem = world_problem(3)
+    got, want = solve_with_budget(problem, budget), solver.solve_greedy(problem)
+    assert got.method == "greedy"
+    assert (got.shares, got.load, got.objective, got.overloaded) == (
+        want.shares,
+        want.load,
+        want.objective,
+        want.overloaded,
+    )
