@@ -66,6 +66,8 @@ class Demand:
         self._sigma = scenario.world.noise_sigma
         self._rng = np.random.default_rng([scenario.seed, 0xD3A4D])
         self._noise = np.zeros(world.n_regions)
+        self._exp_noise = np.ones(world.n_regions)
+        """exp(_noise), kept: the noise changes once a block, the multiplier every tick."""
         self._block = -1
         self._crowds = [
             (
@@ -79,17 +81,20 @@ class Demand:
 
     def _advance_noise(self, now: float) -> None:
         block = int(now // NOISE_BLOCK_S)
+        if self._block >= block:
+            return
         innovation = self._sigma * np.sqrt(1.0 - NOISE_RHO**2)
         while self._block < block:
             self._noise = NOISE_RHO * self._noise + innovation * self._rng.standard_normal(
                 self._noise.size
             )
             self._block += 1
+        self._exp_noise = np.exp(self._noise)
 
     def multiplier(self, now: float) -> FloatArray:
         """Diurnal x noise x flash crowds, per region."""
         self._advance_noise(now)
-        m = np.exp(self._noise)
+        m = self._exp_noise.copy()  # never the cache itself: a caller may scale what it gets
         if self._diurnal:
             m = m * diurnal(local_hour(self._start_h + now / 3600.0, self._world.region_lon))
         for e, inside in self._crowds:

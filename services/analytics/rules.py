@@ -8,8 +8,7 @@ the mirror rules say a PoP can take traffic.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from schemas.messages import PopState, PopStatus
@@ -25,6 +24,38 @@ class ServerMetric(NamedTuple):
     capacity_cores: float
 
 
+class Fleet(NamedTuple):
+    """A PoP's healthy servers' utilisations as runs of (utilisation, servers with it).
+
+    Why: the rules run for every PoP every round, and a PoP of identical servers (one
+    ``ServerMetric`` repeated, as the simulator builds them, or equal averages) is one run, so a
+    verdict costs O(1) instead of a Python loop over hundreds of servers. Runs keep the servers'
+    order, so ``max``/``min`` name the same (first) server a plain list would.
+    """
+
+    runs: tuple[tuple[float, int], ...]
+    size: int
+
+    @classmethod
+    def of(cls, servers: tuple[ServerMetric, ...]) -> Fleet:
+        n = len(servers)
+        if n and servers.count(servers[0]) == n:
+            return cls(((servers[0].utilisation, n),), n)
+        return cls(tuple((s.utilisation, 1) for s in servers), n)
+
+    def count_over(self, threshold: float) -> int:
+        return sum(k for u, k in self.runs if u > threshold)
+
+    def count_under(self, threshold: float) -> int:
+        return sum(k for u, k in self.runs if u < threshold)
+
+    def max(self) -> float:
+        return max(u for u, _ in self.runs)
+
+    def min(self) -> float:
+        return min(u for u, _ in self.runs)
+
+
 @dataclass(frozen=True)
 class Metrics:
     """One PoP over its window: what the rules look at."""
@@ -34,6 +65,12 @@ class Metrics:
     load_cores: float  # combined load, averaged over the window
     servers: tuple[ServerMetric, ...]  # healthy servers, utilisation averaged over the window
     qos_p95_ms: float | None = None
+    fleet: Fleet = field(init=False, repr=False, compare=False)
+    """The servers as the rules read them, built once (functools.cached_property takes a lock
+    on every first read: slower than building it here, and the default rules always read it)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fleet", Fleet.of(self.servers))
 
     @property
     def utilisation(self) -> float:
@@ -55,13 +92,12 @@ def quorum(count: int, total: int, min_count: int | None, min_fraction: float | 
     return by_count or by_fraction
 
 
-def any_server_over(utilisation: Sequence[float], threshold: float) -> bool:
-    return any(u > threshold for u in utilisation)
+def any_server_over(fleet: Fleet, threshold: float) -> bool:
+    return fleet.count_over(threshold) > 0
 
 
-def servers_over(utilisation: Sequence[float], threshold: float, band: CountBand) -> bool:
-    count = sum(1 for u in utilisation if u > threshold)
-    return quorum(count, len(utilisation), band.min_count, band.min_fraction)
+def servers_over(fleet: Fleet, threshold: float, band: CountBand) -> bool:
+    return quorum(fleet.count_over(threshold), fleet.size, band.min_count, band.min_fraction)
 
 
 def combined_over(utilisation: float, threshold: float) -> bool:
@@ -72,13 +108,12 @@ def qos_over(p95_ms: float | None, slo_ms: float) -> bool:
     return p95_ms is not None and p95_ms > slo_ms
 
 
-def any_server_under(utilisation: Sequence[float], threshold: float) -> bool:
-    return any(u < threshold for u in utilisation)
+def any_server_under(fleet: Fleet, threshold: float) -> bool:
+    return fleet.count_under(threshold) > 0
 
 
-def servers_under(utilisation: Sequence[float], threshold: float, band: CountBand) -> bool:
-    count = sum(1 for u in utilisation if u < threshold)
-    return quorum(count, len(utilisation), band.min_count, band.min_fraction)
+def servers_under(fleet: Fleet, threshold: float, band: CountBand) -> bool:
+    return quorum(fleet.count_under(threshold), fleet.size, band.min_count, band.min_fraction)
 
 
 def combined_under(utilisation: float, threshold: float) -> bool:
@@ -102,13 +137,12 @@ def shed_reasons(m: Metrics, rules: ShedRules, entering: bool) -> list[str]:
     """The shed rules that fire, at their enter (or, once shedding, exit) thresholds."""
     if m.capacity_cores <= 0.0:
         return [NO_CAPACITY]
-    utils = m.server_utilisation
+    fleet = m.fleet
     fired: list[str] = []
-    if (b := rules.any_server_over) and any_server_over(utils, t := _threshold(b, entering)):
-        fired.append(f"any_server_over: max {_fmt(max(utils))} > {t:g}")
-    if (c := rules.servers_over) and servers_over(utils, t := _threshold(c, entering), c):
-        n = sum(1 for u in utils if u > t)
-        fired.append(f"servers_over: {n}/{len(utils)} > {t:g}")
+    if (b := rules.any_server_over) and any_server_over(fleet, t := _threshold(b, entering)):
+        fired.append(f"any_server_over: max {_fmt(fleet.max())} > {t:g}")
+    if (c := rules.servers_over) and servers_over(fleet, t := _threshold(c, entering), c):
+        fired.append(f"servers_over: {fleet.count_over(t)}/{fleet.size} > {t:g}")
     if (b := rules.combined_over) and combined_over(m.utilisation, t := _threshold(b, entering)):
         fired.append(f"combined_over: {_fmt(m.utilisation)} > {t:g}")
     if (b := rules.qos_p95_over_ms) and qos_over(m.qos_p95_ms, t := _threshold(b, entering)):
@@ -118,19 +152,17 @@ def shed_reasons(m: Metrics, rules: ShedRules, entering: bool) -> list[str]:
 
 def can_take_reasons(m: Metrics, rules: CanTakeRules, entering: bool) -> list[str]:
     """The can-take rules, if every configured one holds; otherwise (or none configured) []."""
-    if rules.empty or m.capacity_cores <= 0.0:
+    if m.capacity_cores <= 0.0:  # (no rule configured also gives [], without a loop over them)
         return []
-    utils = m.server_utilisation
     held: list[str] = []
     if b := rules.any_server_under:
-        if not any_server_under(utils, t := _threshold(b, entering)):
+        if not any_server_under(m.fleet, t := _threshold(b, entering)):
             return []
-        held.append(f"any_server_under: min {_fmt(min(utils))} < {t:g}")
+        held.append(f"any_server_under: min {_fmt(m.fleet.min())} < {t:g}")
     if c := rules.servers_under:
-        if not servers_under(utils, t := _threshold(c, entering), c):
+        if not servers_under(m.fleet, t := _threshold(c, entering), c):
             return []
-        n = sum(1 for u in utils if u < t)
-        held.append(f"servers_under: {n}/{len(utils)} < {t:g}")
+        held.append(f"servers_under: {m.fleet.count_under(t)}/{m.fleet.size} < {t:g}")
     if b := rules.combined_under:
         if not combined_under(m.utilisation, t := _threshold(b, entering)):
             return []
@@ -196,13 +228,14 @@ def step(
     """Advance one PoP's status; a PopStatus is returned on a change and every ``refresh_s``."""
     h = h or Hysteresis.initial(now)
     state, reasons = _decide(h, m, now, rules)
-    if state is not h.state:
-        h = Hysteresis(state, since=now, dwell_until=now + rules.min_dwell_s)
-    rule = "; ".join(reasons) if reasons else (h.rule if state is not PopState.NEUTRAL else None)
-    h = replace(h, rule=rule)
-    if h.last_emit is not None and now - h.last_emit < rules.refresh_s:
-        return h, None
-    h = replace(h, last_emit=now)
+    if state is h.state:
+        since, dwell_until, kept, last_emit = h.since, h.dwell_until, h.rule, h.last_emit
+    else:  # a new state starts its dwell, with no rule or emission carried over
+        since, dwell_until, kept, last_emit = now, now + rules.min_dwell_s, None, None
+    rule = "; ".join(reasons) if reasons else (kept if state is not PopState.NEUTRAL else None)
+    if last_emit is not None and now - last_emit < rules.refresh_s:
+        return Hysteresis(state, since, dwell_until, rule, last_emit), None
+    h = Hysteresis(state, since, dwell_until, rule, now)
     target = rules.target_utilisation
     return h, PopStatus(
         pop=m.pop,

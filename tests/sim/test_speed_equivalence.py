@@ -1,0 +1,137 @@
+"""The speed work changes no result: short fixed-seed runs give the figures recorded before it.
+
+The figures were recorded on commit 9a2fa65 (before services/analytics/rules.py, the solver, the
+table writer and the simulator's world were made faster). Each is compared within 1e-9 relative
+(vectorised sums may differ in the last bits), counts exactly, and the policy events through a
+digest of their fields with floats to 9 significant digits (the engine sums some shares in set
+order, which the process's string hashing changes, so their last bits differ run to run). A
+deliberate
+change of behaviour (the engine, the damping, a scenario) re-records them: rerun this module with
+``RECORD=1`` in the environment on that change, paste what it prints and say so in the commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sim.engine import run_strategy
+from sim.scenario import load_scenario
+from sim.strategies import make_strategy
+from sim.strategies.popshift import PopshiftStrategy
+from sim.world import build_world
+
+REPO = Path(__file__).resolve().parents[2]
+DURATION_S = {"failure-300": 1500.0, "day-300": 1200.0}  # failure-300: London halves at 1200 s
+EXACT = {"events", "statuses", "events_sha", "table_churn_buckets", "overload_pop_s"}
+
+RECORDED: dict[str, dict[str, Any]] = {
+    "failure-300/none": {
+        "overload_pop_s": 7740.0,
+        "peak_util": 1.2784266782850915,
+        "p99_util": 1.0970668745040895,
+        "served": 9920334450.879492,
+        "forwarded": 0.0,
+        "done": 9748997874.27671,
+        "active_end": 171336576.60276425,
+        "broken": 0.0,
+        "lost_to_failure": 0.0,
+        "util_sum": 16828.152478172116,
+    },
+    "failure-300/popshift": {
+        "overload_pop_s": 390.0,
+        "peak_util": 1.2125029634495452,
+        "p99_util": 0.7700795048475266,
+        "served": 9906559995.913994,
+        "forwarded": 13774454.965497354,
+        "done": 9748997874.276728,
+        "active_end": 171336576.60276422,
+        "broken": 0.0,
+        "lost_to_failure": 0.0,
+        "forwarded_share": 0.016185103905893092,
+        "table_churn_buckets": 45414.0,
+        "policy_changes_per_h": 609.6,
+        "oscillations": 12.0,
+        "added_ms_p99": 13.0,
+        "util_sum": 16728.42058440079,
+        "events": 5200,
+        "statuses": 90000,
+        "events_sha": "b6cdfe1fc2688f70db742e73c87cb7029daa7d83be66c4ab9613545e5636d59b",
+    },
+    "failure-300/oracle": {
+        "overload_pop_s": 273.0,
+        "peak_util": 1.21088873525629,
+        "p99_util": 0.7728154206275941,
+        "served": 9907200302.659569,
+        "forwarded": 13134148.21992992,
+        "done": 9748997874.276741,
+        "forwarded_share": 0.01543273793318411,
+        "table_churn_buckets": 74448.0,
+        "policy_changes_per_h": 61192.799999999996,
+        "oscillations": 307.0,
+        "added_ms_p99": 13.0,
+        "util_sum": 16730.10716327992,
+    },
+    "day-300/popshift": {
+        "overload_pop_s": 77.0,
+        "peak_util": 1.089036125505972,
+        "p99_util": 0.7520721811056138,
+        "served": 6530276317.51339,
+        "forwarded": 3046483.9261921924,
+        "done": 6389966702.047814,
+        "active_end": 143356099.39176264,
+        "forwarded_share": 0.005456802951428956,
+        "table_churn_buckets": 6991.0,
+        "policy_changes_per_h": 90.0,
+        "added_ms_p99": 9.5,
+        "util_sum": 1764.4148178918294,
+        "events": 960,
+        "statuses": 72000,
+        "events_sha": "b91d325e3047620d21db8462627121140484c14bbf23d900c5e96d92105b64ef",
+    },
+}
+
+
+def _rounded(x: Any) -> Any:
+    if isinstance(x, float):
+        return f"{x:.9g}"
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in sorted(x.items())}
+    if isinstance(x, list):
+        return [_rounded(v) for v in x]
+    return x
+
+
+def _figures(scenario: str, strategy_name: str) -> dict[str, Any]:
+    sc = load_scenario(REPO / "scenarios" / f"{scenario}.yaml")
+    sc = sc.model_copy(update={"duration_s": DURATION_S[scenario]})
+    world = build_world(sc)
+    strategy = make_strategy(strategy_name, world, sc)
+    result = run_strategy(sc, world, strategy)
+    out: dict[str, Any] = {k: v for k, v in result.summary.items() if not math.isnan(v)}
+    out["util_sum"] = float(result.utilisation.sum())
+    if isinstance(strategy, PopshiftStrategy):
+        out["events"] = len(strategy.events)
+        out["statuses"] = strategy.statuses
+        dumped = "\n".join(json.dumps(_rounded(e.model_dump(mode="json"))) for e in strategy.events)
+        out["events_sha"] = hashlib.sha256(dumped.encode()).hexdigest()
+    return out
+
+
+@pytest.mark.parametrize("run", list(RECORDED))
+def test_a_short_run_gives_the_figures_recorded_before_the_speed_work(run: str) -> None:
+    scenario, strategy_name = run.split("/")
+    got = _figures(scenario, strategy_name)
+    if os.environ.get("RECORD"):
+        print({k: got[k] for k in RECORDED[run]})
+    for key, want in RECORDED[run].items():
+        if key in EXACT:
+            assert got[key] == want, key
+        else:
+            assert got[key] == pytest.approx(want, rel=1e-9, abs=1e-12), key
