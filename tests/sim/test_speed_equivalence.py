@@ -1,13 +1,15 @@
 """The speed work changes no result: short fixed-seed runs give the figures recorded before it.
 
-The figures were recorded on commit 9a2fa65 (before services/analytics/rules.py, the solver, the
-table writer and the simulator's world were made faster). Each is compared within 1e-9 relative
+The figures were recorded on commit 9a2fa65 (before services/analytics/rules.py, the solver and
+the simulator's demand were made faster); the popshift ones re-recorded when the honest
+simulator and the closed-loop engine changed its behaviour on purpose (issue 13), before the
+engine's and the simulated services' own speed work. Each is compared within 1e-9 relative
 (vectorised sums may differ in the last bits), counts exactly, and the policy events through a
 digest of their fields with floats to 9 significant digits (the engine sums some shares in set
 order, which the process's string hashing changes, so their last bits differ run to run). A
-deliberate
-change of behaviour (the engine, the damping, a scenario) re-records them: rerun this module with
-``RECORD=1`` in the environment on that change, paste what it prints and say so in the commit.
+deliberate change of behaviour (the engine, the damping, a scenario) re-records them: rerun
+this module with ``RECORD=1`` in the environment on that change, paste what it prints and say
+so in the commit.
 """
 
 from __future__ import annotations
@@ -45,24 +47,24 @@ RECORDED: dict[str, dict[str, Any]] = {
         "util_sum": 16828.152478172116,
     },
     "failure-300/popshift": {
-        "overload_pop_s": 390.0,
-        "peak_util": 1.2125029634495452,
-        "p99_util": 0.7700795048475266,
-        "served": 9906559995.913994,
-        "forwarded": 13774454.965497354,
-        "done": 9748997874.276728,
-        "active_end": 171336576.60276422,
+        "overload_pop_s": 323.0,
+        "peak_util": 1.2121900206961713,
+        "p99_util": 0.794794470667839,
+        "served": 9905521376.039793,
+        "forwarded": 14813074.8396967,
+        "done": 9748997874.276743,
+        "active_end": 171336576.60276425,
         "broken": 0.0,
         "lost_to_failure": 0.0,
-        "forwarded_share": 0.016185103905893092,
-        "table_churn_buckets": 45414.0,
-        "policy_changes_per_h": 609.6,
-        "oscillations": 12.0,
+        "forwarded_share": 0.01740549125513847,
+        "table_churn_buckets": 29483.0,
+        "policy_changes_per_h": 172.79999999999998,
+        "oscillations": 0.0,
         "added_ms_p99": 13.0,
-        "util_sum": 16728.42058440079,
-        "events": 5200,
+        "util_sum": 16703.40195719772,
+        "events": 3285,
         "statuses": 90000,
-        "events_sha": "b6cdfe1fc2688f70db742e73c87cb7029daa7d83be66c4ab9613545e5636d59b",
+        "events_sha": "0d9f2d1b946e80802496168b263b094bb2cb47119c6e99a8e1a32cc56d4aa6e6",
     },
     "failure-300/oracle": {
         "overload_pop_s": 273.0,
@@ -79,21 +81,21 @@ RECORDED: dict[str, dict[str, Any]] = {
         "util_sum": 16730.10716327992,
     },
     "day-300/popshift": {
-        "overload_pop_s": 77.0,
-        "peak_util": 1.089036125505972,
-        "p99_util": 0.7520721811056138,
-        "served": 6530276317.51339,
-        "forwarded": 3046483.9261921924,
-        "done": 6389966702.047814,
+        "overload_pop_s": 46.0,
+        "peak_util": 1.0880031784821433,
+        "p99_util": 0.7445151484012604,
+        "served": 6529891974.392413,
+        "forwarded": 3430827.0471696067,
+        "done": 6389966702.047822,
         "active_end": 143356099.39176264,
-        "forwarded_share": 0.005456802951428956,
-        "table_churn_buckets": 6991.0,
-        "policy_changes_per_h": 90.0,
+        "forwarded_share": 0.006145230899096601,
+        "table_churn_buckets": 7554.0,
+        "policy_changes_per_h": 51.0,
         "added_ms_p99": 9.5,
-        "util_sum": 1764.4148178918294,
-        "events": 960,
+        "util_sum": 1764.2912908120088,
+        "events": 720,
         "statuses": 72000,
-        "events_sha": "b91d325e3047620d21db8462627121140484c14bbf23d900c5e96d92105b64ef",
+        "events_sha": "b93b27af69026b892c1ab50ce029c605ccf598c08d8951cf9bc6c6f5586e8395",
     },
 }
 
