@@ -75,7 +75,18 @@ class PolicySettings(Settings):
         "t minus this lag.",
     )
     policy_deadband: float = Field(
-        0.02, ge=0.0, le=1.0, description="Share changes smaller than this are not made."
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Share changes smaller than this are not made (relief excepted: "
+        "POPSHIFT_POLICY_RELIEF_DEADBAND).",
+    )
+    policy_relief_deadband: float = Field(
+        0.02,
+        ge=0.0,
+        le=1.0,
+        description="A flagged PoP's share grows by as little as this, at once (no step cap, "
+        "no hold-off).",
     )
     policy_max_step: float = Field(
         0.10, gt=0.0, le=1.0, description="Largest change of one share in one round."
@@ -84,6 +95,41 @@ class PolicySettings(Settings):
         15.0,
         ge=0.0,
         description="After a source PoP's policy changed, it is not changed again for this long.",
+    )
+    policy_keep_margin: float = Field(
+        0.10,
+        ge=0.0,
+        description="A policy is kept while its source is expected within this much "
+        "utilisation above its target (and not flagged), even if a better one exists.",
+    )
+    policy_give_back_margin: float = Field(
+        0.10, ge=0.0, description="... and within this much below its target."
+    )
+    policy_receiver_margin: float = Field(
+        0.08,
+        ge=0.0,
+        description="... and every destination is expected within this much above its target.",
+    )
+    policy_calibrate_below: float = Field(
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="A PoP's cores per packet is learned only below this utilisation (a "
+        "saturated PoP's measured load is capped).",
+    )
+    policy_integral_gain: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Share of a flagged PoP's measured excess added, per pop-status, to how far "
+        "below its target the solver aims, while its shares hold still and it stays flagged.",
+    )
+    policy_max_boost: float = Field(
+        0.10,
+        ge=0.0,
+        le=1.0,
+        description="The integral action lowers a PoP's target by at most this share of its "
+        "capacity.",
     )
     policy_hop_cost_ms: float = Field(
         1.0,
@@ -128,9 +174,16 @@ class PolicySettings(Settings):
             hop_cost_ms=self.policy_hop_cost_ms,
             max_candidates=self.policy_max_candidates,
             tier_mix=dict(self.policy_tier_mix),
+            calibrate_below=self.policy_calibrate_below,
+            integral_gain=self.policy_integral_gain,
+            max_boost=self.policy_max_boost,
             damping=DampingConfig(
                 deadband=self.policy_deadband,
+                relief_deadband=self.policy_relief_deadband,
                 max_step=self.policy_max_step,
                 holdoff_s=self.policy_holdoff_s,
+                keep_margin=self.policy_keep_margin,
+                give_back_margin=self.policy_give_back_margin,
+                receiver_margin=self.policy_receiver_margin,
             ),
         )
