@@ -366,21 +366,43 @@ def _dead(state: EngineState) -> set[str]:
     }
 
 
+@dataclass(frozen=True)
+class _Allowed:
+    """What a tick's overrides and tier rules allow, worked out once per tick."""
+
+    forwardable: frozenset[int]
+    forbidden: frozenset[tuple[str, str]]
+    drained: frozenset[str]
+    pins: dict[str, dict[ShareKey, float]]  # source -> (tier, destination) -> pinned share
+
+    @classmethod
+    def of(cls, state: EngineState) -> _Allowed:
+        pins: dict[str, dict[ShareKey, float]] = {}
+        for (tier, src, dst), x in state.overrides.pinned.items():
+            pins.setdefault(src, {})[(tier, dst)] = x
+        return cls(
+            frozenset(t.id for t in state.network.tiers if t.forwardable),
+            state.overrides.forbidden,
+            frozenset(state.overrides.drain),
+            pins,
+        )
+
+
 def _forced(
-    state: EngineState, src: str, current: Mapping[ShareKey, float], dead: set[str]
+    allowed: _Allowed, src: str, current: Mapping[ShareKey, float], dead: set[str]
 ) -> Shares:
     """Shares that change now, undamped: the operator's pins, and zero for what is not allowed
     (a forbidden pair, a tier that may not move, a drained or dead destination)."""
-    forwardable = {t.id for t in state.network.tiers if t.forwardable}
-    forbidden = state.overrides.forbidden
-    drained = set(state.overrides.drain)
     forced: Shares = {
         (tier, dst): 0.0
         for tier, dst in current
-        if tier not in forwardable or (src, dst) in forbidden or dst in drained or dst in dead
+        if tier not in allowed.forwardable
+        or (src, dst) in allowed.forbidden
+        or dst in allowed.drained
+        or dst in dead
     }
-    for (tier, s, dst), x in state.overrides.pinned.items():
-        if s == src and dst not in dead:
+    for (tier, dst), x in allowed.pins.get(src, {}).items():
+        if dst not in dead:
             forced[(tier, dst)] = x
     return forced
 
@@ -405,6 +427,7 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
         if held.expires_at is not None:  # as every writer does: nothing could be renewed
             held.expires_at = state.silence.after(held.expires_at + pause, state.config.lease)
     dead = _dead(state)
+    allowed = _Allowed.of(state)
     fresh = [
         n
         for n in state.network.pop_names
@@ -418,8 +441,16 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
         shedders = _shedders(state, fresh)
         native = _estimate(state, fresh, now)
         state.native.update(native)
-        problem = _problem(state, fresh, native, shedders)
-        solution = solve_with_budget(problem, state.config.solve_budget)
+        if (
+            shedders
+            or allowed.pins
+            or allowed.drained
+            or any(p.shares for p in state.policies.values())
+        ):
+            problem = _problem(state, fresh, native, shedders)
+            solution = solve_with_budget(problem, state.config.solve_budget)
+        else:  # nobody sheds, nothing is pinned, drained or in force: nothing to solve
+            solution = Solution({}, {}, {}, 0.0, 0.0, [], False, "idle")
         state.infeasible = set(solution.overloaded)
 
     keep = _still_good(state, native, fresh_set, solution) if solution is not None else set()
@@ -446,7 +477,7 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
             last_change=policy.last_change if policy else None,
             now=now,
             config=state.config.damping,
-            forced=_forced(state, src, current, dead),  # ...but a dead destination goes at once
+            forced=_forced(allowed, src, current, dead),  # ...but a dead destination goes at once
             urgent=_flagged(state, src),
             flagged=flagged,
         )

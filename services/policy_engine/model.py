@@ -118,6 +118,9 @@ class PopModel:
 
     def tier_rates(self, now: float, max_age_s: float) -> dict[int, TierRates]:
         """Rates summed over the nodes that reported recently."""
+        if len(self.node_rates) == 1:  # one node (an edge-only PoP, the simulator): no sum
+            ((at, rates),) = self.node_rates.values()
+            return rates if now - at <= max_age_s else {}
         total: dict[int, TierRates] = {}
         for at, rates in self.node_rates.values():
             if now - at > max_age_s:

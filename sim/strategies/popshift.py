@@ -31,7 +31,6 @@ from schemas.messages import (
     PopLoad,
     PopStatus,
     ServerLoad,
-    TierCounters,
 )
 from services.analytics.config import Band, PopRules
 from services.analytics.rules import Hysteresis, Metrics, ServerMetric
@@ -185,21 +184,25 @@ class PopshiftStrategy:
         local = (c.local * ppc).astype(np.int64)
         fwd = (c.forwarded * ppc).astype(np.int64)
         rec = (c.received * ppc).astype(np.int64)
-        for i in np.flatnonzero(obs.alive):
+        names, tiers = self.world.pop_names, self.tier_ids
+        for i in np.flatnonzero(obs.alive).tolist():
+            rows = zip(tiers, local[i].tolist(), fwd[i].tolist(), rec[i].tolist(), strict=True)
             out.append(
-                DataplaneStats(
-                    pop=self.world.pop_names[i],
-                    node="edge",
-                    at=c.at,
-                    tiers=[
-                        TierCounters(
-                            tier=tid,
-                            local=int(local[i, k]),
-                            inter_pop_forward=int(fwd[i, k]),
-                            received_from_peer=int(rec[i, k]),
-                        )
-                        for k, tid in enumerate(self.tier_ids)
-                    ],
+                DataplaneStats.model_validate(  # one validation per message, not one per tier
+                    {
+                        "pop": names[i],
+                        "node": "edge",
+                        "at": c.at,
+                        "tiers": [
+                            {
+                                "tier": t,
+                                "local": lo,
+                                "inter_pop_forward": f,
+                                "received_from_peer": r,
+                            }
+                            for t, lo, f, r in rows
+                        ],
+                    }
                 )
             )
         return out
