@@ -455,6 +455,10 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
 
     keep = _still_good(state, native, fresh_set, solution) if solution is not None else set()
     flagged = {name for name in fresh_set if _flagged(state, name)}
+    by_source: dict[str, Shares] = {}  # Solution.source_shares for every source, in one pass
+    for tier, pairs in solution.shares.items() if solution is not None else ():
+        for (s, dst), x in pairs.items():
+            by_source.setdefault(s, {})[(tier, dst)] = x
     decided: dict[str, Shares] = {}
     targets: dict[str, Shares] = {}
     for src in state.network.pop_names:
@@ -465,12 +469,15 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
         if solution is None:  # analytics is silent: keep policies as they are (fail static)...
             target = dict(current)
         elif src in fresh_set:
-            target = solution.source_shares(src)
+            target = dict(by_source.get(src, {}))
         else:  # no recent verdict for src: keep its policy, minus stale destinations
             target = {k: v for k, v in current.items() if k[1] in fresh_set}
         if src in keep:
             target = dict(current)  # it still does its job: a better one is not worth the churn
         targets[src] = target
+        if not current and not target and src not in allowed.pins:
+            decided[src] = {}  # most PoPs, most of the time: nothing to damp
+            continue
         decided[src] = damp(
             current,
             target,

@@ -74,12 +74,13 @@ def counter_rates(previous: DataplaneStats, current: DataplaneStats) -> dict[int
     before = {c.tier: _counts(c) for c in previous.tiers}
     rates: dict[int, TierRates] = {}
     for c in current.tiers:
-        now_counts = _counts(c)
+        local, out, received = _counts(c)
         then = before.get(c.tier, (0, 0, 0))
-        if any(n < t for n, t in zip(now_counts, then, strict=True)):
+        if local < then[0] or out < then[1] or received < then[2]:
             then = (0, 0, 0)  # the node restarted; its counters began again at zero
-        delta = [n - t for n, t in zip(now_counts, then, strict=True)]
-        rates[c.tier] = TierRates(delta[0] / dt, delta[1] / dt, delta[2] / dt)
+        rates[c.tier] = TierRates(
+            (local - then[0]) / dt, (out - then[1]) / dt, (received - then[2]) / dt
+        )
     return rates
 
 
