@@ -236,16 +236,21 @@ def step(
     if last_emit is not None and now - last_emit < rules.refresh_s:
         return Hysteresis(state, since, dwell_until, rule, last_emit), None
     h = Hysteresis(state, since, dwell_until, rule, now)
+    return h, pop_status(m, h, now, rules)
+
+
+def pop_status(m: Metrics, h: Hysteresis, now: float, rules: PopRules) -> PopStatus:
+    """The message for one PoP's verdict ``h`` on the window ``m``."""
     target = rules.target_utilisation
-    return h, PopStatus(
+    return PopStatus(
         pop=m.pop,
         at=now,
-        state=state,
+        state=h.state,
         since=h.since,
         utilisation=min(m.utilisation, 100.0),
         capacity_cores=m.capacity_cores,
         load_cores=m.load_cores,
-        excess_cores=excess_cores(m, target) if state is PopState.SHED else 0.0,
-        headroom_cores=headroom_cores(m, target) if state is PopState.CAN_TAKE else 0.0,
-        rule=rule[:512] if rule else None,
+        excess_cores=excess_cores(m, target) if h.state is PopState.SHED else 0.0,
+        headroom_cores=headroom_cores(m, target) if h.state is PopState.CAN_TAKE else 0.0,
+        rule=h.rule[:512] if h.rule else None,
     )
