@@ -60,8 +60,10 @@ PROBE_LONGS = 4  # long connections opened in region a just before each fault
 
 
 def chaos_env() -> dict[str, str]:
-    """The run's settings on top of the scenario's: a hold-off longer than the run."""
-    return env(PolicySettings, policy_holdoff_s=HOLDOFF_S)
+    """The run's settings on top of the scenario's: a hold-off longer than the run, and no
+    relief that bypasses it (a relief dead-band no share can cross): once a forwards, any
+    change of a policy is a fault's doing."""
+    return env(PolicySettings, policy_holdoff_s=HOLDOFF_S, policy_relief_deadband=1.0)
 
 
 Picture = dict[str, Any]

@@ -68,7 +68,7 @@ def damp(
             new = forced[key]
         elif urgent and target.get(key, 0.0) > cur + config.relief_deadband:
             new = target[key]
-        elif urgent and key[1] not in flagged:
+        elif urgent and target.get(key, 0.0) < cur and key[1] not in flagged:
             new = cur  # no share of a flagged PoP goes down: its load must not swing back up
         elif held:
             new = cur
