@@ -572,10 +572,11 @@ def _still_good(
     Kept: the source not over its target (nor flagged), nor shedding far more than it needs
     (``keep_margin`` above, ``give_back_margin`` below), and every one of its destinations
     fresh and expected within ``receiver_margin`` of its target (at or under it, if analytics
-    flags it). Also kept: an unflagged source whose new answer only moves the same amount
-    between other destinations (each tier's total within the dead-band) while none of its
-    destinations is too full: the LP has many equally good answers (receivers filled by other
-    shedders in another order), and swapping between them is churn for nothing."""
+    flags it). Also kept: an unflagged source, not shedding far more than it needs, whose new
+    answer only moves the same amount between other destinations (the same tiers, each tier's
+    total within the dead-band) while none of its destinations is too full: the LP has many
+    equally good answers (receivers filled by other shedders in another order), and swapping
+    between them is churn for nothing."""
     cfg = state.config.damping
     policies = {src: policy.shares for src, policy in state.policies.items() if policy.shares}
     expected = _expected_loads(state, native, policies)
@@ -604,7 +605,13 @@ def _still_good(
             and not (flagged and (u > 0.0 or state.pops[src].boost > 0.0))
             and not any(over(dst) > 0.0 and _flagged(state, dst) for dst in dsts)
         )
-        only_swaps = not flagged and _same_totals(shares, solution.source_shares(src), cfg.deadband)
+        wanted = solution.source_shares(src)
+        only_swaps = (
+            not flagged
+            and u >= -cfg.give_back_margin  # not shedding far more than it needs
+            and {t for t, _ in wanted} == {t for t, _ in shares}  # no tier given up
+            and _same_totals(shares, wanted, cfg.deadband)
+        )
         if does_its_job or only_swaps:
             good.add(src)
     return good

@@ -219,3 +219,24 @@ def test_traffic_dearer_per_packet_is_not_estimated_below_what_is_measured() -> 
     events = [ev for now in range(10, 12) for ev in plant.step(state, float(now))]
     assert sum(state.native["a"].values()) >= CAPACITY - 1e-6
     assert (share_to(events, "a", "b") or 0.0) >= 0.25 - 0.02
+
+
+def test_relief_no_longer_needed_is_given_back_to_the_last_share() -> None:
+    # Given back in steps of 0.45 from 0.49: a last 0.04 is within the dead-band of nothing,
+    # but a at 30 % needs no forwarding at all: the policy must end, not linger.
+    plant = SaturatingPlant({"a": 15.3, "b": 2.0, "c": 2.0})
+    state = EngineState(
+        NETWORK,
+        EngineConfig(
+            tier_mix={0: 1.0},
+            damping=DampingConfig(deadband=0.08, max_step=0.45, holdoff_s=5.0),
+            lease_s=1e6,
+            effect_lag_s=2.0,
+        ),
+    )
+    run(plant, state, 30)
+    assert state.policies["a"].shares[(0, "b")] == pytest.approx(7.5 / 15.3, abs=0.02)
+    plant.demand["a"] = 3.0
+    for now in range(30, 120):
+        plant.step(state, float(now))
+    assert state.policies["a"].shares == {}
