@@ -9,7 +9,8 @@ the same time hand part of its *own* traffic to C: the cascade of (48), which le
 reach C when A->C alone is beyond the bound.
 
 Objective, lexicographic by construction of the weights:
-1. least overload (cores above target, summed over PoPs);
+1. least overload (cores above target, summed over PoPs; beyond ``OVER_BAND`` of a PoP's
+   target each core counts twice, so an excess no receiver can fully take is spread);
 2. lower-priority tiers move first (each priority rank adds ``rank_penalty`` per core moved);
 3. least added latency (cores x ms), plus a small per-hop cost so nothing moves without need.
 
@@ -41,6 +42,10 @@ IntArray = npt.NDArray[np.int64]
 
 OVERLOAD_PENALTY = 1e6
 """Cost of one core above target: dwarfs any movement cost, so overload is minimised first."""
+OVER_BAND = 0.10
+"""Overload beyond this share of a PoP's target load costs twice as much: when not every PoP
+can be brought to its target, the excess is spread (a at 0.85 and b at 0.80, both under the
+shed threshold) rather than left whole at the shedder (a at 0.90, flagged, b at 0.75)."""
 DRAIN_PENALTY = 1e5
 """Cost of one core a drained PoP could not hand off: below real overload, above movement."""
 TOLERANCE = 1e-6
@@ -299,10 +304,18 @@ def loads_after(graph: Graph, flow: FloatArray) -> FloatArray:
     return load
 
 
+def overload_bands(graph: Graph) -> FloatArray:
+    """Per PoP, the first ``OVER_BAND`` of its target above it, where overload costs its
+    penalty; beyond, twice that (see the module docstring)."""
+    return np.asarray(OVER_BAND * graph.target_load)
+
+
 def objective(graph: Graph, flow: FloatArray) -> float:
     """The one objective both solvers are judged by (see the module docstring)."""
     over = np.maximum(loads_after(graph, flow) - graph.target_load, 0.0)
-    return float(graph.cost @ flow + graph.penalty @ over)
+    band = overload_bands(graph)
+    near, far = np.minimum(over, band), np.maximum(over - band, 0.0)
+    return float(graph.cost @ flow + graph.penalty @ near + 2.0 * graph.penalty @ far)
 
 
 def _cleaned(graph: Graph, flow: FloatArray) -> FloatArray:
@@ -383,7 +396,8 @@ def _lp(graph: Graph) -> _LP:
     pops_used = np.unique(np.concatenate([graph.src, graph.dst]))
     pop_row = np.full(n, -1, dtype=np.int64)
     pop_row[pops_used] = np.arange(pops_used.size) + supplies.size
-    n_slack = pops_used.size
+    n_used = pops_used.size
+    n_slack = 2 * n_used  # per PoP: overload within its band, then beyond it (twice the cost)
     dst_row, src_row = pop_row[graph.dst], pop_row[graph.src]
     dst_first = dst_row < src_row  # a supply row always comes before both load rows
     arc_rows = np.column_stack(
@@ -394,9 +408,9 @@ def _lp(graph: Graph) -> _LP:
     arc_vals[:, 1] = np.where(dst_first, 1.0, -1.0)
     arc_vals[:, 2] = -arc_vals[:, 1]
     return _LP(
-        c=np.concatenate([graph.cost, graph.penalty[pops_used]]),
+        c=np.concatenate([graph.cost, graph.penalty[pops_used], 2.0 * graph.penalty[pops_used]]),
         indptr=np.concatenate([np.arange(m + 1) * 3, 3 * m + 1 + np.arange(n_slack)]),
-        indices=np.concatenate([arc_rows.ravel(), pop_row[pops_used]]),
+        indices=np.concatenate([arc_rows.ravel(), pop_row[pops_used], pop_row[pops_used]]),
         data=np.concatenate([arc_vals.ravel(), -np.ones(n_slack)]),
         b_ub=np.concatenate(
             [
@@ -405,7 +419,9 @@ def _lp(graph: Graph) -> _LP:
             ]
         ),
         lower=np.concatenate([graph.lower, np.zeros(n_slack)]),
-        upper=np.concatenate([graph.upper, np.full(n_slack, np.inf)]),
+        upper=np.concatenate(
+            [graph.upper, overload_bands(graph)[pops_used], np.full(n_used, np.inf)]
+        ),
     )
 
 

@@ -322,26 +322,26 @@ def stats_for(pop: str, at: float, local: int, received: int) -> DataplaneStats:
 def test_receivers_that_can_take_only_part_get_that_part_and_the_reason_says_so() -> None:
     state = engine()
     # a at 99 %; b is slightly over target and can only relay to c, which has 0.5 cores of
-    # room; a->c is beyond the bound. Before, a moved nothing (b was no receiver).
+    # room; a->c is beyond the bound. Nobody can reach the target: the excess is spread, a and
+    # b end equally over (0.825, both under the 0.85 shed threshold), not a alone at 0.95.
     events = by_source(feed(state, 1.0, {"a": 9.9, "b": 7.6, "c": 7.0}))
     a = events["a"]
     assert a.action is PolicyAction.NEW
     assert [(s.tier, s.destination) for s in a.shares] == [(0, "b")]
-    assert a.shares[0].share == pytest.approx(0.4 / 9.9)
+    assert a.shares[0].share == pytest.approx(1.65 / 9.9)
     assert a.reason.rule.startswith("partial: receivers full, a at 0.99 > target 0.75")
-    assert "0.95 expected after" in a.reason.rule
+    assert "0.82 expected after" in a.reason.rule
     assert a.reason.infeasible
-    assert a.reason.expected_utilisation["a"] == pytest.approx(0.95)
+    assert a.reason.expected_utilisation == {"a": pytest.approx(0.825), "b": pytest.approx(0.825)}
     assert [(s.tier, s.destination) for s in events["b"].shares] == [(0, "c")]
 
 
 def test_full_receivers_cancel_with_a_partial_reason_not_recovered() -> None:
     state = engine()
     first = by_source(feed(state, 1.0, {"a": 9.9, "b": 7.0, "c": 7.5}))
-    assert first["a"].shares[0].share == pytest.approx(0.5 / 9.9)
-    # b's own demand grows to its target (it measures 8.0 with a's 0.5 in): nobody has room.
-    again = by_source(feed(state, 10.0, {"a": 9.9, "b": 8.0, "c": 7.5}))
-    assert state.native["b"][0] == pytest.approx(7.5)
+    assert first["a"].shares[0].share == pytest.approx(1.65 / 9.9)
+    # Every PoP's own demand grows to a's: moving anything only moves the overload.
+    again = by_source(feed(state, 10.0, {"a": 9.9, "b": 9.9, "c": 9.9}))
     a = again["a"]
     assert a.action is PolicyAction.CANCEL
     assert a.reason.rule.startswith("partial: receivers full, nothing can move: a at 0.99")

@@ -106,12 +106,16 @@ def test_an_infeasible_overload_gets_the_least_bad_answer_and_is_flagged() -> No
         tiers=[BULK, PREMIUM],
         latency_ms=latency(["a", "b"], {("a", "b"): 10.0}),
     )
-    for sol in both(problem):
-        # b can take only 0.5 cores before its own target; it never goes over to help a.
-        assert sol.shares == {0: {("a", "b"): pytest.approx(0.5 / 13.0)}}, sol.method
-        assert sol.load == {"a": pytest.approx(14.5), "b": pytest.approx(7.5)}
-        assert sol.infeasible
-        assert sol.overloaded == ["a"]
+    exact, greedy = both(problem)
+    # b has 0.5 cores of room to its target. The exact answer also fills b's band above its
+    # target (0.75 cores, each costing half what a core of a beyond its own band costs); the
+    # greedy only fills room.
+    assert exact.shares == {0: {("a", "b"): pytest.approx(1.25 / 13.0)}}
+    assert exact.load == {"a": pytest.approx(13.75), "b": pytest.approx(8.25)}
+    assert exact.infeasible and exact.overloaded == ["a", "b"]
+    assert greedy.shares == {0: {("a", "b"): pytest.approx(0.5 / 13.0)}}
+    assert greedy.load == {"a": pytest.approx(14.5), "b": pytest.approx(7.5)}
+    assert greedy.infeasible and greedy.overloaded == ["a"]
 
 
 def test_a_pair_beyond_the_bound_is_never_used_even_when_that_leaves_overload() -> None:
@@ -258,22 +262,33 @@ def test_a_shedder_next_door_still_relays_a_far_shedders_overload() -> None:
 
 def test_receivers_that_can_take_only_part_take_that_part_and_it_is_flagged() -> None:
     # a at 99 %: within the bound only b (over by 0.1) and, through b, c (room 0.5) help, so
-    # a can shed 0.4 of its 2.4 cores over target: the least bad answer moves exactly that.
+    # a can shed 0.4 of its 2.4 cores over target without putting anyone else over it. The
+    # exact answer spreads the rest so that nobody is far over (a and b at their band's edge,
+    # 0.825; c at 0.80); the greedy moves exactly the 0.4.
     problem = Problem(
         pops=[pop("a", t0=9.9), pop("b", t0=7.6), pop("c", t0=7.0)],
         tiers=[BULK],
         latency_ms=latency(["a", "b", "c"], {("a", "b"): 10.0, ("b", "c"): 12.0, ("a", "c"): 45.0}),
     )
-    for sol in both(problem):
-        assert sol.shares == {
-            0: {("a", "b"): pytest.approx(0.4 / 9.9), ("b", "c"): pytest.approx(0.5 / 7.6)}
-        }, sol.method
-        assert sol.load == {
-            "a": pytest.approx(9.5),
-            "b": pytest.approx(7.5),
-            "c": pytest.approx(7.5),
-        }
-        assert sol.infeasible and sol.overloaded == ["a"]
+    exact, greedy = both(problem)
+    assert exact.load == {
+        "a": pytest.approx(8.25),
+        "b": pytest.approx(8.25),
+        "c": pytest.approx(8.0),
+    }
+    assert exact.shares == {
+        0: {("a", "b"): pytest.approx(1.65 / 9.9), ("b", "c"): pytest.approx(1.0 / 7.6)}
+    }
+    assert exact.infeasible
+    assert greedy.shares == {
+        0: {("a", "b"): pytest.approx(0.4 / 9.9), ("b", "c"): pytest.approx(0.5 / 7.6)}
+    }
+    assert greedy.load == {
+        "a": pytest.approx(9.5),
+        "b": pytest.approx(7.5),
+        "c": pytest.approx(7.5),
+    }
+    assert greedy.infeasible and greedy.overloaded == ["a"]
 
 
 def test_a_shedder_with_nowhere_to_pass_its_own_traffic_takes_nothing() -> None:

@@ -37,23 +37,27 @@ def reference_lp(graph: Graph, max_iterations: int | None) -> np.ndarray:
     pops_used = np.unique(np.concatenate([graph.src, graph.dst]))
     pop_row = np.full(n, -1, dtype=np.int64)
     pop_row[pops_used] = np.arange(pops_used.size) + supplies.size
-    n_slack = pops_used.size
+    n_used = pops_used.size
+    n_slack = 2 * n_used  # overload within the band, then beyond it at twice the cost
     arc_ids = np.arange(m)
-    rows = np.concatenate([supply_row, pop_row[graph.dst], pop_row[graph.src], pop_row[pops_used]])
+    slack_rows = np.concatenate([pop_row[pops_used], pop_row[pops_used]])
+    rows = np.concatenate([supply_row, pop_row[graph.dst], pop_row[graph.src], slack_rows])
     cols = np.concatenate([arc_ids, arc_ids, arc_ids, m + np.arange(n_slack)])
     vals = np.concatenate([np.ones(m), np.ones(m), -np.ones(m), -np.ones(n_slack)])
-    a_ub = coo_matrix((vals, (rows, cols)), shape=(supplies.size + n_slack, m + n_slack)).tocsr()
+    a_ub = coo_matrix((vals, (rows, cols)), shape=(supplies.size + n_used, m + n_slack)).tocsr()
     b_ub = np.concatenate(
         [
             graph.native.reshape(-1)[supplies],
             graph.target_load[pops_used] - graph.native_load[pops_used],
         ]
     )
-    c = np.concatenate([graph.cost, graph.penalty[pops_used]])
+    penalty = graph.penalty[pops_used]
+    c = np.concatenate([graph.cost, penalty, 2.0 * penalty])
+    band = solver.OVER_BAND * graph.target_load[pops_used]
     bounds = np.column_stack(
         [
             np.concatenate([graph.lower, np.zeros(n_slack)]),
-            np.concatenate([graph.upper, np.full(n_slack, np.inf)]),
+            np.concatenate([graph.upper, band, np.full(n_used, np.inf)]),
         ]
     )
     options: dict[str, float | bool] = {"presolve": True}
