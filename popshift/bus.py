@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -525,6 +526,20 @@ def _header_list(msg: KafkaMessage) -> tracing.Headers | None:
     return [(str(h[0]), h[1]) for h in headers]
 
 
+CLOSE_TIMEOUT_S = 10.0
+
+
+def close_within(close: Callable[[], object], timeout_s: float, what: str) -> bool:
+    """Run ``close`` on a daemon thread and wait at most ``timeout_s`` for it."""
+    done = threading.Thread(target=close, name=f"close {what}", daemon=True)
+    done.start()
+    done.join(timeout_s)
+    if done.is_alive():
+        log.warning("%s close did not return within %.0f s: abandoned", what, timeout_s)
+        return False
+    return True
+
+
 class TypedConsumer(_Intake):
     """Validates every message against its topic's schema; dead-letters what it cannot accept."""
 
@@ -637,9 +652,12 @@ class TypedConsumer(_Intake):
                 return
             raise
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Commit and leave the group, waiting at most ``timeout_s`` for librdkafka's close
+        (seen after a broker restart: it can block for good); a client that does not close is
+        abandoned on a daemon thread, so that a shutdown never hangs on it."""
         self.commit()
-        self._consumer.close()
+        close_within(self._consumer.close, timeout_s, "Kafka consumer")
 
 
 @dataclass(frozen=True)
