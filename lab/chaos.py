@@ -57,6 +57,8 @@ MAX_RECOVERY_S = 30.0  # the promise: every fault is back to the same policy, ta
 SETTLE_S = 2.0  # after recovery, before the fault's own connections are closed
 MAX_LOCAL_S = 1.0  # a's maps may read "nothing away" this long (one sample) during a fault
 PROBE_LONGS = 4  # long connections opened in region a just before each fault
+SETTLE_QUIET_S = 8.0  # the baseline: no share changed this long...
+STEADY_UTIL = 0.08  # ...and no PoP's utilisation moved by more than this over that time
 
 
 def chaos_env() -> dict[str, str]:
@@ -448,12 +450,22 @@ def run(h: Harness, syncs: list[str] | None = None, kafka_down_s: float = KAFKA_
     chaos = Chaos(h)
 
     def settled() -> bool:
+        """No share changed for a while and the loads have followed the last change: a relay's
+        load still rising as a's forwarded connections arrive would make the engine decide the
+        relay's own cascade a little later, a change no fault made (a restarted engine, whose
+        estimates start afresh, decides it at once)."""
         assert h.observer is not None
+        since = h.t() - SETTLE_QUIET_S
         with h.observer.lock:
-            quiet = all(p.t < h.t() - 8.0 for p in share_changes(h.result))
-        return quiet and chaos.picture()["tables"] is not None
+            quiet = all(p.t < since for p in share_changes(h.result))
+            utils = [(s.pop, s.util) for s in h.result.statuses if s.t >= since]
+        steady = all(
+            len(u) >= 3 and max(u) - min(u) <= STEADY_UTIL
+            for u in ([x for p, x in utils if p == pop.name] for pop in h.topo.pops)
+        )
+        return quiet and steady and chaos.picture()["tables"] is not None
 
-    h.wait("a policy that holds still for 8 s", settled, 90.0)
+    h.wait("a policy that holds still, loads that follow it", settled, 150.0)
     baseline = chaos.picture()
     h.log(f"t={h.t():.0f}s baseline: policies {baseline['policies']}, maps {baseline['maps']}")
     h.mark("chaos_on")

@@ -15,6 +15,7 @@ Both run the same validation, dead-lettering and tracing code (:class:`_Intake`)
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import threading
 import time
@@ -234,6 +235,7 @@ class Received:
 class ConsumerStats:
     handled: int = 0
     dead_lettered: int = 0
+    rejoined: int = 0  # times a group member found itself out of its group and joined anew
     reasons: Counter[str] = field(default_factory=Counter)
 
 
@@ -527,6 +529,75 @@ def _header_list(msg: KafkaMessage) -> tracing.Headers | None:
 
 
 CLOSE_TIMEOUT_S = 10.0
+ORPHAN_AFTER_S = 30.0
+"""A group member not settled in its group (join state "steady") this long is stuck."""
+ORPHAN_CHECK_EVERY_S = 15.0
+GROUP_STATS_INTERVAL_MS = 5000
+
+
+@dataclass
+class OrphanWatch:
+    """When a group member has been out of its group long enough to get a new client.
+
+    Seen in the lab: after a broker restart, librdkafka's consumer timed out its session
+    ("revoking assignment and rejoining group") and then never joined again, polling nothing for
+    minutes while heartbeats piled up on its topic. A member out of the steady state is normal
+    for a moment (a rebalance, a broker away); one out of it for ``after_s`` while a broker is
+    up is stuck, and only a new client gets it back in. (The broker's own view, an
+    admin DescribeGroups, is not used: librdkafka 2.x aborts the process when such a request
+    times out, which is exactly when the broker is away.)
+    """
+
+    after_s: float = ORPHAN_AFTER_S
+    every_s: float = ORPHAN_CHECK_EVERY_S
+    _out_since: float | None = None
+    _last_check: float | None = None
+
+    def due(self, now: float, settled: bool) -> bool:
+        """``settled``: the member's join state is steady (or no broker is up to join)."""
+        if settled:
+            self._out_since = None
+            return False
+        if self._out_since is None:
+            self._out_since = now
+        if now - self._out_since < self.after_s:
+            return False
+        if self._last_check is not None and now - self._last_check < self.every_s:
+            return False
+        self._last_check = now
+        return True
+
+    def reset(self, now: float) -> None:
+        """A new client: it gets ``after_s`` to join before it is judged."""
+        self._out_since = now
+        self._last_check = None
+
+
+@dataclass(frozen=True)
+class GroupState:
+    """What librdkafka's statistics say of a group member (its ``cgrp`` and ``brokers``)."""
+
+    join_state: str = "init"
+    assignment_size: int = 0
+    broker_up: bool = False
+
+    @classmethod
+    def from_stats(cls, raw: str) -> GroupState:
+        stats = json.loads(raw)
+        cgrp = stats.get("cgrp") or {}
+        brokers = (stats.get("brokers") or {}).values()
+        return cls(
+            join_state=str(cgrp.get("join_state", "init")),
+            assignment_size=int(cgrp.get("assignment_size", 0)),
+            broker_up=any(b.get("state") == "UP" and b.get("nodeid", -1) >= 0 for b in brokers),
+        )
+
+    @property
+    def settled(self) -> bool:
+        """In the group as it stands. Not the assignment size: a member whose session timed
+        out can keep its partitions on record while it waits for its revocation to complete,
+        fetching nothing (seen after a broker restart)."""
+        return self.join_state == "steady"
 
 
 def close_within(close: Callable[[], object], timeout_s: float, what: str) -> bool:
@@ -575,11 +646,54 @@ class TypedConsumer(_Intake):
         if history_s is not None:
             config["enable.auto.commit"] = False  # a reader, not a group member
         config.update(extra_config or {})
+        self._config = config
+        self._group = group
+        self.orphan_watch = OrphanWatch()
+        self.group_state = GroupState()
+        if history_s is None:  # served by consume(), on the polling thread
+            config["statistics.interval.ms"] = GROUP_STATS_INTERVAL_MS
+            config["stats_cb"] = self._on_stats
         self._consumer = KafkaConsumer(config)
         if history_s is None:
             self._consumer.subscribe(list(self._topics))
         else:
             self._consumer.assign(self._since(history_s))
+
+    def _on_stats(self, raw: str) -> None:
+        try:
+            state = GroupState.from_stats(raw)
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.debug("unreadable librdkafka statistics: %s", exc)
+            return
+        if state.join_state != self.group_state.join_state:
+            log.info(
+                "consumer of group %s: join state %s -> %s (%d partitions, broker %s)",
+                self._group, self.group_state.join_state, state.join_state,
+                state.assignment_size, "up" if state.broker_up else "down",
+            )  # fmt: skip
+        self.group_state = state
+
+    def _watch_membership(self) -> None:
+        """A new client when this one has been out of its group too long (see OrphanWatch)."""
+        state = self.group_state
+        # a broker away is not the member's fault: the stretch counts while one is up
+        if not self.orphan_watch.due(time.monotonic(), state.settled or not state.broker_up):
+            return
+        log.warning(
+            "consumer of group %s has been out of its group, in join state %r, for %.0f s "
+            "with the broker up: joining with a new client",
+            self._group, state.join_state, self.orphan_watch.after_s,
+        )  # fmt: skip
+        self.rejoin()
+
+    def rejoin(self) -> None:
+        """Drop this client (uncommitted offsets are read again: at least once) for a new one."""
+        close_within(self._consumer.close, 5.0, "orphaned Kafka consumer")
+        self._consumer = KafkaConsumer(self._config)
+        self._consumer.subscribe(list(self._topics))
+        self.stats.rejoined += 1
+        self.group_state = GroupState()
+        self.orphan_watch.reset(time.monotonic())
 
     def _since(self, history_s: float) -> list[TopicPartition]:
         """Every partition of the topics at its first offset of the last ``history_s``."""
@@ -601,6 +715,8 @@ class TypedConsumer(_Intake):
         dead-lettered in each partition), also when a handler raises part-way: what was handled
         before it stays handled, the failing message and those after it are delivered again.
         """
+        if self.history_s is None:
+            self._watch_membership()
         msgs = self._consumer.consume(num_messages=max_messages, timeout=timeout)
         seen = 0
         done: dict[tuple[str, int], int] = {}
@@ -609,6 +725,10 @@ class TypedConsumer(_Intake):
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    if err.code() == KafkaError._MAX_POLL_EXCEEDED:
+                        # librdkafka left the group; it joins again on the next poll
+                        log.warning("consumer of group %s: %s", self._group, err.str())
                         continue
                     raise KafkaException(err)
                 seen += 1

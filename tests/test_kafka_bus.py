@@ -260,3 +260,71 @@ def test_a_close_that_never_returns_is_abandoned_within_its_timeout() -> None:
     assert close_within(lambda: release.wait(30.0), 0.2, "stuck client") is False
     release.set()
     assert close_within(lambda: None, 5.0, "healthy client") is True
+
+
+def test_orphan_watch_judges_only_after_a_long_stretch_out_of_the_group() -> None:
+    from popshift.bus import OrphanWatch
+
+    watch = OrphanWatch(after_s=30.0, every_s=15.0)
+    assert not watch.due(0.0, settled=False)
+    assert not watch.due(29.0, settled=False)
+    assert watch.due(30.0, settled=False)
+    assert not watch.due(40.0, settled=False)  # judged 10 s ago
+    assert watch.due(45.0, settled=False)
+    assert not watch.due(46.0, settled=True)  # back in: the stretch starts over
+    assert not watch.due(70.0, settled=False)
+    watch.reset(100.0)
+    assert not watch.due(120.0, settled=False)
+    assert watch.due(130.0, settled=False)
+
+
+def test_group_state_reads_librdkafka_statistics() -> None:
+    from popshift.bus import GroupState
+
+    idle_member = GroupState.from_stats(
+        json.dumps({"cgrp": {"join_state": "steady", "assignment_size": 0},
+                    "brokers": {"b/1": {"state": "UP", "nodeid": 1}}})
+    )  # fmt: skip
+    assert idle_member.settled and idle_member.broker_up
+    stuck = GroupState.from_stats(
+        json.dumps({"cgrp": {"join_state": "init", "assignment_size": 0},
+                    "brokers": {"b/bootstrap": {"state": "UP", "nodeid": -1},
+                                "b/1": {"state": "DOWN", "nodeid": 1}}})
+    )  # fmt: skip
+    assert not stuck.settled and not stuck.broker_up  # the bootstrap handle is not a broker
+    revoking = GroupState.from_stats(
+        json.dumps({"cgrp": {"join_state": "wait-unassign-to-complete", "assignment_size": 1},
+                    "brokers": {"b/1": {"state": "UP", "nodeid": 1}}})
+    )  # fmt: skip
+    assert not revoking.settled  # partitions on record, none fetched
+
+
+@pytest.mark.slow
+def test_a_member_reports_its_group_state_and_a_new_client_goes_on(
+    kafka: KafkaAccess, unique: str
+) -> None:
+    """The real statistics say "steady" for a member holding its partition, and the client a
+    stuck member gets in its place (the stuck state, seen once after a broker restart, cannot
+    be caused on demand) consumes where the group left off."""
+    topic = private_topic(t.FEEDBACK, unique)
+    create_topics(kafka, [topic], partitions=1)
+    producer = TypedProducer(kafka)
+    producer.send(topic, "ams", HEARTBEAT.model_copy(update={"seq": 0}))
+    producer.flush()
+    consumer = TypedConsumer(kafka, f"{unique}-g", [topic])
+    seen: list[int] = []
+    try:
+        _drain(consumer, lambda r: seen.append(r.value.seq), want=1)
+        end = time.monotonic() + 15.0
+        while consumer.group_state.assignment_size == 0 and time.monotonic() < end:
+            consumer.poll_batch(lambda r: seen.append(r.value.seq), timeout=0.5)
+        state = consumer.group_state
+        assert (state.join_state, state.assignment_size, state.broker_up) == ("steady", 1, True)
+        consumer.rejoin()
+        producer.send(topic, "ams", HEARTBEAT.model_copy(update={"seq": 1}))
+        producer.flush()
+        _drain(consumer, lambda r: seen.append(r.value.seq), want=2)
+        assert consumer.stats.rejoined == 1
+    finally:
+        consumer.close()
+    assert seen == [0, 1]  # the new client went on after the last handled message

@@ -132,6 +132,7 @@ class Ingest:
             **{f"dead_lettered[{reason}]": n for reason, n in sorted(bus.reasons.items())},
             **asdict(self.aggregator.stats),
             "dead_lettered": bus.dead_lettered,
+            "rejoined": bus.rejoined,
             "handled": bus.handled,
             "published": self.published,
             "outages": self.outages,
