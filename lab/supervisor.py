@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -64,6 +65,7 @@ class Services:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.specs: dict[str, Spec] = {}
         self.restarts: list[Restart] = []
+        self.metrics_ports: dict[str, int] = {}  # name -> its Prometheus port (kept on restart)
         self.restart_s = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -110,7 +112,10 @@ class Services:
             proc = subprocess.Popen(
                 [sys.executable, "-m", spec.module, *spec.args],
                 cwd=REPO,
-                env=self.env(env(Settings, service_name=name) | dict(spec.more)),
+                env=self.env(
+                    env(Settings, service_name=name, metrics_port=self._metrics_port(name))
+                    | dict(spec.more)
+                ),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -122,6 +127,15 @@ class Services:
             log.close()
         self.procs[name] = proc
         return proc
+
+    def _metrics_port(self, name: str) -> int:
+        """A free loopback port per service (the documented defaults would collide: the lab
+        runs several of each on one host), the same one again after a restart."""
+        if name not in self.metrics_ports:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self.metrics_ports[name] = s.getsockname()[1]
+        return self.metrics_ports[name]
 
     def start_sync(self, host: str, node_file: Path) -> subprocess.Popen[bytes]:
         """A node's forwarder sync with its node file (which names PoP, node and role); the

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,7 +34,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from pydantic import BaseModel, ValidationError
 
-from popshift import tracing
+from popshift import metrics, tracing
 from popshift.credentials import KafkaAccess
 from popshift.replay import read_all
 from popshift.topics import DEAD_LETTER_RETENTION_MS, Topic, topic_configs
@@ -318,14 +318,17 @@ class _Intake:
         self._max_bytes = max_message_bytes
         self._dlq = dead_letter_producer
         self._span_names = {t.name: f"{t.name} process" for t in topics}
+        self._consumed = {t.name: metrics.CONSUMED.labels(t.name) for t in topics}
         self.stats = ConsumerStats()
 
-    def _dead_letter(self, letter: Outgoing, reason: str) -> None:
+    def _dead_letter(self, source: str, letter: Outgoing, reason: str) -> None:
         self._dlq.send_raw(letter.topic, letter.key, letter.value, letter.headers)
         # A dead letter must be durable before the source offset moves past it.
         self._dlq.flush()
         self.stats.dead_lettered += 1
-        self.stats.reasons[reason.split(":", 1)[0]] += 1
+        why = reason.split(":", 1)[0]
+        self.stats.reasons[why] += 1
+        metrics.DEAD_LETTERED.labels(source, why).inc()
 
     def _process(
         self,
@@ -351,6 +354,7 @@ class _Intake:
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         try:
             source = self._topics[topic]
+            self._consumed[topic].inc()
             try:
                 value = validate(source, raw, self._max_bytes)
                 handler(Received(topic, partition, offset, key, value, raw, timestamp_ms))
@@ -358,7 +362,7 @@ class _Intake:
             except RejectMessage as exc:
                 reason = str(exc)
                 letter = dead_letter(source, partition, offset, key, raw, headers or [], reason)
-                self._dead_letter(letter, reason)
+                self._dead_letter(topic, letter, reason)
         except Exception as exc:
             if span.is_recording():
                 span.record_exception(exc)
@@ -414,14 +418,16 @@ class TypedProducer(_Sender):
         self.delivered = 0
         self.failed = 0
         self.dropped = 0  # refused because the bounded local queue was full (broker away)
+        self._produced: dict[str, Any] = {}  # topic -> its popshift_messages_produced child
         self._errors: list[str] = []  # since the last flush, which reports and clears them
 
-    def _on_delivery(self, err: KafkaError | None, _msg: KafkaMessage | None) -> None:
+    def _on_delivery(self, err: KafkaError | None, msg: KafkaMessage | None) -> None:
         if err is None:
             self.delivered += 1
         else:
             self.failed += 1
             self._errors.append(str(err))
+            metrics.PRODUCE_FAILED.labels(str(msg.topic()) if msg is not None else "").inc()
 
     def send_raw(
         self, topic: str, key: str | bytes | None, value: bytes, headers: tracing.Headers
@@ -431,6 +437,10 @@ class TypedProducer(_Sender):
                 self._producer.produce(
                     topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery
                 )
+                counter = self._produced.get(topic)
+                if counter is None:
+                    counter = self._produced[topic] = metrics.PRODUCED.labels(topic)
+                counter.inc()
                 break
             except BufferError:
                 if attempt:
@@ -580,16 +590,25 @@ class GroupState:
     join_state: str = "init"
     assignment_size: int = 0
     broker_up: bool = False
+    lag: Mapping[tuple[str, int], int] = field(default_factory=dict)
+    """Per assigned partition, messages between the consumer's position and the end."""
 
     @classmethod
     def from_stats(cls, raw: str) -> GroupState:
         stats = json.loads(raw)
         cgrp = stats.get("cgrp") or {}
         brokers = (stats.get("brokers") or {}).values()
+        lag = {
+            (str(name), int(pid)): int(p["consumer_lag"])
+            for name, topic in (stats.get("topics") or {}).items()
+            for pid, p in (topic.get("partitions") or {}).items()
+            if int(pid) >= 0 and p.get("consumer_lag", -1) >= 0
+        }
         return cls(
             join_state=str(cgrp.get("join_state", "init")),
             assignment_size=int(cgrp.get("assignment_size", 0)),
             broker_up=any(b.get("state") == "UP" and b.get("nodeid", -1) >= 0 for b in brokers),
+            lag=lag,
         )
 
     @property
@@ -665,6 +684,10 @@ class TypedConsumer(_Intake):
         except (ValueError, TypeError, AttributeError) as exc:
             log.debug("unreadable librdkafka statistics: %s", exc)
             return
+        metrics.KAFKA_CONNECTED.labels(self._group).set(float(state.broker_up))
+        metrics.GROUP_STEADY.labels(self._group).set(float(state.settled))
+        for (topic, partition), lag in state.lag.items():
+            metrics.CONSUMER_LAG.labels(self._group, topic, str(partition)).set(lag)
         if state.join_state != self.group_state.join_state:
             log.info(
                 "consumer of group %s: join state %s -> %s (%d partitions, broker %s)",
@@ -692,6 +715,7 @@ class TypedConsumer(_Intake):
         self._consumer = KafkaConsumer(self._config)
         self._consumer.subscribe(list(self._topics))
         self.stats.rejoined += 1
+        metrics.REJOINED.labels(self._group).inc()
         self.group_state = GroupState()
         self.orphan_watch.reset(time.monotonic())
 

@@ -61,6 +61,17 @@ class Settings(BaseSettings):
         description="OTLP/HTTP traces endpoint (the local Jaeger: "
         "http://127.0.0.1:4318/v1/traces); unset = spans are not exported.",
     )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the Prometheus metrics endpoint binds (loopback)."
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        json_schema_extra={"shown_default": "the service's own"},
+        description="Port of the Prometheus metrics endpoint (/metrics); unset = the service's "
+        "own default (README, Metrics), 0 = not served. A port in use is logged, not fatal.",
+    )
     table_bits: int = Field(
         16, ge=4, le=20, description="N: each PoP x tier forwarding table has 2^N buckets."
     )
@@ -101,9 +112,18 @@ class Settings(BaseSettings):
 
     # The principal of a process whose settings are this class and POPSHIFT_PRINCIPAL is unset.
     default_principal: ClassVar[str] = "admin"
+    # Its metrics port when POPSHIFT_METRICS_PORT is unset (0: tools serve none).
+    default_metrics_port: ClassVar[int] = 0
 
     def who(self) -> str:
         return self.principal or self.default_principal
+
+    def serve_metrics(self) -> int | None:
+        """Start this process's Prometheus endpoint (popshift/metrics.py); its port or None."""
+        from popshift import metrics  # the tools that never serve need not import it
+
+        port = self.default_metrics_port if self.metrics_port is None else self.metrics_port
+        return metrics.serve(self.metrics_host, port, self.service_name)
 
     @property
     def secrets(self) -> Secrets:

@@ -8,6 +8,7 @@ import subprocess
 import time
 from typing import Any
 
+import prometheus_client
 import pytest
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
@@ -320,6 +321,13 @@ def test_a_member_reports_its_group_state_and_a_new_client_goes_on(
             consumer.poll_batch(lambda r: seen.append(r.value.seq), timeout=0.5)
         state = consumer.group_state
         assert (state.join_state, state.assignment_size, state.broker_up) == ("steady", 1, True)
+        assert state.lag == {(topic.name, 0): 0}  # read up to the end
+        registry = prometheus_client.REGISTRY
+        group = {"group": f"{unique}-g"}
+        assert registry.get_sample_value("popshift_consumer_group_steady", group) == 1.0
+        assert registry.get_sample_value("popshift_kafka_connected", group) == 1.0
+        consumed = {"topic": topic.name}
+        assert registry.get_sample_value("popshift_messages_consumed_total", consumed) == 1.0
         consumer.rejoin()
         producer.send(topic, "ams", HEARTBEAT.model_copy(update={"seq": 1}))
         producer.flush()

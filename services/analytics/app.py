@@ -25,7 +25,7 @@ import faust
 from opentelemetry import trace
 from pydantic import Field
 
-from popshift import topics, tracing
+from popshift import metrics, topics, tracing
 from popshift.bus import Outgoing, RejectMessage, dead_letter, validate
 from popshift.credentials import SCRAM
 from popshift.network import load_network
@@ -45,6 +45,7 @@ class AnalyticsSettings(Settings):
     """The analytics job's settings (POPSHIFT_* variables)."""
 
     default_principal: ClassVar[str] = "analytics"
+    default_metrics_port: ClassVar[int] = 9463
 
     analytics_app_id: str = Field(
         "popshift-analytics",
@@ -148,10 +149,16 @@ def build_app(settings: AnalyticsSettings, analyzer: Analyzer | None = None) -> 
         for name in (analytics.pop_status, analytics.pop_load.dead_letter)
     }
 
+    consumed = metrics.CONSUMED.labels(analytics.pop_load.name)
+
     async def publish(outgoing: list[Outgoing]) -> None:
         for out in outgoing:
             if out.topic == analytics.pop_load.dead_letter:
-                log.warning("dead-lettered: %s", DeadLetter.model_validate_json(out.value).reason)
+                reason = DeadLetter.model_validate_json(out.value).reason
+                log.warning("dead-lettered: %s", reason)
+                metrics.DEAD_LETTERED.labels(analytics.pop_load.name, reason.split(":", 1)[0]).inc()
+            else:
+                metrics.PRODUCED.labels(out.topic).inc()
             headers = [(k, v) for k, v in out.headers if isinstance(v, bytes)]
             await sinks[out.topic].send(key=out.key, value=out.value, headers=headers)
 
@@ -160,6 +167,7 @@ def build_app(settings: AnalyticsSettings, analyzer: Analyzer | None = None) -> 
             message = event.message
             value = event.value if isinstance(event.value, bytes) else b""
             headers = _header_pairs(message.headers)
+            consumed.inc()
             yield analytics.decide(message.partition, message.offset, event.key, value, headers)
 
     app.agent(loads, name=AGENT_NAME, sink=[publish])(analyse)
@@ -171,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     del argv  # configured by POPSHIFT_* only
     setup_logging()
     settings = AnalyticsSettings()
+    settings.serve_metrics()
     # Kafka down at start: wait for it (faust's own start needs the broker), then start.
     stop = threading.Event()
     install_stop_signals(stop)

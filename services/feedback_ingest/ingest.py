@@ -174,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     del argv  # configured by POPSHIFT_* only
     setup_logging()
     settings = IngestSettings()
+    settings.serve_metrics()
     network = load_network(settings.network_file)
     stop = threading.Event()
     install_stop_signals(stop)

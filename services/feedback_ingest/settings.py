@@ -17,6 +17,7 @@ class IngestSettings(Settings):
     """feedback_ingest: validate, normalise, track liveness, publish pop-load.v1."""
 
     default_principal: ClassVar[str] = "ingest"
+    default_metrics_port: ClassVar[int] = 9462
 
     ingest_group: str = Field(
         "popshift-ingest", description="Kafka consumer group of the ingest on feedback.v1."
@@ -50,6 +51,7 @@ class AgentSettings(Settings):
     """The compute-server agent; every field is also a flag (``--pop a --interval-s 0.5``)."""
 
     default_principal: ClassVar[str] = "agent"
+    default_metrics_port: ClassVar[int] = 9461
 
     model_config = SettingsConfigDict(
         env_prefix="POPSHIFT_",

@@ -46,8 +46,8 @@ import numpy.typing as npt
 import redis
 from confluent_kafka import KafkaException
 
+from popshift import metrics, topics
 from popshift import redis_client as popshift_redis
-from popshift import topics
 from popshift.bus import DeliveryFailed, Received, TypedConsumer, TypedProducer, create_topics
 from popshift.network import NetworkConfig, load_network
 from popshift.process import install_stop_signals, setup_logging
@@ -555,6 +555,7 @@ class SyncService:
                 log.error("%s tier %d: map write failed, will read back: %s", self.pop, tier, exc)
                 continue
             commit_cut(self.state, tier, stage, table, image, len(idx))
+            metrics.LEASE_EXPIRIES.labels("sync").inc()
             log.log(
                 logging.ERROR if t.version or len(idx) else logging.INFO,
                 "%s tier %d: LEASE %s: v%d written at %.0f, not renewed for %.0f s (lease %.0f s)"
@@ -581,6 +582,7 @@ class SyncService:
                 applied += self._apply(tier, currents[tier])
         except redis.RedisError as exc:
             self.state.redis_failures += 1
+            metrics.REDIS_CONNECTED.set(0)
             delay = self.backoff.failed(self.clock())
             log.warning(
                 "%s: Redis unreachable (failure %d), keeping the maps, retry in %.1fs: %s",
@@ -590,6 +592,7 @@ class SyncService:
                 exc,
             )
             return applied
+        metrics.REDIS_CONNECTED.set(1)
         failures = self.backoff.succeeded()
         if failures:
             log.info("%s: Redis back after %d failed attempts", self.pop, failures)
@@ -651,10 +654,17 @@ class SyncService:
     def publish_stats(self) -> DataplaneStats | None:
         """Counters to dataplane-stats.v1; never blocks on Kafka (the client queues)."""
         try:
-            stats = dataplane_stats(self.pop, self.node, self.clock(), self.maps.counters())
+            counters = self.maps.counters()
         except OSError as exc:
             log.error("%s: reading counters failed: %s", self.pop, exc)
             return None
+        stats = dataplane_stats(self.pop, self.node, self.clock(), counters)
+        for tier, counts in counters.items():
+            label = "none" if tier is None else str(tier)
+            for verdict, count in counts.items():
+                metrics.DATAPLANE_PACKETS.labels(self.node, label, verdict.name.lower()).set(
+                    count.packets
+                )
         if self.producer is not None:
             self.producer.send(self.stats_topic, self.pop, stats)
             self.producer.poll(0)
@@ -803,6 +813,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not pop or not node:
         log.error("which PoP and node? pass --pop and --node (or POPSHIFT_SYNC_POP/NODE)")
         return 2
+    settings.serve_metrics()
     fwd = open_maps(settings)
     if settings.sync_node_file:
         try:

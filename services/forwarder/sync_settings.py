@@ -7,7 +7,7 @@ same way.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -17,6 +17,8 @@ from services.table_writer.store import PREFIX
 
 class SyncSettings(Settings):
     """forwarder sync: Redis tables (+ table-updates.v1) in; BPF maps, dataplane-stats.v1 out."""
+
+    default_metrics_port: ClassVar[int] = 9466
 
     def who(self) -> str:
         return self.principal or f"sync-{self.sync_pop}"

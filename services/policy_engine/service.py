@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import redis
 from confluent_kafka import KafkaException
 
-from popshift import redis_client, topics
+from popshift import metrics, redis_client, topics
 from popshift.bus import (
     Bus,
     DeliveryFailed,
@@ -136,10 +136,14 @@ class PolicyEngineService:
         if not self._leading():
             return []
         self._refresh_overrides(now)
-        _, events = decide(self.state, Tick(), now)
+        with metrics.ROUND_SECONDS.time():
+            _, events = decide(self.state, Tick(), now)
         self._log_native(now)
         for event in events:
             self.outbox.send(self.policies, event.source, event)
+            metrics.POLICY_EVENTS.labels(event.action.value).inc()
+            if event.reason is not None and event.reason.rule.startswith("lapsed"):
+                metrics.LEASE_EXPIRIES.labels("engine").inc()
             log.info(
                 "policy v%d %s %s: %s",
                 event.version,
@@ -215,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     del argv  # configured by POPSHIFT_* only
     setup_logging()
     settings = PolicySettings()
+    settings.serve_metrics()
     network = load_network(settings.network_file)
     stop = threading.Event()
     install_stop_signals(stop)

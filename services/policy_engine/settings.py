@@ -21,6 +21,7 @@ class PolicySettings(Settings):
     """policy_engine: pop-status.v1 + dataplane-stats.v1 in, policies.v1 out."""
 
     default_principal: ClassVar[str] = "engine"
+    default_metrics_port: ClassVar[int] = 9464
 
     policy_group: str = Field(
         "popshift-policy-engine", description="Kafka consumer group of the policy engine."

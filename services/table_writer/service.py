@@ -43,7 +43,7 @@ from typing import Protocol
 import redis
 from confluent_kafka import KafkaException
 
-from popshift import redis_client, topics
+from popshift import metrics, redis_client, topics
 from popshift.admission import Refused
 from popshift.bus import (
     Bus,
@@ -225,7 +225,9 @@ class TableWriterService:
                 shares=w.shares,
             )
             try:
-                self.store.write(w.table, header)
+                with metrics.TABLE_APPLY_SECONDS.time():
+                    self.store.write(w.table, header)
+                metrics.REDIS_CONNECTED.set(1)
             except StaleVersion as exc:
                 log.error("%s tier %d: %s; re-reading Redis", self.pop, w.tier, exc)
                 try:
@@ -268,6 +270,7 @@ class TableWriterService:
 
     def _redis_failed(self, tier: int, exc: Exception) -> None:
         self.write_failures += 1
+        metrics.REDIS_CONNECTED.set(0)
         if self.write_failures <= 10 or self.write_failures % 60 == 0:
             log.warning(
                 "%s tier %d: Redis write failed (%d so far), keeping %d tables to write: %s",
@@ -329,6 +332,7 @@ class TableWriterService:
         with contextlib.suppress(RejectMessage):  # logged loudly; nothing to dead-letter
             self._guarded(lambda: on_tick(self.state, self.clock()))
         if self.state.lapses > lapses:
+            metrics.LEASE_EXPIRIES.labels("writer").inc(self.state.lapses - lapses)
             log.error(
                 "%s: POLICY LEASE RAN OUT (v%s not renewed by the engine): back to local, "
                 "established connections kept by their second chance (%d lapses so far)",
@@ -359,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m services.table_writer.service [POP]``."""
     setup_logging()
     settings = TableWriterSettings()
+    settings.serve_metrics()
     args = list(argv if argv is not None else sys.argv[1:])
     pop = args[0] if args else settings.table_pop
     if not pop:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
 from popshift.leadership import ENGINE_LEADER_KEY
@@ -10,6 +12,8 @@ from popshift.settings import Settings
 
 class TableWriterSettings(Settings):
     """table_writer: one PoP's policies.v1 + pop-load.v1 in; Redis tables, table-updates.v1 out."""
+
+    default_metrics_port: ClassVar[int] = 9465
 
     def who(self) -> str:
         return self.principal or f"writer-{self.table_pop}"

@@ -18,6 +18,7 @@ import pytest
 from lab import checks, scenario
 from lab.harness import Harness
 from lab.record import Result
+from popshift import metrics
 from popshift.credentials import KafkaAccess, RedisAccess
 from tests.e2e.conftest import require_lab
 
@@ -34,11 +35,17 @@ def run(
         try:
             result = scenario.overload(h, pin=True)
             scenario.infeasible(h)  # the variant beyond capacity, on the same lab (cheaper)
+            for name, port in h.services.metrics_ports.items():
+                SCRAPES[name] = metrics.scrape("127.0.0.1", port)
         finally:
             for name in list(h.traffic):
                 h.stop_traffic(name, 5.0)
             h.result.save(out / "result.json")
     yield result
+
+
+SCRAPES: dict[str, dict[str, float]] = {}
+"""One scrape of every service's Prometheus endpoint at the end of the run."""
 
 
 def _check(run: Result, name: str) -> None:
@@ -101,3 +108,33 @@ def test_every_pop_is_below_its_shed_threshold_within_20_s(run: Result) -> None:
 
 def test_beyond_capacity_the_engine_reports_its_policy_as_least_bad(run: Result) -> None:
     _check(run, "infeasible")
+
+
+def _sum(samples: dict[str, float], prefix: str) -> float:
+    return sum(v for k, v in samples.items() if k.startswith(prefix))
+
+
+def test_every_service_serves_its_metrics(run: Result) -> None:
+    """Each process of the run answered a scrape with the figures of its own work."""
+    assert run.policies
+    kinds = {name.split("-")[0] for name in SCRAPES}
+    assert {"ingest", "analytics", "policy", "table", "sync", "agent"} <= kinds, sorted(SCRAPES)
+    for name, samples in SCRAPES.items():
+        if name.startswith("agent-"):
+            assert _sum(samples, 'popshift_messages_produced_total{topic="') > 0, name
+        elif name == "ingest":
+            assert _sum(samples, "popshift_messages_consumed_total{") > 0
+            assert _sum(samples, "popshift_consumer_group_steady{") == 1.0
+            assert any(k.startswith("popshift_consumer_lag_messages{") for k in samples)
+        elif name == "analytics":
+            assert _sum(samples, "popshift_messages_consumed_total{") > 0
+            assert _sum(samples, "popshift_messages_produced_total{") > 0
+        elif name == "policy-engine":
+            assert samples["popshift_engine_round_seconds_count"] > 0
+            assert _sum(samples, "popshift_policy_events_total{") > 0
+        elif name.startswith("table-writer-"):
+            assert samples["popshift_table_apply_seconds_count"] > 0, name
+            assert samples["popshift_redis_connected"] == 1.0, name
+        elif name.startswith("sync-"):
+            assert _sum(samples, "popshift_dataplane_packets{") > 0, name
+            assert samples["popshift_redis_connected"] == 1.0, name
