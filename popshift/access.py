@@ -178,6 +178,12 @@ def principals(n: Naming, pops: Iterable[str]) -> list[Principal]:
                 *see,
                 *_topics(n, "READ", t.POLICIES, t.POLICY_AUDIT),
                 *_topics(n, "WRITE", t.POLICY_AUDIT),
+                # `popshift status` / `explain`: read what the services wrote, see their lag
+                *_topics(n, "READ", t.POP_STATUS, t.TABLE_UPDATES),
+                KafkaGrant("GROUP", n.ingest_group, "DESCRIBE"),
+                KafkaGrant("GROUP", n.analytics_app_id, "DESCRIBE"),
+                KafkaGrant("GROUP", f"{n.table_group_prefix}-", "DESCRIBE", "PREFIXED"),
+                KafkaGrant("GROUP", n.sync_group_prefix, "DESCRIBE", "PREFIXED"),
             ),
             (f"~{n.overrides_key}", *REDIS_WRITE),
         ),

@@ -23,6 +23,8 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
     "build-bpf": ("services.forwarder.build", "main", "compile the XDP programs"),
     "simulate": ("sim.cli", "simulate_main", "run a simulated network against the baselines"),
     "access": ("popshift.access", "access_main", "create the principals and their ACLs (admin)"),
+    "status": ("popshift.status", "status_main", "PoPs, status, policies, tables, consumer lag"),
+    "explain": ("popshift.status", "explain_main", "why a PoP's policy is what it is"),
 }
 
 

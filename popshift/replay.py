@@ -40,9 +40,14 @@ def _watermarks(consumer: Consumer, tp: TopicPartition, deadline: float) -> tupl
 
 
 def read_all(
-    kafka: KafkaAccess, topic: Topic, key: str | None = None, timeout_s: float = 30.0
+    kafka: KafkaAccess,
+    topic: Topic,
+    key: str | None = None,
+    timeout_s: float = 30.0,
+    since_s: float | None = None,
 ) -> list[Any]:
-    """Every valid message of ``topic`` (only ``key``'s if given), oldest first.
+    """Every valid message of ``topic`` (only ``key``'s if given; only those of the last
+    ``since_s`` seconds if given), oldest first.
 
     Invalid payloads are skipped with a warning: the live consumer already dead-lettered them.
     """
@@ -67,7 +72,17 @@ def read_all(
                 ends[p] = high
         if not ends:
             return []
-        consumer.assign([TopicPartition(topic.name, p, OFFSET_BEGINNING) for p in ends])
+        start = [TopicPartition(topic.name, p, OFFSET_BEGINNING) for p in ends]
+        if since_s is not None:
+            since_ms = int((time.time() - since_s) * 1000)
+            found = consumer.offsets_for_times(
+                [TopicPartition(topic.name, p, since_ms) for p in ends], timeout=timeout_s
+            )
+            start = [tp for tp in found if 0 <= tp.offset < ends[tp.partition]]
+            ends = {tp.partition: ends[tp.partition] for tp in start}
+            if not ends:
+                return []
+        consumer.assign(start)
         deadline = time.monotonic() + timeout_s
         while ends and time.monotonic() < deadline:
             msg = consumer.poll(0.5)

@@ -10,6 +10,8 @@ demo prints and plots).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import pytest
 from lab import checks, scenario
 from lab.harness import Harness
 from lab.record import Result
+from lab.settings import REPO
 from popshift import metrics
 from popshift.credentials import KafkaAccess, RedisAccess
 from tests.e2e.conftest import require_lab
@@ -37,6 +40,14 @@ def run(
             scenario.infeasible(h)  # the variant beyond capacity, on the same lab (cheaper)
             for name, port in h.services.metrics_ports.items():
                 SCRAPES[name] = metrics.scrape("127.0.0.1", port)
+            operator = h.services.env() | {"POPSHIFT_PRINCIPAL": "operator"}
+            for args in (["status"], ["explain", "a"]):
+                done = subprocess.run(
+                    [sys.executable, "-m", "popshift.cli", *args], env=operator, cwd=REPO,
+                    capture_output=True, text=True, timeout=120, check=False,
+                )  # fmt: skip
+                OPERATOR[args[0]] = (done.returncode, done.stdout + done.stderr)
+                (out / f"popshift-{args[0]}.txt").write_text(done.stdout + done.stderr)
         finally:
             for name in list(h.traffic):
                 h.stop_traffic(name, 5.0)
@@ -46,6 +57,8 @@ def run(
 
 SCRAPES: dict[str, dict[str, float]] = {}
 """One scrape of every service's Prometheus endpoint at the end of the run."""
+OPERATOR: dict[str, tuple[int, str]] = {}
+"""`popshift status` and `popshift explain a` at the end of the run: exit code, output."""
 
 
 def _check(run: Result, name: str) -> None:
@@ -138,3 +151,18 @@ def test_every_service_serves_its_metrics(run: Result) -> None:
         elif name.startswith("sync-"):
             assert _sum(samples, "popshift_dataplane_packets{") > 0, name
             assert samples["popshift_redis_connected"] == 1.0, name
+
+
+def test_popshift_status_and_explain_read_the_runs_topics(run: Result) -> None:
+    code, text = OPERATOR["status"]
+    assert code == 0, text
+    rows = {line.split()[0]: line for line in text.splitlines() if line[:2] in ("a ", "b ", "c ")}
+    assert set(rows) == {"a", "b", "c"}, text
+    for line in rows.values():  # a fresh verdict and a table version for every PoP
+        assert any(w in line for w in ("shed", "neutral", "can_take")), line
+        assert "t0:v" in line, line
+    assert "CONSUMER GROUP LAG" in text and "messages" in text, text
+    code, text = OPERATOR["explain"]
+    assert code == 0, text
+    assert text.startswith("a: target 75%") and "analytics:" in text, text
+    assert ("binds:" in text) or ("policy: none in force" in text), text

@@ -1,0 +1,231 @@
+"""What an operator sees of the network: the latest of each topic, and why each policy is so.
+
+Pure: built from messages already read (popshift/status.py reads them from Kafka), so the
+terminal commands, tests and a console share one reading of the same topics. ``popshift
+status`` prints :func:`status_lines`; ``popshift explain POP`` prints :func:`explain_lines`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from popshift.network import NetworkConfig
+from schemas.messages import PolicyAction, PolicyEvent, PopState, PopStatus, TableUpdate
+
+ROOM_MARGIN = 0.02
+"""A receiver expected within this of its target has no room left: it is what binds."""
+
+
+@dataclass
+class NetworkView:
+    """The latest message per key of each topic an operator needs."""
+
+    statuses: dict[str, PopStatus] = field(default_factory=dict)
+    policies: dict[str, PolicyEvent] = field(default_factory=dict)
+    tables: dict[tuple[str, int], TableUpdate] = field(default_factory=dict)
+    lag: dict[str, int | None] = field(default_factory=dict)
+    """Consumer group -> messages behind (None: it could not be read)."""
+
+    def observe(self, messages: Iterable[PopStatus | PolicyEvent | TableUpdate]) -> NetworkView:
+        for m in messages:
+            if isinstance(m, PopStatus):
+                if m.pop not in self.statuses or m.at >= self.statuses[m.pop].at:
+                    self.statuses[m.pop] = m
+            elif isinstance(m, PolicyEvent):
+                known = self.policies.get(m.source)
+                if known is None or (m.epoch, m.version) >= (known.epoch, known.version):
+                    self.policies[m.source] = m
+            else:
+                key = (m.pop, m.tier)
+                if key not in self.tables or m.version >= self.tables[key].version:
+                    self.tables[key] = m
+        return self
+
+    def in_force(self, source: str, now: float) -> PolicyEvent | None:
+        """The source's policy if it forwards anything and its lease has not run out."""
+        p = self.policies.get(source)
+        if p is None or p.action is PolicyAction.CANCEL or not p.shares:
+            return None
+        if p.expires_at is not None and p.expires_at < now:
+            return None
+        return p
+
+
+def status_word(status: PopStatus | None, now: float, max_age_s: float) -> str:
+    """shed / neutral / can_take, or stale (no verdict within ``max_age_s``), or dead (no
+    healthy capacity), or unknown (never heard of)."""
+    if status is None:
+        return "unknown"
+    if now - status.at > max_age_s:
+        return "stale"
+    if status.capacity_cores <= 0.0:
+        return "dead"
+    return status.state.value
+
+
+def _shares(p: PolicyEvent | None) -> str:
+    if p is None:
+        return "-"
+    return ", ".join(f"t{s.tier}->{s.destination} {s.share:.0%}" for s in p.shares)
+
+
+def status_lines(
+    view: NetworkView, network: NetworkConfig, now: float, max_age_s: float
+) -> list[str]:
+    """One row per PoP (utilisation, status, policy in force, table versions), then the lag of
+    each consumer group."""
+    rows = [("POP", "UTIL", "STATUS", "SINCE", "CAPACITY", "POLICY IN FORCE", "TABLES")]
+    for name in network.pop_names:
+        st = view.statuses.get(name)
+        tables = sorted((tier, t.version) for (pop, tier), t in view.tables.items() if pop == name)
+        rows.append(
+            (
+                name,
+                f"{st.utilisation:.0%}" if st else "-",
+                status_word(st, now, max_age_s),
+                f"{now - st.since:.0f}s" if st else "-",
+                f"{st.capacity_cores:g}" if st else "-",
+                _shares(view.in_force(name, now)),
+                " ".join(f"t{tier}:v{v}" for tier, v in tables) or "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    if view.lag:
+        out.append("")
+        out.append("CONSUMER GROUP LAG")
+        for group, lag in sorted(view.lag.items()):
+            out.append(f"  {group}: {'unknown' if lag is None else f'{lag} messages'}")
+    return out
+
+
+def _expected(p: PolicyEvent, name: str) -> float | None:
+    return p.reason.expected_utilisation.get(name)
+
+
+def explain_lines(
+    view: NetworkView,
+    network: NetworkConfig,
+    pop: str,
+    now: float,
+    max_age_s: float,
+    overrides: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Why ``pop``'s policy is what it is: its inputs, the constraint that binds, and each peer
+    it does not use with the reason (what an operator asks before overriding it)."""
+    cfg = network.pop(pop)
+    st = view.statuses.get(pop)
+    out = [f"{pop}: target {cfg.target_utilisation:.0%} of its healthy cores"]
+    word = status_word(st, now, max_age_s)
+    if st is None:
+        out.append("  no pop-status seen: the engine cannot decide for it (policies lapse)")
+    else:
+        out.append(
+            f"  analytics: {word} since {now - st.since:.0f}s, utilisation {st.utilisation:.0%} "
+            f"({st.load_cores:g} of {st.capacity_cores:g} cores)"
+            + (f", excess {st.excess_cores:g} cores" if st.excess_cores else "")
+            + (f", headroom {st.headroom_cores:g} cores" if st.headroom_cores else "")
+        )
+        if st.rule:
+            out.append(f"  rule: {st.rule}")
+    policy = view.in_force(pop, now)
+    incoming = sorted(
+        (src, s.share, s.tier)
+        for src in view.policies
+        if (p := view.in_force(src, now)) is not None
+        for s in p.shares
+        if s.destination == pop
+    )
+    for src, share, tier in incoming:
+        out.append(f"  receives {share:.0%} of {src}'s tier {tier} (new connections)")
+    if policy is None:
+        last = view.policies.get(pop)
+        out.append(
+            "  policy: none in force"
+            + (f" (last: v{last.version} {last.action.value}: {last.reason.rule})" if last else "")
+        )
+        out.extend(f"  override: {o}" for o in (overrides or {}).values())
+        return out
+    left = max(0.0, (policy.expires_at or now) - now)
+    out.append(
+        f"  policy v{policy.version} (epoch {policy.epoch}): {_shares(policy)}; lease "
+        f"{left:.0f}s left"
+    )
+    out.append(f"  engine's reason: {policy.reason.rule}")
+    if policy.reason.expected_utilisation:
+        expected = ", ".join(
+            f"{k} {v:.0%}" for k, v in sorted(policy.reason.expected_utilisation.items())
+        )
+        out.append(f"  expected after it: {expected}")
+    out.append(f"  binds: {_binding(view, network, pop, policy, now, max_age_s)}")
+    used = {s.destination for s in policy.shares}
+    tiers = sorted({s.tier for s in policy.shares})
+    for peer in network.pop_names:
+        if peer == pop or peer in used:
+            continue
+        out.append(
+            f"  not used: {peer}: {_why_not(view, network, pop, peer, tiers, now, max_age_s)}"
+        )
+    out.extend(f"  override: {o}" for o in (overrides or {}).values())
+    return out
+
+
+def _binding(
+    view: NetworkView,
+    network: NetworkConfig,
+    pop: str,
+    policy: PolicyEvent,
+    now: float,
+    max_age_s: float,
+) -> str:
+    if policy.reason.infeasible:
+        return (
+            "capacity: no receiver within the tiers' latency bounds has room for the whole "
+            "excess (the engine reports the policy as least-bad)"
+        )
+    full = [
+        d
+        for d in sorted({s.destination for s in policy.shares})
+        if (e := _expected(policy, d)) is not None
+        and e >= network.pop(d).target_utilisation - ROOM_MARGIN
+    ]
+    if full:
+        return "receivers at their target: " + ", ".join(
+            f"{d} expected {_expected(policy, d):.0%} of {network.pop(d).target_utilisation:.0%}"
+            for d in full
+        )
+    return f"{pop}'s own target: it sheds what it has above it, the receivers have room"
+
+
+def _why_not(
+    view: NetworkView,
+    network: NetworkConfig,
+    src: str,
+    peer: str,
+    tiers: list[int],
+    now: float,
+    max_age_s: float,
+) -> str:
+    latency = network.latency(src, peer)
+    rules = [network.tier(t) for t in tiers]
+    if latency is None:
+        return "no latency figure from here (never a destination)"
+    beyond = [r for r in rules if r is not None and latency > r.max_added_latency_ms]
+    if rules and len(beyond) == len(rules):
+        bound = min(r.max_added_latency_ms for r in beyond)
+        return f"{latency:g} ms away, beyond the tier's bound of {bound:g} ms"
+    st = view.statuses.get(peer)
+    word = status_word(st, now, max_age_s)
+    if word in ("stale", "dead", "unknown"):
+        return f"{word}: no fresh verdict, never a destination"
+    assert st is not None
+    if st.state is PopState.SHED:
+        return f"sheds itself ({st.utilisation:.0%})"
+    target = network.pop(peer).target_utilisation
+    if st.utilisation >= target - ROOM_MARGIN:
+        return f"no room: {st.utilisation:.0%} of its {target:.0%} target"
+    return (
+        f"{latency:g} ms away with room ({st.utilisation:.0%}): a nearer or cheaper receiver "
+        "took the excess"
+    )

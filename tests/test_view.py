@@ -1,0 +1,105 @@
+"""The operator's view (popshift/view.py): what `popshift status` and `explain` make of the
+latest messages, on the lab's network (a -10 ms- b -12 ms- c, a -45 ms- c)."""
+
+from __future__ import annotations
+
+from popshift.network import load_network
+from popshift.view import NetworkView, explain_lines, status_lines
+from schemas.messages import (
+    PolicyAction,
+    PolicyEvent,
+    PolicyReason,
+    PopState,
+    PopStatus,
+    Share,
+    TableUpdate,
+)
+
+NETWORK = load_network("deploy/config/network.yaml")
+NOW = 1_000.0
+
+
+def _status(pop: str, state: PopState, util: float, at: float = NOW - 1.0) -> PopStatus:
+    return PopStatus(
+        pop=pop, at=at, state=state, since=at - 20.0, utilisation=util, capacity_cores=4.0,
+        load_cores=4.0 * util, excess_cores=0.5 if state is PopState.SHED else 0.0,
+        rule="combined_over: 0.950 > 0.85" if state is PopState.SHED else None,
+    )  # fmt: skip
+
+
+def _policy(
+    source: str, dst: str, share: float, expected: dict[str, float], *, version: int = 7,
+    infeasible: bool = False, expires_at: float = NOW + 10.0,
+) -> PolicyEvent:  # fmt: skip
+    return PolicyEvent(
+        action=PolicyAction.NEW, source=source, version=version, epoch=2, issued_at=NOW - 5.0,
+        expires_at=expires_at, shares=[Share(tier=0, destination=dst, share=share)],
+        reason=PolicyReason(trigger_pop=source, rule=f"shed: {source} over target",
+                            expected_utilisation=expected, infeasible=infeasible),
+    )  # fmt: skip
+
+
+def _view(*policies: PolicyEvent) -> NetworkView:
+    return NetworkView().observe(
+        [
+            _status("a", PopState.SHED, 0.95),
+            _status("b", PopState.NEUTRAL, 0.60),
+            _status("c", PopState.CAN_TAKE, 0.30, at=NOW - 60.0),  # stale: 60 s old
+            _status("a", PopState.NEUTRAL, 0.50, at=NOW - 30.0),  # older: ignored
+            TableUpdate(
+                pop="a",
+                tier=0,
+                version=12,
+                policy_version=7,
+                buckets_changed=40,
+                written_at=NOW - 4.0,
+            ),
+            *policies,
+        ]
+    )
+
+
+def test_status_shows_each_pop_with_its_verdict_policy_and_tables() -> None:
+    view = _view(_policy("a", "b", 0.25, {"a": 0.74, "b": 0.70}))
+    view.lag = {"ingest": 3, "analytics": None}
+    lines = status_lines(view, NETWORK, NOW, max_age_s=10.0)
+    row = {line.split()[0]: line for line in lines[1:4]}
+    assert "95%" in row["a"] and "shed" in row["a"] and "t0->b 25%" in row["a"]
+    assert "t0:v12" in row["a"]
+    assert "neutral" in row["b"] and row["b"].rstrip().endswith("-")
+    assert "stale" in row["c"]
+    assert "  ingest: 3 messages" in lines and "  analytics: unknown" in lines
+
+
+def test_a_lapsed_or_cancelled_policy_is_not_in_force() -> None:
+    lapsed = _view(_policy("a", "b", 0.25, {}, expires_at=NOW - 1.0))
+    assert "t0->b" not in status_lines(lapsed, NETWORK, NOW, 10.0)[1]
+    cancel = _policy("a", "b", 0.25, {}, version=8).model_copy(
+        update={"action": PolicyAction.CANCEL, "shares": []}
+    )
+    view = _view(_policy("a", "b", 0.25, {}), cancel)
+    assert view.in_force("a", NOW) is None
+
+
+def test_explain_names_the_receiver_that_binds_and_why_each_peer_is_unused() -> None:
+    view = _view(_policy("a", "b", 0.40, {"a": 0.80, "b": 0.74}))
+    text = "\n".join(explain_lines(view, NETWORK, "a", NOW, max_age_s=10.0))
+    assert "analytics: shed" in text and "rule: combined_over" in text
+    assert "policy v7 (epoch 2): t0->b 40%" in text
+    assert "binds: receivers at their target: b expected 74% of 75%" in text
+    # c is beyond tier 0's 30 ms bound from a (45 ms): the reason is the latency, not c's state
+    assert "not used: c: 45 ms away, beyond the tier's bound of 30 ms" in text
+
+
+def test_explain_of_a_receiver_and_of_an_infeasible_policy() -> None:
+    view = _view(_policy("a", "b", 0.40, {"a": 0.90, "b": 0.60}, infeasible=True))
+    text = "\n".join(explain_lines(view, NETWORK, "a", NOW, max_age_s=10.0))
+    assert "binds: capacity" in text
+    receiver = "\n".join(explain_lines(view, NETWORK, "b", NOW, max_age_s=10.0))
+    assert "receives 40% of a's tier 0" in receiver and "policy: none in force" in receiver
+
+
+def test_explain_when_only_the_sources_own_target_binds() -> None:
+    view = _view(_policy("a", "b", 0.20, {"a": 0.75, "b": 0.55}))
+    text = "\n".join(explain_lines(view, NETWORK, "a", NOW, max_age_s=10.0))
+    assert "binds: a's own target" in text
