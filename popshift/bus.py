@@ -249,7 +249,14 @@ class Producer(Protocol):
     failed: int
     dropped: int
 
-    def send(self, topic: Topic | str, key: str, message: BaseModel) -> None: ...
+    def send(
+        self,
+        topic: Topic | str,
+        key: str,
+        message: BaseModel,
+        *,
+        links: Sequence[trace.SpanContext | None] = (),
+    ) -> None: ...
 
     def send_raw(
         self, topic: str, key: str | bytes | None, value: bytes, headers: tracing.Headers
@@ -383,10 +390,21 @@ class _Sender:
     ) -> None:
         raise NotImplementedError
 
-    def send(self, topic: Topic | str, key: str, message: BaseModel) -> None:
+    def send(
+        self,
+        topic: Topic | str,
+        key: str,
+        message: BaseModel,
+        *,
+        links: Sequence[trace.SpanContext | None] = (),
+    ) -> None:
+        """``links``: the spans of what the message was made of (popshift/tracing.py)."""
         name = topic if isinstance(topic, str) else topic.name
         with _tracer.start_as_current_span(
-            f"{name} send", kind=trace.SpanKind.PRODUCER, attributes={"messaging.destination": name}
+            f"{name} send",
+            kind=trace.SpanKind.PRODUCER,
+            attributes={"messaging.destination": name},
+            links=tracing.links(links),
         ):
             headers = tracing.inject([])
             self.send_raw(name, key, message.model_dump_json().encode(), headers)
@@ -483,7 +501,9 @@ class Outbox:
     def __init__(self, producer: Producer, flush_timeout_s: float = 1.0) -> None:
         self.producer = producer
         self.flush_timeout_s = flush_timeout_s
-        self._unconfirmed: dict[tuple[str, str], tuple[Topic | str, str, BaseModel]] = {}
+        self._unconfirmed: dict[
+            tuple[str, str], tuple[Topic | str, str, BaseModel, Sequence[trace.SpanContext | None]]
+        ] = {}
         self.flush_failures = 0
         self.resent = 0
 
@@ -492,12 +512,18 @@ class Outbox:
         return len(self._unconfirmed)
 
     def send(
-        self, topic: Topic | str, key: str, message: BaseModel, *, slot: str | None = None
+        self,
+        topic: Topic | str,
+        key: str,
+        message: BaseModel,
+        *,
+        slot: str | None = None,
+        links: Sequence[trace.SpanContext | None] = (),
     ) -> None:
         """Send; ``slot`` (default: the key) names what a later message replaces."""
         name = topic if isinstance(topic, str) else topic.name
-        self._unconfirmed[(name, slot or key)] = (topic, key, message)
-        self.producer.send(topic, key, message)
+        self._unconfirmed[(name, slot or key)] = (topic, key, message, links)
+        self.producer.send(topic, key, message, links=links)
 
     def flush(self) -> bool:
         """True when every message sent so far is confirmed."""
@@ -515,8 +541,8 @@ class Outbox:
                     exc,
                 )
             if exc.failed:
-                for topic, key, message in list(self._unconfirmed.values()):
-                    self.producer.send(topic, key, message)
+                for topic, key, message, links in list(self._unconfirmed.values()):
+                    self.producer.send(topic, key, message, links=links)
                     self.resent += 1
             return False
         self._unconfirmed.clear()

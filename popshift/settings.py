@@ -118,10 +118,16 @@ class Settings(BaseSettings):
     def who(self) -> str:
         return self.principal or self.default_principal
 
-    def serve_metrics(self) -> int | None:
-        """Start this process's Prometheus endpoint (popshift/metrics.py); its port or None."""
+    def start_telemetry(self) -> int | None:
+        """This service's Prometheus endpoint (popshift/metrics.py), and its spans exported
+        over OTLP when an endpoint is set (popshift/tracing.py; without one, spans are not
+        even recorded). Returns the metrics port, or None."""
         from popshift import metrics  # the tools that never serve need not import it
 
+        if self.otlp_endpoint:
+            from popshift.tracing import setup_tracing
+
+            setup_tracing(self.service_name, self.otlp_endpoint)
         port = self.default_metrics_port if self.metrics_port is None else self.metrics_port
         return metrics.serve(self.metrics_host, port, self.service_name)
 

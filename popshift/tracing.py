@@ -1,6 +1,10 @@
 """W3C trace context across Kafka, so one trace follows a load spike from agent to BPF map.
 
 The producer writes a ``traceparent`` header; the consumer's span is a child of the producer's.
+Where a service aggregates (a pop-load of many heartbeats, a policy of several statuses, a table
+write of a policy received earlier), the span that sends the result *links* the spans of what
+it was made of (:func:`here`, then ``links=`` on the bus's ``send``): one chain of spans and
+links runs from an agent's heartbeat to the BPF map write (docs/operations.md, Traces).
 """
 
 from __future__ import annotations
@@ -27,6 +31,16 @@ def setup_tracing(service_name: str, otlp_endpoint: str | None) -> TracerProvide
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
     trace.set_tracer_provider(provider)
     return provider
+
+
+def here() -> trace.SpanContext | None:
+    """The current span's context, to link later; None outside a (sampled) span."""
+    ctx = trace.get_current_span().get_span_context()
+    return ctx if ctx.is_valid else None
+
+
+def links(contexts: Sequence[trace.SpanContext | None]) -> list[trace.Link]:
+    return [trace.Link(c) for c in contexts if c is not None]
 
 
 def inject(headers: Headers, context: Context | None = None) -> Headers:

@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     del argv  # configured by POPSHIFT_* only
     setup_logging()
     settings = AnalyticsSettings()
-    settings.serve_metrics()
+    settings.start_telemetry()
     # Kafka down at start: wait for it (faust's own start needs the broker), then start.
     stop = threading.Event()
     install_stop_signals(stop)

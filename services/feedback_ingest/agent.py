@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m services.feedback_ingest.agent`` (and ``popshift agent``)."""
     setup_logging()
     settings = CliApp.run(AgentSettings, cli_args=list(argv if argv is not None else sys.argv[1:]))
-    settings.serve_metrics()
+    settings.start_telemetry()
     probe = None
     if settings.probe:
         check = make_check(settings.probe, settings.probe_timeout_s)

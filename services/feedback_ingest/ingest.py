@@ -28,10 +28,13 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
-from popshift import topics
+from opentelemetry import trace
+
+from popshift import topics, tracing
 from popshift.admission import Refused
 from popshift.bus import Bus, DeliveryFailed, KafkaBus, Received, RejectMessage
 from popshift.network import NetworkConfig, load_network
@@ -44,6 +47,8 @@ from popshift.process import (
 )
 from services.feedback_ingest.aggregate import PopAggregator, TooManyServers, UnknownPop
 from services.feedback_ingest.settings import IngestSettings
+
+MAX_LINKS = 64  # span links a pop-load carries at most (a PoP's heartbeats in one interval)
 
 log = logging.getLogger("popshift.ingest")
 
@@ -84,6 +89,8 @@ class Ingest:
         self._last_rx: float | None = None  # real time of the last feedback from anyone
         self._skipped_s = 0.0
         self.outages = 0  # silences of every server longer than K intervals
+        # per PoP, the spans of the feedback since its last pop-load (popshift/tracing.py)
+        self._links: dict[str, deque[trace.SpanContext]] = {}
         self.in_outage = False
 
     def feedback_clock(self, now: float) -> float:
@@ -100,6 +107,9 @@ class Ingest:
         if self.in_outage:
             self.in_outage = False
             log.warning("feedback is back: liveness resumes, publishing again")
+        pop = getattr(received.value, "pop", None)
+        if pop is not None and (here := tracing.here()) is not None:
+            self._links.setdefault(pop, deque(maxlen=MAX_LINKS)).append(here)
         interval = getattr(received.value, "interval_s", None)
         if interval is not None and interval > self._gap_s:
             self._gap_s = interval
@@ -122,7 +132,12 @@ class Ingest:
             return 0
         loads = self.aggregator.tick(self.feedback_clock(now))
         for load in loads:
-            self.producer.send(self.pop_load, load.pop, load.model_copy(update={"at": now}))
+            self.producer.send(
+                self.pop_load,
+                load.pop,
+                load.model_copy(update={"at": now}),
+                links=self._links.pop(load.pop, ()),  # the heartbeats it aggregates
+            )
         self.published += len(loads)
         return len(loads)
 
@@ -174,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     del argv  # configured by POPSHIFT_* only
     setup_logging()
     settings = IngestSettings()
-    settings.serve_metrics()
+    settings.start_telemetry()
     network = load_network(settings.network_file)
     stop = threading.Event()
     install_stop_signals(stop)

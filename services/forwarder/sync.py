@@ -45,8 +45,9 @@ import numpy as np
 import numpy.typing as npt
 import redis
 from confluent_kafka import KafkaException
+from opentelemetry import trace
 
-from popshift import metrics, topics
+from popshift import metrics, topics, tracing
 from popshift import redis_client as popshift_redis
 from popshift.bus import DeliveryFailed, Received, TypedConsumer, TypedProducer, create_topics
 from popshift.network import NetworkConfig, load_network
@@ -67,6 +68,7 @@ from services.table_writer.codec import NO_ADDRESS, BadTableBlob, Header, decode
 from services.table_writer.store import current_key, version_key
 
 log = logging.getLogger("popshift.forwarder.sync")
+_tracer = trace.get_tracer("popshift.forwarder.sync")
 
 Image = npt.NDArray[Any]
 """A tier's buckets exactly as the BPF array holds them (dtype :data:`BUCKET_DTYPE`)."""
@@ -498,6 +500,8 @@ class SyncService:
         """Called on every reconcile, before the maps are read back (the node file)."""
         self._check_now = True
         self._next_reconcile = clock() + settings.sync_reconcile_s
+        # per tier, the span of the latest table-updates.v1 notice: the map write links it
+        self._notices: dict[int, trace.SpanContext] = {}
 
     @property
     def pop(self) -> str:
@@ -506,6 +510,8 @@ class SyncService:
     def handle(self, received: Received) -> None:
         if isinstance(received.value, TableUpdate) and on_notice(self.state, received.value):
             self._check_now = True
+            if (here := tracing.here()) is not None:
+                self._notices[received.value.tier] = here
 
     def sync(self) -> int:
         """Bring every tier to Redis's current version, then hold every lease; returns how
@@ -616,8 +622,14 @@ class SyncService:
             log.error("%s tier %d v%d REFUSED, keeping the maps: %s", self.pop, tier, version, exc)
             return 0
         t3 = time.perf_counter()
+        span = _tracer.start_span(
+            f"bpf map write {self.node} t{tier}",
+            links=tracing.links([self._notices.pop(tier, None)]),
+            attributes={"popshift.version": version, "popshift.buckets": len(p.indices)},
+        )
         try:
-            self.maps.write(tier, p.indices, p.image[p.indices])
+            with trace.use_span(span, end_on_exit=True):
+                self.maps.write(tier, p.indices, p.image[p.indices])
         except OSError as exc:  # BpfError: what the maps hold is now unknown
             lost(self.state, tier)
             log.error("%s tier %d: map write failed, will read back: %s", self.pop, tier, exc)
@@ -813,7 +825,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not pop or not node:
         log.error("which PoP and node? pass --pop and --node (or POPSHIFT_SYNC_POP/NODE)")
         return 2
-    settings.serve_metrics()
+    settings.start_telemetry()
     fwd = open_maps(settings)
     if settings.sync_node_file:
         try:

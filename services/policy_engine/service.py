@@ -20,8 +20,9 @@ from collections.abc import Callable, Sequence
 
 import redis
 from confluent_kafka import KafkaException
+from opentelemetry import trace
 
-from popshift import metrics, redis_client, topics
+from popshift import metrics, redis_client, topics, tracing
 from popshift.bus import (
     Bus,
     DeliveryFailed,
@@ -92,10 +93,13 @@ class PolicyEngineService:
         self.published = 0
         self.state_changed = False  # a pop-status changed its PoP's state since the last tick
         self._last_native_log = 0.0
+        # per PoP, the span of its latest pop-status: a policy links those it was decided on
+        self._status_spans: dict[str, trace.SpanContext | None] = {}
 
     def handle(self, received: Received) -> None:
         value = received.value
         if isinstance(value, PopStatus) and (model := self.state.pops.get(value.pop)):
+            self._status_spans[value.pop] = tracing.here()
             before = model.status
             if before is None or (value.state is not before.state and value.at >= before.at):
                 self.state_changed = True
@@ -140,7 +144,13 @@ class PolicyEngineService:
             _, events = decide(self.state, Tick(), now)
         self._log_native(now)
         for event in events:
-            self.outbox.send(self.policies, event.source, event)
+            inputs = {event.source, *(s.destination for s in event.shares)}
+            self.outbox.send(
+                self.policies,
+                event.source,
+                event,
+                links=[self._status_spans.get(p) for p in sorted(inputs)],
+            )
             metrics.POLICY_EVENTS.labels(event.action.value).inc()
             if event.reason is not None and event.reason.rule.startswith("lapsed"):
                 metrics.LEASE_EXPIRIES.labels("engine").inc()
@@ -219,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     del argv  # configured by POPSHIFT_* only
     setup_logging()
     settings = PolicySettings()
-    settings.serve_metrics()
+    settings.start_telemetry()
     network = load_network(settings.network_file)
     stop = threading.Event()
     install_stop_signals(stop)

@@ -42,8 +42,9 @@ from typing import Protocol
 
 import redis
 from confluent_kafka import KafkaException
+from opentelemetry import trace
 
-from popshift import metrics, redis_client, topics
+from popshift import metrics, redis_client, topics, tracing
 from popshift.admission import Refused
 from popshift.bus import (
     Bus,
@@ -75,6 +76,7 @@ from services.table_writer.writer import (
 )
 
 log = logging.getLogger("popshift.table_writer")
+_tracer = trace.get_tracer("popshift.table_writer")
 
 
 class Tables(Protocol):
@@ -133,6 +135,7 @@ class TableWriterService:
         self.write_failures = 0
         self.rewrites = 0  # tiers rewritten because Redis had lost them
         self._pending: dict[int, Write] = {}  # per tier: the state's table, not yet in Redis
+        self._causes: dict[int, trace.SpanContext] = {}  # per tier: what the write came of
         self._adopt_from_redis()
         policies = settings.topic(topics.POLICIES)
         for event in bus.replay(policies, key=pop):
@@ -205,9 +208,12 @@ class TableWriterService:
 
     def _write(self, writes: list[Write]) -> None:
         """Make each write the state's table and store it (now, or on a later attempt)."""
+        cause = tracing.here()  # the policy or pop-load being handled (None on a tick)
         for w in writes:
             commit(self.state, w)
             self._pending[w.tier] = w
+            if cause is not None:
+                self._causes[w.tier] = cause
         self._flush_pending()
 
     def _flush_pending(self) -> None:
@@ -224,8 +230,13 @@ class TableWriterService:
                 written_at=now,
                 shares=w.shares,
             )
+            span = _tracer.start_span(
+                f"table write {self.pop} t{w.tier}",
+                links=tracing.links([self._causes.get(tier)]),
+                attributes={"popshift.version": w.version, "popshift.changed": len(w.changed)},
+            )
             try:
-                with metrics.TABLE_APPLY_SECONDS.time():
+                with metrics.TABLE_APPLY_SECONDS.time(), trace.use_span(span, end_on_exit=True):
                     self.store.write(w.table, header)
                 metrics.REDIS_CONNECTED.set(1)
             except StaleVersion as exc:
@@ -257,7 +268,12 @@ class TableWriterService:
                 buckets_changed=len(w.changed),
                 written_at=now,
             )
-            self.outbox.send(self.updates, self.pop, update, slot=f"{self.pop}:{w.tier}")
+            self._causes.pop(tier, None)
+            # the notice links the table write: a sync's map write links the notice in turn
+            self.outbox.send(
+                self.updates, self.pop, update, slot=f"{self.pop}:{w.tier}",
+                links=[span.get_span_context()],
+            )  # fmt: skip
         self.outbox.flush()
 
     def _bump(self, tier: int, version: int) -> None:
@@ -363,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m services.table_writer.service [POP]``."""
     setup_logging()
     settings = TableWriterSettings()
-    settings.serve_metrics()
+    settings.start_telemetry()
     args = list(argv if argv is not None else sys.argv[1:])
     pop = args[0] if args else settings.table_pop
     if not pop:

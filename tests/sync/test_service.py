@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import pytest
 import redis
 
+from popshift import topics
+from popshift.bus import MemoryBus
+from schemas.messages import TableUpdate
 from services.forwarder.sync import SyncService, map_image, redis_client
 from services.forwarder.sync_settings import SyncSettings
 from services.table_writer.codec import Header, decode_records
@@ -142,3 +146,24 @@ def test_a_failed_read_back_writes_nothing_and_is_retried(
     maps.read = real_read  # type: ignore[method-assign]
     assert sync.sync() == 1
     assert held(maps, 0, client, sync_settings.table_key_prefix)
+
+
+def test_a_map_write_links_the_notice_that_announced_its_table(
+    sync_settings: SyncSettings, client: redis.Redis[bytes], spans: Any
+) -> None:
+    """The last link of the chain from a heartbeat (popshift/tracing.py): the table-updates.v1
+    notice's span, linked by the span of the BPF map write it led to."""
+    prefix = sync_settings.table_key_prefix
+    TableStore(client, prefix=prefix).write(table(BITS), Header("a", 0, 1, 1, BITS, 1.0))
+    sync = service(sync_settings, FakeMaps(BITS), client)
+    bus = MemoryBus()
+    notice = TableUpdate(
+        pop="a", tier=0, version=1, policy_version=1, buckets_changed=256, written_at=1.0
+    )
+    bus.producer().send(topics.TABLE_UPDATES, "a", notice)
+    bus.consumer("sync", [topics.TABLE_UPDATES]).poll_batch(sync.handle)
+    assert sync.sync() == 1
+    finished = spans.get_finished_spans()
+    (told,) = [s for s in finished if s.name == f"{topics.TABLE_UPDATES.name} process"]
+    (write,) = [s for s in finished if s.name == "bpf map write a-edge1 t0"]
+    assert [link.context.span_id for link in write.links] == [told.context.span_id]
