@@ -255,7 +255,7 @@ class Producer(Protocol):
         key: str,
         message: BaseModel,
         *,
-        links: Sequence[trace.SpanContext | None] = (),
+        made_of: Sequence[trace.SpanContext | None] = (),
     ) -> None: ...
 
     def send_raw(
@@ -396,15 +396,18 @@ class _Sender:
         key: str,
         message: BaseModel,
         *,
-        links: Sequence[trace.SpanContext | None] = (),
+        made_of: Sequence[trace.SpanContext | None] = (),
     ) -> None:
-        """``links``: the spans of what the message was made of (popshift/tracing.py)."""
+        """``made_of``: the spans of what the message was made of, oldest first: the newest is
+        the send's parent, the others its links (popshift/tracing.py)."""
         name = topic if isinstance(topic, str) else topic.name
+        parent, links = tracing.made_of(made_of)
         with _tracer.start_as_current_span(
             f"{name} send",
+            context=parent,
             kind=trace.SpanKind.PRODUCER,
             attributes={"messaging.destination": name},
-            links=tracing.links(links),
+            links=links,
         ):
             headers = tracing.inject([])
             self.send_raw(name, key, message.model_dump_json().encode(), headers)
@@ -518,12 +521,12 @@ class Outbox:
         message: BaseModel,
         *,
         slot: str | None = None,
-        links: Sequence[trace.SpanContext | None] = (),
+        made_of: Sequence[trace.SpanContext | None] = (),
     ) -> None:
         """Send; ``slot`` (default: the key) names what a later message replaces."""
         name = topic if isinstance(topic, str) else topic.name
-        self._unconfirmed[(name, slot or key)] = (topic, key, message, links)
-        self.producer.send(topic, key, message, links=links)
+        self._unconfirmed[(name, slot or key)] = (topic, key, message, made_of)
+        self.producer.send(topic, key, message, made_of=made_of)
 
     def flush(self) -> bool:
         """True when every message sent so far is confirmed."""
@@ -541,8 +544,8 @@ class Outbox:
                     exc,
                 )
             if exc.failed:
-                for topic, key, message, links in list(self._unconfirmed.values()):
-                    self.producer.send(topic, key, message, links=links)
+                for topic, key, message, made_of in list(self._unconfirmed.values()):
+                    self.producer.send(topic, key, message, made_of=made_of)
                     self.resent += 1
             return False
         self._unconfirmed.clear()

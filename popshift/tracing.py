@@ -2,9 +2,9 @@
 
 The producer writes a ``traceparent`` header; the consumer's span is a child of the producer's.
 Where a service aggregates (a pop-load of many heartbeats, a policy of several statuses, a table
-write of a policy received earlier), the span that sends the result *links* the spans of what
-it was made of (:func:`here`, then ``links=`` on the bus's ``send``): one chain of spans and
-links runs from an agent's heartbeat to the BPF map write (docs/operations.md, Traces).
+write of a policy received earlier), the span that sends the result is a child of the newest of
+what it was made of and *links* the others (:func:`here`, then ``made_of=`` on the bus's
+``send``, :func:`made_of`): one trace runs from an agent's heartbeat to the BPF map write.
 """
 
 from __future__ import annotations
@@ -39,8 +39,17 @@ def here() -> trace.SpanContext | None:
     return ctx if ctx.is_valid else None
 
 
-def links(contexts: Sequence[trace.SpanContext | None]) -> list[trace.Link]:
-    return [trace.Link(c) for c in contexts if c is not None]
+def made_of(
+    inputs: Sequence[trace.SpanContext | None],
+) -> tuple[Context | None, list[trace.Link]]:
+    """The parent and links of a span whose result was made of ``inputs`` (oldest first): the
+    newest input is its parent, so one trace runs from a heartbeat to the BPF map write; the
+    others are links. (None, []) without inputs: the span goes in the current context."""
+    valid = [c for c in inputs if c is not None]
+    if not valid:
+        return None, []
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(valid[-1]))
+    return parent, [trace.Link(c) for c in valid[:-1]]
 
 
 def inject(headers: Headers, context: Context | None = None) -> Headers:

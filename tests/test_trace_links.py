@@ -1,7 +1,7 @@
-"""One chain of spans and links from a heartbeat to a table write (popshift/tracing.py): each
-service that aggregates links, in the span that sends its result, the spans of what it was made
-of. On the in-memory bus with the in-memory span exporter; the sync's map write links the
-table-updates notice the same way (services/forwarder/sync.py)."""
+"""One trace from a heartbeat to a table write (popshift/tracing.py): each service that
+aggregates sends its result in a span whose parent is the newest of what it was made of and
+whose links are the others. On the in-memory bus with the in-memory span exporter; the sync's
+map write is the notice's child the same way (tests/sync/test_service.py)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,16 @@ def _linked(span: ReadableSpan) -> set[int]:
     return {link.context.span_id for link in span.links}
 
 
-def test_a_pop_load_links_the_heartbeats_it_aggregates(spans: Any) -> None:
+def _parent(span: ReadableSpan) -> int | None:
+    return span.parent.span_id if span.parent is not None else None
+
+
+def _made_of(span: ReadableSpan) -> set[int]:
+    """Its parent and its links."""
+    return _linked(span) | ({p} if (p := _parent(span)) is not None else set())
+
+
+def test_a_pop_load_goes_on_from_the_heartbeats_it_aggregates(spans: Any) -> None:
     bus, clock = MemoryBus(), [10.0]
     ingest = ingest_on(bus, clock)
     producer = bus.producer()
@@ -35,30 +44,37 @@ def test_a_pop_load_links_the_heartbeats_it_aggregates(spans: Any) -> None:
     producer.send(t.FEEDBACK, "b", hb("b1", seq=1, busy=1.0, pop="b"))
     ingest.consumer.poll_batch(ingest.handle)
     ingest.publish(clock[0])
-    heartbeats = {s.context.span_id for s in _finished(spans, f"{t.FEEDBACK.name} process")}
+    processed = _finished(spans, f"{t.FEEDBACK.name} process")
+    heartbeats = {s.context.span_id: s for s in processed}
     sends = _finished(spans, f"{t.POP_LOAD.name} send")
     assert len(sends) == 2
-    links = [_linked(s) for s in sends]
-    assert sorted(len(x) for x in links) == [1, 2]  # b's one heartbeat, a's two
-    assert links[0] | links[1] == heartbeats  # every heartbeat linked, by its PoP's load
+    made_of = [_made_of(s) for s in sends]
+    assert sorted(len(x) for x in made_of) == [1, 2]  # b's one heartbeat, a's two
+    assert made_of[0] | made_of[1] == set(heartbeats)  # every heartbeat, by its PoP's load
+    for send in sends:  # each in the trace of its newest heartbeat
+        parent = heartbeats[_parent(send) or 0]
+        assert send.context.trace_id == parent.context.trace_id
+    a_send = next(s for s in sends if len(_made_of(s)) == 2)
+    assert _parent(a_send) == processed[1].context.span_id  # a2's, a1's a link
     ingest.publish(clock[0] + 1.0)  # nothing new heard: the next pop-loads link nothing
-    assert all(not s.links for s in _finished(spans, f"{t.POP_LOAD.name} send")[2:])
+    assert all(not _made_of(s) for s in _finished(spans, f"{t.POP_LOAD.name} send")[2:])
 
 
-def test_a_policy_links_the_statuses_it_was_decided_on(spans: Any) -> None:
+def test_a_policy_goes_on_from_the_statuses_it_was_decided_on(spans: Any) -> None:
     bus = MemoryBus()
     send_loads(bus, {"a": 9.0, "b": 2.0, "c": 2.0})
     service = engine_on(bus)
     service.consumer.poll_batch(service.handle)
     events = service.tick()
-    status_spans = {s.context.span_id for s in _finished(spans, f"{t.POP_STATUS.name} process")}
+    processed = _finished(spans, f"{t.POP_STATUS.name} process")
     (send,) = [s for s in _finished(spans, f"{t.POLICIES.name} send")]
     assert events and events[0].source == "a"
-    wanted = 1 + len(events[0].shares)  # the source's status and each destination's
-    assert len(_linked(send)) == wanted and _linked(send) <= status_spans
+    by_pop = {pop: processed[i].context.span_id for i, pop in enumerate(("a", "b", "c"))}
+    assert _parent(send) == by_pop["a"]  # the source's status: the trace goes on from it
+    assert _linked(send) == {by_pop[s.destination] for s in events[0].shares}
 
 
-def test_a_table_write_links_its_policy_and_the_notice_links_the_write(spans: Any) -> None:
+def test_a_table_write_goes_on_from_its_policy_and_the_notice_from_the_write(spans: Any) -> None:
     bus, store = MemoryBus(), MemoryTables()
     producer = bus.producer()
     producer.send(t.POP_LOAD, "a", pop_load("a", NOW))
@@ -69,6 +85,7 @@ def test_a_table_write_links_its_policy_and_the_notice_links_the_write(spans: An
     writer.consumer.poll_batch(writer.handle)
     (process,) = _finished(spans, f"{t.POLICIES.name} process")
     (write,) = _finished(spans, "table write a t0")
-    assert _linked(write) == {process.context.span_id}
+    assert _parent(write) == process.context.span_id and not write.links
     (notice,) = _finished(spans, f"{t.TABLE_UPDATES.name} send")
-    assert _linked(notice) == {write.context.span_id}
+    assert _parent(notice) == write.context.span_id
+    assert notice.context.trace_id == process.context.trace_id

@@ -136,7 +136,7 @@ class Ingest:
                 self.pop_load,
                 load.pop,
                 load.model_copy(update={"at": now}),
-                links=self._links.pop(load.pop, ()),  # the heartbeats it aggregates
+                made_of=self._links.pop(load.pop, ()),  # the heartbeats it aggregates
             )
         self.published += len(loads)
         return len(loads)

@@ -622,9 +622,11 @@ class SyncService:
             log.error("%s tier %d v%d REFUSED, keeping the maps: %s", self.pop, tier, version, exc)
             return 0
         t3 = time.perf_counter()
+        parent, links = tracing.made_of([self._notices.pop(tier, None)])
         span = _tracer.start_span(
             f"bpf map write {self.node} t{tier}",
-            links=tracing.links([self._notices.pop(tier, None)]),
+            context=parent,
+            links=links,
             attributes={"popshift.version": version, "popshift.buckets": len(p.indices)},
         )
         try:

@@ -144,12 +144,13 @@ class PolicyEngineService:
             _, events = decide(self.state, Tick(), now)
         self._log_native(now)
         for event in events:
-            inputs = {event.source, *(s.destination for s in event.shares)}
+            # made of the destinations' statuses and, last (its parent), the source's own
+            inputs = [*sorted({s.destination for s in event.shares}), event.source]
             self.outbox.send(
                 self.policies,
                 event.source,
                 event,
-                links=[self._status_spans.get(p) for p in sorted(inputs)],
+                made_of=[self._status_spans.get(p) for p in inputs],
             )
             metrics.POLICY_EVENTS.labels(event.action.value).inc()
             if event.reason is not None and event.reason.rule.startswith("lapsed"):

@@ -230,9 +230,11 @@ class TableWriterService:
                 written_at=now,
                 shares=w.shares,
             )
+            parent, links = tracing.made_of([self._causes.get(tier)])
             span = _tracer.start_span(
                 f"table write {self.pop} t{w.tier}",
-                links=tracing.links([self._causes.get(tier)]),
+                context=parent,
+                links=links,
                 attributes={"popshift.version": w.version, "popshift.changed": len(w.changed)},
             )
             try:
@@ -269,10 +271,10 @@ class TableWriterService:
                 written_at=now,
             )
             self._causes.pop(tier, None)
-            # the notice links the table write: a sync's map write links the notice in turn
+            # the notice is the table write's child, a sync's map write the notice's in turn
             self.outbox.send(
                 self.updates, self.pop, update, slot=f"{self.pop}:{w.tier}",
-                links=[span.get_span_context()],
+                made_of=[span.get_span_context()],
             )  # fmt: skip
         self.outbox.flush()
 
