@@ -21,12 +21,15 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lab.namespaces import DEFAULT_NETWORK, DEFAULT_STATE, REPO, DataPlane, Lab, load_state
 from lab.topology import DEFAULT_PREFIX, build
 from popshift.network import load_network
 from popshift.settings import Settings
+
+if TYPE_CHECKING:
+    from lab.harness import Harness
 
 SCENARIO_OUT = Path("/tmp/popshift-scenario")
 # The XDP side (lab.dataplane, the scenario) is imported where it is used: it loads libbpf, and
@@ -79,6 +82,29 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def print_where_to_look(h: Harness) -> None:
+    """The run's metrics endpoints, its traces, and `popshift status` on its topics."""
+    import subprocess
+
+    print("== where to look")
+    for name, port in sorted(h.services.metrics_ports.items()):
+        print(f"  metrics  {name:16} http://127.0.0.1:{port}/metrics")
+    if os.environ.get("POPSHIFT_OTLP_ENDPOINT"):
+        print("  traces   http://127.0.0.1:16686 (Jaeger: search service sync-a-edge, operation "
+              "'bpf map write a-edge t0': one trace from a heartbeat to the map)")  # fmt: skip
+    else:
+        print("  traces   off: `make traces`, then POPSHIFT_OTLP_ENDPOINT="
+              "http://127.0.0.1:4318/v1/traces make demo")  # fmt: skip
+    operator = h.services.env() | {"POPSHIFT_PRINCIPAL": "operator"}
+    done = subprocess.run(
+        [sys.executable, "-m", "popshift.cli", "status"], env=operator, cwd=REPO,
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    print("  popshift status (on this run's topics):")
+    for line in (done.stdout + done.stderr).splitlines():
+        print(f"    {line}")
+
+
 def run_scenario(args: argparse.Namespace) -> int:
     """One overload run; its Result is saved (even on failure), and reported for `demo`."""
     from lab.harness import Harness
@@ -95,6 +121,8 @@ def run_scenario(args: argparse.Namespace) -> int:
     with Harness(args.out) as h:
         try:
             overload(h, not args.no_pin, args.overload_s, args.max_overload_s)
+            if args.cmd == "demo":
+                print_where_to_look(h)
         finally:
             for name in list(h.traffic):  # keep what the load generators saw, even on failure
                 h.stop_traffic(name, 5.0)

@@ -501,7 +501,7 @@ class SyncService:
         self._check_now = True
         self._next_reconcile = clock() + settings.sync_reconcile_s
         # per tier, the span of the latest table-updates.v1 notice: the map write links it
-        self._notices: dict[int, trace.SpanContext] = {}
+        self._notices: dict[int, tuple[int, trace.SpanContext]] = {}  # tier -> (version, span)
 
     @property
     def pop(self) -> str:
@@ -511,7 +511,7 @@ class SyncService:
         if isinstance(received.value, TableUpdate) and on_notice(self.state, received.value):
             self._check_now = True
             if (here := tracing.here()) is not None:
-                self._notices[received.value.tier] = here
+                self._notices[received.value.tier] = (received.value.version, here)
 
     def sync(self) -> int:
         """Bring every tier to Redis's current version, then hold every lease; returns how
@@ -622,7 +622,9 @@ class SyncService:
             log.error("%s tier %d v%d REFUSED, keeping the maps: %s", self.pop, tier, version, exc)
             return 0
         t3 = time.perf_counter()
-        parent, links = tracing.made_of([self._notices.pop(tier, None)])
+        told = self._notices.get(tier)
+        # the notice of this very version (Redis's poll may have found it first: then none)
+        parent, links = tracing.made_of([told[1] if told and told[0] == version else None])
         span = _tracer.start_span(
             f"bpf map write {self.node} t{tier}",
             context=parent,
