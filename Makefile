@@ -10,11 +10,14 @@ up: setup
 down: traces-down
 	bash deploy/local/down.sh
 
-# Jaeger (OTLP on 127.0.0.1:4318, query API on :16686), built from the Go module proxy.
+# Zipkin with its trace UI (127.0.0.1:9411/zipkin/, spans on :9411/api/v2/spans) and Jaeger
+# (OTLP on 127.0.0.1:4318, query API on :16686, no UI: built from the Go module proxy).
 traces:
+	bash deploy/observability/zipkin-start.sh
 	bash deploy/observability/jaeger-start.sh
 
 traces-down:
+	bash deploy/observability/zipkin-stop.sh
 	bash deploy/observability/jaeger-stop.sh
 
 # Installs, starts Kafka and Redis, runs every test (root-only tests need root). Services stay up

@@ -89,12 +89,12 @@ def print_where_to_look(h: Harness) -> None:
     print("== where to look")
     for name, port in sorted(h.services.metrics_ports.items()):
         print(f"  metrics  {name:16} http://127.0.0.1:{port}/metrics")
-    if os.environ.get("POPSHIFT_OTLP_ENDPOINT"):
-        print("  traces   http://127.0.0.1:16686 (Jaeger: search service sync-a-edge, operation "
-              "'bpf map write a-edge t0': one trace from a heartbeat to the map)")  # fmt: skip
+    if os.environ.get("POPSHIFT_ZIPKIN_ENDPOINT"):
+        print("  traces   http://127.0.0.1:9411/zipkin/ (service sync-a-edge, span 'bpf map "
+              "write a-edge t0': one trace from a heartbeat to the map)")  # fmt: skip
     else:
-        print("  traces   off: `make traces`, then POPSHIFT_OTLP_ENDPOINT="
-              "http://127.0.0.1:4318/v1/traces make demo")  # fmt: skip
+        print("  traces   off: `make traces`, then POPSHIFT_ZIPKIN_ENDPOINT="
+              "http://127.0.0.1:9411/api/v2/spans make demo")  # fmt: skip
     operator = h.services.env() | {"POPSHIFT_PRINCIPAL": "operator"}
     done = subprocess.run(
         [sys.executable, "-m", "popshift.cli", "status"], env=operator, cwd=REPO,

@@ -94,7 +94,8 @@ class Services:
         settings, then `more`."""
         base = {k: v for k, v in os.environ.items() if not k.startswith("POPSHIFT_")}
         keep = ("POPSHIFT_KAFKA_BOOTSTRAP", "POPSHIFT_REDIS_URL", "POPSHIFT_SECRETS_DIR",
-                "POPSHIFT_STATE_DIR", "POPSHIFT_OTLP_ENDPOINT")  # fmt: skip
+                "POPSHIFT_STATE_DIR", "POPSHIFT_OTLP_ENDPOINT",
+                "POPSHIFT_ZIPKIN_ENDPOINT")  # fmt: skip
         base |= {k: os.environ[k] for k in keep if k in os.environ}
         return base | {"PYTHONUNBUFFERED": "1"} | self.run_env | dict(more or {})
 

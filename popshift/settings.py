@@ -61,6 +61,11 @@ class Settings(BaseSettings):
         description="OTLP/HTTP traces endpoint (the local Jaeger: "
         "http://127.0.0.1:4318/v1/traces); unset = spans are not exported.",
     )
+    zipkin_endpoint: str | None = Field(
+        None,
+        description="Zipkin v2 JSON spans endpoint (the local Zipkin and its trace UI, `make "
+        "traces`: http://127.0.0.1:9411/api/v2/spans); with or instead of OTLP.",
+    )
     metrics_host: str = Field(
         "127.0.0.1", description="Address the Prometheus metrics endpoint binds (loopback)."
     )
@@ -124,10 +129,10 @@ class Settings(BaseSettings):
         even recorded). Returns the metrics port, or None."""
         from popshift import metrics  # the tools that never serve need not import it
 
-        if self.otlp_endpoint:
+        if self.otlp_endpoint or self.zipkin_endpoint:
             from popshift.tracing import setup_tracing
 
-            setup_tracing(self.service_name, self.otlp_endpoint)
+            setup_tracing(self.service_name, self.otlp_endpoint, self.zipkin_endpoint)
         port = self.default_metrics_port if self.metrics_port is None else self.metrics_port
         return metrics.serve(self.metrics_host, port, self.service_name)
 

@@ -22,13 +22,20 @@ Headers = list[tuple[str, str | bytes | None]]
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
-def setup_tracing(service_name: str, otlp_endpoint: str | None) -> TracerProvider:
-    """Install a process-wide provider; export over OTLP (Jaeger, Tempo, ...) when configured."""
+def setup_tracing(
+    service_name: str, otlp_endpoint: str | None, zipkin_endpoint: str | None = None
+) -> TracerProvider:
+    """Install a process-wide provider; export over OTLP (Jaeger, ...) and/or as Zipkin JSON
+    (Zipkin, whose trace UI ships in its server jar) when configured."""
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
+    if zipkin_endpoint:
+        from opentelemetry.exporter.zipkin.json import ZipkinExporter
+
+        provider.add_span_processor(BatchSpanProcessor(ZipkinExporter(endpoint=zipkin_endpoint)))
     trace.set_tracer_provider(provider)
     return provider
 

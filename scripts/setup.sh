@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev gcc-multilib redis-server
-  iproute2 ethtool procps maven openjdk-17-jre-headless python3-venv chromium)
+  iproute2 ethtool procps maven openjdk-17-jre-headless python3-venv chromium curl)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
