@@ -158,7 +158,7 @@ def explain_lines(
             f"{k} {v:.0%}" for k, v in sorted(policy.reason.expected_utilisation.items())
         )
         out.append(f"  expected after it: {expected}")
-    out.append(f"  binds: {_binding(view, network, pop, policy, now, max_age_s)}")
+    out.append(f"  binds: {_binding(network, pop, policy)}")
     used = {s.destination for s in policy.shares}
     tiers = sorted({s.tier for s in policy.shares})
     for peer in network.pop_names:
@@ -171,14 +171,7 @@ def explain_lines(
     return out
 
 
-def _binding(
-    view: NetworkView,
-    network: NetworkConfig,
-    pop: str,
-    policy: PolicyEvent,
-    now: float,
-    max_age_s: float,
-) -> str:
+def _binding(network: NetworkConfig, pop: str, policy: PolicyEvent) -> str:
     if policy.reason.infeasible:
         return (
             "capacity: no receiver within the tiers' latency bounds has room for the whole "

@@ -300,6 +300,18 @@ def test_group_state_reads_librdkafka_statistics() -> None:
     assert not revoking.settled  # partitions on record, none fetched
 
 
+def test_unreadable_statistics_keep_the_last_group_state() -> None:
+    """librdkafka's JSON is trusted no further than it parses: a bad blob changes nothing."""
+    from popshift.bus import GroupState, TypedConsumer
+
+    consumer = TypedConsumer.__new__(TypedConsumer)  # no client: only the callback is tried
+    consumer._group = "g"
+    consumer.group_state = GroupState("steady", 1, True)
+    for raw in ("not json", "[]", '{"cgrp": {"assignment_size": "many"}}'):
+        consumer._on_stats(raw)
+        assert consumer.group_state == GroupState("steady", 1, True), raw
+
+
 @pytest.mark.slow
 def test_a_member_reports_its_group_state_and_a_new_client_goes_on(
     kafka: KafkaAccess, unique: str

@@ -3,6 +3,8 @@ latest messages, on the lab's network (a -10 ms- b -12 ms- c, a -45 ms- c)."""
 
 from __future__ import annotations
 
+import pytest
+
 from popshift.network import load_network
 from popshift.view import NetworkView, explain_lines, status_lines
 from schemas.messages import (
@@ -103,3 +105,23 @@ def test_explain_when_only_the_sources_own_target_binds() -> None:
     view = _view(_policy("a", "b", 0.20, {"a": 0.75, "b": 0.55}))
     text = "\n".join(explain_lines(view, NETWORK, "a", NOW, max_age_s=10.0))
     assert "binds: a's own target" in text
+
+
+def test_explain_of_an_unknown_pop_is_refused_before_reading_kafka(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from popshift.status import explain_main
+
+    assert explain_main(["zzz"]) == 2  # no broker is asked: the network file says no
+    assert "unknown PoP 'zzz'" in capsys.readouterr().err
+
+
+def test_a_policy_naming_a_pop_outside_the_network_is_not_a_row() -> None:
+    """The topics may hold what the network file no longer knows (a PoP removed): status shows
+    the network's PoPs only, and explain's peers come from the network, not the messages."""
+    stray = _policy("zzz", "a", 0.5, {})
+    view = _view(stray)
+    rows = [line.split()[0] for line in status_lines(view, NETWORK, NOW, 10.0)[1:4]]
+    assert rows == ["a", "b", "c"]
+    text = "\n".join(explain_lines(view, NETWORK, "a", NOW, max_age_s=10.0))
+    assert "receives 50% of zzz's tier 0" in text and "not used: zzz" not in text
