@@ -500,7 +500,7 @@ class SyncService:
         """Called on every reconcile, before the maps are read back (the node file)."""
         self._check_now = True
         self._next_reconcile = clock() + settings.sync_reconcile_s
-        # per tier, the span of the latest table-updates.v1 notice: the map write links it
+        # per tier, the span of the latest table-updates.v1 notice: the map write is its child
         self._notices: dict[int, tuple[int, trace.SpanContext]] = {}  # tier -> (version, span)
 
     @property

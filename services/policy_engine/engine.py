@@ -48,6 +48,10 @@ class UnknownPop(ValueError):
     """A message names a PoP that is not in the network description."""
 
 
+LAPSED = "lapsed"
+"""The rule of a cancel the engine sends when a source's lease ran out for want of a status."""
+
+
 @dataclass(frozen=True)
 class Tick:
     """Time to re-solve and emit what changed."""
@@ -510,7 +514,7 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
                 if new
                 else PolicyReason(
                     trigger_pop=src,
-                    rule=f"lapsed: no pop-status from {src} within"
+                    rule=f"{LAPSED}: no pop-status from {src} within"
                     f" {state.config.status_max_age_s:g} s, the lease ran out: back to local",
                 )
             )

@@ -37,6 +37,7 @@ from popshift.network import NetworkConfig, load_network
 from popshift.process import install_stop_signals, run_ticking, setup_logging, until_ready
 from schemas.messages import PolicyEvent, PopStatus
 from services.policy_engine.engine import (
+    LAPSED,
     EngineState,
     SetOverrides,
     Tick,
@@ -93,7 +94,7 @@ class PolicyEngineService:
         self.published = 0
         self.state_changed = False  # a pop-status changed its PoP's state since the last tick
         self._last_native_log = 0.0
-        # per PoP, the span of its latest pop-status: a policy links those it was decided on
+        # per PoP, the span of its latest pop-status: a policy goes on from those it came of
         self._status_spans: dict[str, trace.SpanContext | None] = {}
 
     def handle(self, received: Received) -> None:
@@ -153,7 +154,7 @@ class PolicyEngineService:
                 made_of=[self._status_spans.get(p) for p in inputs],
             )
             metrics.POLICY_EVENTS.labels(event.action.value).inc()
-            if event.reason is not None and event.reason.rule.startswith("lapsed"):
+            if event.reason.rule.startswith(LAPSED):
                 metrics.LEASE_EXPIRIES.labels("engine").inc()
             log.info(
                 "policy v%d %s %s: %s",
