@@ -25,6 +25,7 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
     "access": ("popshift.access", "access_main", "create the principals and their ACLs (admin)"),
     "status": ("popshift.status", "status_main", "PoPs, status, policies, tables, consumer lag"),
     "explain": ("popshift.status", "explain_main", "why a PoP's policy is what it is"),
+    "console": ("popshift.console", "console_main", "the live web console (127.0.0.1:8088)"),
 }
 
 

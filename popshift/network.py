@@ -46,6 +46,10 @@ class PopConfig(BaseModel):
         "(cpu_busy_cores is bounded by capacity in schemas/messages.py); a server claiming more "
         "is refused, so one message cannot take more than its share of the PoP's buckets",
     )
+    lat: float | None = Field(
+        None, ge=-90.0, le=90.0, description="where the PoP is (degrees), for the console's map"
+    )
+    lon: float | None = Field(None, ge=-180.0, le=180.0, description="... and its longitude")
 
     def serves(self, address: str) -> bool:
         """Whether ``address`` lies in one of the PoP's server prefixes."""

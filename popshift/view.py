@@ -7,14 +7,46 @@ status`` prints :func:`status_lines`; ``popshift explain POP`` prints :func:`exp
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from popshift.network import NetworkConfig
-from schemas.messages import PolicyAction, PolicyEvent, PopState, PopStatus, TableUpdate
+from schemas.messages import (
+    DataplaneStats,
+    PolicyAction,
+    PolicyEvent,
+    PopLoad,
+    PopState,
+    PopStatus,
+    TableUpdate,
+)
+
+Observed = PopStatus | PolicyEvent | TableUpdate | PopLoad | DataplaneStats
 
 ROOM_MARGIN = 0.02
 """A receiver expected within this of its target has no room left: it is what binds."""
+
+
+HISTORY = 200
+"""Changes kept for the console's timeline."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One line of the timeline: a PoP's status turned, or a policy's shares changed."""
+
+    at: float
+    kind: str  # "status" or "policy"
+    pop: str
+    text: str
+    reason: str
+
+
+def _share_map(p: PolicyEvent) -> dict[tuple[int, str], float]:
+    if p.action is PolicyAction.CANCEL:
+        return {}
+    return {(s.tier, s.destination): round(s.share, 4) for s in p.shares}
 
 
 @dataclass
@@ -24,23 +56,53 @@ class NetworkView:
     statuses: dict[str, PopStatus] = field(default_factory=dict)
     policies: dict[str, PolicyEvent] = field(default_factory=dict)
     tables: dict[tuple[str, int], TableUpdate] = field(default_factory=dict)
+    loads: dict[str, PopLoad] = field(default_factory=dict)
+    """The latest pop-load of each PoP: its servers and when each was last heard."""
+    counters: dict[tuple[str, str], DataplaneStats] = field(default_factory=dict)
+    """(PoP, node) -> the latest forwarder counters of that node."""
     lag: dict[str, int | None] = field(default_factory=dict)
     """Consumer group -> messages behind (None: it could not be read)."""
+    history: deque[Change] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    """What changed, oldest first: status turns and policies whose shares changed."""
 
-    def observe(self, messages: Iterable[PopStatus | PolicyEvent | TableUpdate]) -> NetworkView:
+    def observe(self, messages: Iterable[Observed]) -> NetworkView:
         for m in messages:
             if isinstance(m, PopStatus):
-                if m.pop not in self.statuses or m.at >= self.statuses[m.pop].at:
+                known_status = self.statuses.get(m.pop)
+                if known_status is None or m.at >= known_status.at:
                     self.statuses[m.pop] = m
+                    self._status_turned(known_status, m)
             elif isinstance(m, PolicyEvent):
                 known = self.policies.get(m.source)
                 if known is None or (m.epoch, m.version) >= (known.epoch, known.version):
                     self.policies[m.source] = m
-            else:
+                    self._policy_changed(known, m)
+            elif isinstance(m, TableUpdate):
                 key = (m.pop, m.tier)
                 if key not in self.tables or m.version >= self.tables[key].version:
                     self.tables[key] = m
+            elif isinstance(m, PopLoad):
+                if m.pop not in self.loads or m.at >= self.loads[m.pop].at:
+                    self.loads[m.pop] = m
+            elif (m.pop, m.node) not in self.counters or m.at >= self.counters[m.pop, m.node].at:
+                self.counters[m.pop, m.node] = m
         return self
+
+    def _status_turned(self, before: PopStatus | None, now: PopStatus) -> None:
+        """A first verdict is news only if it is not neutral (300 PoPs coming up are not)."""
+        was = before.state if before is not None else PopState.NEUTRAL
+        if now.state is not was:
+            text = f"{now.pop}: {was.value} -> {now.state.value} at {now.utilisation:.0%}"
+            self.history.append(Change(now.at, "status", now.pop, text, now.rule or ""))
+
+    def _policy_changed(self, before: PolicyEvent | None, now: PolicyEvent) -> None:
+        """Renewals (same shares, a new version) are not news; a cancel or new shares are."""
+        cancel = now.action is PolicyAction.CANCEL
+        if _share_map(before) == _share_map(now) if before is not None else cancel:
+            return
+        what = "cancel: all local" if cancel else shares_text(now)
+        text = f"{now.source} v{now.version} {now.action.value}: {what}"
+        self.history.append(Change(now.issued_at, "policy", now.source, text, now.reason.rule))
 
     def in_force(self, source: str, now: float) -> PolicyEvent | None:
         """The source's policy if it forwards anything and its lease has not run out."""
@@ -64,7 +126,7 @@ def status_word(status: PopStatus | None, now: float, max_age_s: float) -> str:
     return status.state.value
 
 
-def _shares(p: PolicyEvent | None) -> str:
+def shares_text(p: PolicyEvent | None) -> str:
     if p is None:
         return "-"
     return ", ".join(f"t{s.tier}->{s.destination} {s.share:.0%}" for s in p.shares)
@@ -86,7 +148,7 @@ def status_lines(
                 status_word(st, now, max_age_s),
                 f"{now - st.since:.0f}s" if st else "-",
                 f"{st.capacity_cores:g}" if st else "-",
-                _shares(view.in_force(name, now)),
+                shares_text(view.in_force(name, now)),
                 " ".join(f"t{tier}:v{v}" for tier, v in tables) or "-",
             )
         )
@@ -149,7 +211,7 @@ def explain_lines(
         return out
     left = max(0.0, (policy.expires_at or now) - now)
     out.append(
-        f"  policy v{policy.version} (epoch {policy.epoch}): {_shares(policy)}; lease "
+        f"  policy v{policy.version} (epoch {policy.epoch}): {shares_text(policy)}; lease "
         f"{left:.0f}s left"
     )
     out.append(f"  engine's reason: {policy.reason.rule}")

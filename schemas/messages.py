@@ -264,6 +264,12 @@ class TableUpdate(Message):
     policy_version: int = Field(ge=0, lt=2**63)
     buckets_changed: int = Field(ge=0, le=1 << 24)
     written_at: Seconds
+    buckets: int = Field(0, ge=0, le=1 << 24, description="the table's size (0: not said)")
+    buckets_away: dict[PopName, Annotated[int, Field(ge=0, le=1 << 24)]] = Field(
+        default_factory=dict,
+        max_length=MAX_SHARES_PER_POLICY,
+        description="buckets whose new connections go to each peer PoP",
+    )
 
 
 class TierCounters(Message):

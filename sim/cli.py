@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.engine import RunResult, run_strategy
+from sim.recording import ConsoleRecording
 from sim.report import (
     overload_removed_vs_oracle,
     overload_vs_oracle,
@@ -26,6 +27,8 @@ from sim.report import (
 )
 from sim.scenario import STRATEGY_NAMES, load_scenario
 from sim.strategies import make_strategy
+from sim.strategies.base import Strategy
+from sim.strategies.popshift import PopshiftStrategy
 from sim.world import build_world, describe
 
 
@@ -37,6 +40,14 @@ def _progress_bar(total: float) -> Any:
     return tqdm(total=round(total), unit="sim-s", unit_scale=True, file=sys.stderr, leave=False)
 
 
+def _recording(path: Path | None, strategy: Strategy) -> ConsoleRecording | None:
+    """popshift's statuses and policies into ``path`` (sim/recording.py), if asked for."""
+    if path is None or not isinstance(strategy, PopshiftStrategy):
+        return None
+    strategy.recording = ConsoleRecording(path, strategy.network)
+    return strategy.recording
+
+
 def simulate_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="popshift simulate", description=__doc__)
     parser.add_argument("--scenario", required=True, type=Path)
@@ -46,11 +57,20 @@ def simulate_main(argv: Sequence[str] | None = None) -> int:
         "--strategies", default=None, help=f"comma separated subset of {','.join(STRATEGY_NAMES)}"
     )
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--duration-s", type=float, default=None, help="overrides the scenario's")
+    parser.add_argument(
+        "--console-record",
+        type=Path,
+        default=None,
+        help="write popshift's statuses and policies here for `popshift console --replay`",
+    )
     args = parser.parse_args(argv)
 
     scenario = load_scenario(args.scenario)
     if args.seed is not None:
         scenario = scenario.model_copy(update={"seed": args.seed})
+    if args.duration_s is not None:
+        scenario = scenario.model_copy(update={"duration_s": args.duration_s})
     names = args.strategies.split(",") if args.strategies else list(scenario.strategies)
     unknown = set(names) - set(STRATEGY_NAMES)
     if unknown:
@@ -66,9 +86,14 @@ def simulate_main(argv: Sequence[str] | None = None) -> int:
         if bar is not None:
             bar.set_description(name)
         started = time.perf_counter()
-        result = run_strategy(
-            scenario, world, make_strategy(name, world, scenario), bar.update if bar else None
-        )
+        strategy = make_strategy(name, world, scenario)
+        recording = _recording(args.console_record, strategy)
+        try:
+            result = run_strategy(scenario, world, strategy, bar.update if bar else None)
+        finally:
+            if recording is not None:
+                recording.close()
+                print(f"console recording: {args.console_record} ({recording.lines} lines)")
         result.extra["wall_s"] = time.perf_counter() - started
         results.append(result)
         if bar is None:

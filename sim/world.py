@@ -105,6 +105,8 @@ class World:
                 target_utilisation=target_utilisation,
                 server_prefixes=[f"2001:db8:{i + 1:x}::/48"],
                 max_server_cores=max_server_cores,
+                lat=round(float(self.pop_lat[i]), 4),
+                lon=round(float(self.pop_lon[i]), 4),
             )
             for i, n in enumerate(self.pop_names)
         ]

@@ -62,7 +62,7 @@ from schemas.messages import PolicyEvent, PopLoad, TableUpdate
 from services.table_writer.codec import BadTableBlob, Header
 from services.table_writer.settings import TableWriterSettings
 from services.table_writer.store import Fenced, StaleVersion, TableStore, writer_lock_key
-from services.table_writer.table import Table, TableInvariantError
+from services.table_writer.table import Table, TableInvariantError, forwarded_counts
 from services.table_writer.writer import (
     PolicyRejected,
     Write,
@@ -269,6 +269,8 @@ class TableWriterService:
                 policy_version=w.policy_version,
                 buckets_changed=len(w.changed),
                 written_at=now,
+                buckets=len(w.table),
+                buckets_away=self._away(w.table),
             )
             self._causes.pop(tier, None)
             # the notice is the table write's child, a sync's map write the notice's in turn
@@ -277,6 +279,11 @@ class TableWriterService:
                 made_of=[span.get_span_context()],
             )  # fmt: skip
         self.outbox.flush()
+
+    def _away(self, table: Table) -> dict[str, int]:
+        """Buckets sent to each peer, by name (what the console shows per destination)."""
+        names = {peer.id: name for name, peer in self.state.peers.items()}
+        return {names.get(i, str(i)): n for i, n in sorted(forwarded_counts(table).items())}
 
     def _bump(self, tier: int, version: int) -> None:
         """The waiting table of ``tier`` as ``version`` (Redis holds a higher one we cannot use)."""

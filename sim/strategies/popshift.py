@@ -39,6 +39,7 @@ from services.policy_engine.damping import DampingConfig
 from services.policy_engine.engine import EngineConfig, EngineState, Tick, decide
 from services.table_writer import writer
 from services.table_writer.table import Server, forwarded_counts, new_table
+from sim.recording import ConsoleRecording
 from sim.scenario import Scenario
 from sim.strategies.base import Action, Counters, Observation, ShareKey
 from sim.world import World
@@ -119,6 +120,7 @@ class PopshiftStrategy:
         self.events: list[PolicyEvent] = []
         self._issued: dict[str, list[tuple[int, str, float]]] = {}  # source -> shares in force
         self.statuses = 0
+        self.recording: ConsoleRecording | None = None  # sim/recording.py, for the console
         self._churn = 0
         self.wall_s = {"analytics": 0.0, "policy_engine": 0.0, "table_writer": 0.0}
         """Wall seconds spent in each service's code (and its inputs), for the benchmark."""
@@ -280,6 +282,8 @@ class PopshiftStrategy:
         for status in self._analytics(obs):
             decide(self.engine, status, now)
             self.statuses += 1
+            if self.recording is not None:
+                self.recording.status(now, status)
         if now - self._last_stats >= self.knobs.stats_interval_s:
             self._last_stats = now
             for stats in self._stats(obs):
@@ -298,6 +302,9 @@ class PopshiftStrategy:
                 self._churn += self._commit(state, writes)
                 self._realised(pop, state)
         self.events.extend(events)
+        if self.recording is not None:
+            for ev in events:
+                self.recording.policy(now, ev)
         changes = 0  # renewals (the same shares under a new version and lease) are no change
         for ev in events:
             shares = [(s.tier, s.destination, s.share) for s in ev.shares]
