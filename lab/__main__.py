@@ -87,6 +87,7 @@ def print_where_to_look(h: Harness) -> None:
     import subprocess
 
     print("== where to look")
+    print(f"  console  {h.services.console_url} (web: PoPs, policies, reasons, timeline)")
     for name, port in sorted(h.services.metrics_ports.items()):
         print(f"  metrics  {name:16} http://127.0.0.1:{port}/metrics")
     if os.environ.get("POPSHIFT_ZIPKIN_ENDPOINT"):
@@ -120,6 +121,7 @@ def run_scenario(args: argparse.Namespace) -> int:
     path = args.out / "result.json"
     with Harness(args.out) as h:
         try:
+            print(f"== console (live during the run): {h.services.console_url}", flush=True)
             overload(h, not args.no_pin, args.overload_s, args.max_overload_s)
             if args.cmd == "demo":
                 print_where_to_look(h)

@@ -31,6 +31,7 @@ from lab.topology import Topology
 from lab.work import ServerCgroup
 from popshift import topics
 from popshift.bus import create_topics
+from popshift.console import ConsoleSettings
 from popshift.settings import Settings
 from services.feedback_ingest.settings import AgentSettings
 from services.table_writer.settings import TableWriterSettings
@@ -53,6 +54,20 @@ class Restart:
     returncode: int
 
 
+CONSOLE_PORT = 8088
+"""The console's documented port, taken by the lab's console when it is free."""
+
+
+def _free_port(wanted: int = 0) -> int:
+    """``wanted`` if nothing listens on it, else any free loopback port."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", wanted))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class Services:
     """Starts, watches (and with `keep_alive` restarts) and stops the run's services."""
 
@@ -66,6 +81,7 @@ class Services:
         self.specs: dict[str, Spec] = {}
         self.restarts: list[Restart] = []
         self.metrics_ports: dict[str, int] = {}  # name -> its Prometheus port (kept on restart)
+        self.console_port = _free_port(CONSOLE_PORT)
         self.restart_s = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -133,10 +149,12 @@ class Services:
         """A free loopback port per service (the documented defaults would collide: the lab
         runs several of each on one host), the same one again after a restart."""
         if name not in self.metrics_ports:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                self.metrics_ports[name] = s.getsockname()[1]
+            self.metrics_ports[name] = _free_port()
         return self.metrics_ports[name]
+
+    @property
+    def console_url(self) -> str:
+        return f"http://127.0.0.1:{self.console_port}/"
 
     def start_sync(self, host: str, node_file: Path) -> subprocess.Popen[bytes]:
         """A node's forwarder sync with its node file (which names PoP, node and role); the
@@ -152,6 +170,8 @@ class Services:
         self.spawn("ingest", "services.feedback_ingest.ingest")
         self.spawn("analytics", "services.analytics.app")
         self.spawn("policy-engine", "services.policy_engine.service")
+        console = env(ConsoleSettings, console_port=self.console_port)
+        self.spawn("console", "popshift.console", more=console)
         for pop in self.topo.pops:
             writer = env(TableWriterSettings, table_pop=pop.name)
             self.spawn(f"table-writer-{pop.name}", "services.table_writer.service", more=writer)

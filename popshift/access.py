@@ -178,8 +178,8 @@ def principals(n: Naming, pops: Iterable[str]) -> list[Principal]:
                 *see,
                 *_topics(n, "READ", t.POLICIES, t.POLICY_AUDIT),
                 *_topics(n, "WRITE", t.POLICY_AUDIT),
-                # `popshift status` / `explain`: read what the services wrote, see their lag
-                *_topics(n, "READ", t.POP_STATUS, t.TABLE_UPDATES),
+                # `popshift status` / `explain` / `console`: read what the services wrote
+                *_topics(n, "READ", t.POP_STATUS, t.TABLE_UPDATES, t.POP_LOAD, t.DATAPLANE_STATS),
                 KafkaGrant("GROUP", n.ingest_group, "DESCRIBE"),
                 KafkaGrant("GROUP", n.analytics_app_id, "DESCRIBE"),
                 KafkaGrant("GROUP", f"{n.table_group_prefix}-", "DESCRIBE", "PREFIXED"),

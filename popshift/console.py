@@ -32,7 +32,7 @@ from typing import Any, ClassVar, TextIO
 
 from pydantic import Field
 
-from popshift import topics
+from popshift import metrics, topics
 from popshift.network import NetworkConfig, load_network
 from popshift.settings import Settings
 from popshift.view import NetworkView, Observed
@@ -52,6 +52,9 @@ FOLLOWED = (
 
 class ConsoleSettings(Settings):
     """console: pop-status, policies, table-updates, pop-load, dataplane-stats in; a web page."""
+
+    default_principal: ClassVar[str] = "operator"
+    default_metrics_port: ClassVar[int] = 9467
 
     console_host: str = Field("127.0.0.1", description="Address the console listens on.")
     console_port: int = Field(8088, ge=0, lt=65536, description="Its HTTP port (0: any free).")
@@ -91,6 +94,7 @@ class Board:
 
     def rejected(self, topic: str, why: str) -> None:
         """A message the page cannot show: counted (the services already dead-lettered it)."""
+        metrics.CONSOLE_SKIPPED.labels(topic).inc()
         with self._changed:
             self.invalid += 1
         if self.invalid <= 10 or self.invalid % 1000 == 0:
@@ -156,6 +160,7 @@ def follow_kafka(board: Board, settings: Settings, history_s: float, stop: threa
                     log.debug("kafka: %s", msg.error())
                     continue
                 name = str(msg.topic())
+                metrics.CONSUMED.labels(name).inc()
                 try:
                     raw = msg.value() or b""
                     batch.append(validate(wanted[name], raw, DEFAULT_MAX_MESSAGE_BYTES))
@@ -294,6 +299,7 @@ class ConsoleHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
         seen = -1
+        metrics.CONSOLE_CLIENTS.inc()
         try:
             while not self.server.stopping.is_set():
                 sent_at = time.monotonic()
@@ -306,6 +312,8 @@ class ConsoleHandler(BaseHTTPRequestHandler):
                 board.wait(seen, settings.console_refresh_s)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the browser went away
+        finally:
+            metrics.CONSOLE_CLIENTS.dec()
 
 
 def serve(board: Board, settings: ConsoleSettings) -> ConsoleServer:
@@ -331,10 +339,9 @@ def console_main(argv: Sequence[str] | None = None, out: TextIO | None = None) -
     args = parser.parse_args(list(argv or []))
     setup_logging()
     settings = ConsoleSettings()
-    if settings.principal is None:
-        settings = settings.model_copy(update={"principal": "operator"})
     if args.port is not None:
         settings = settings.model_copy(update={"console_port": args.port})
+    settings.start_telemetry()
     stop = threading.Event()
     if args.replay is not None:
         recording = Recording(args.replay)

@@ -80,6 +80,14 @@ DATAPLANE_PACKETS = Gauge(
     ["node", "tier", "verdict"],
 )
 
+# --- the console -------------------------------------------------------------------------------
+CONSOLE_CLIENTS = Gauge("popshift_console_clients", "Browsers holding the console's event stream.")
+CONSOLE_SKIPPED = Counter(
+    "popshift_console_skipped",
+    "Messages the console could not read (the owning service dead-lettered them), per topic.",
+    ["topic"],
+)
+
 
 def serve(host: str, port: int | None, service: str) -> int | None:
     """Serve this process's metrics on ``host:port`` (``None`` or 0: not at all); the port

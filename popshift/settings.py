@@ -175,6 +175,7 @@ DOCUMENTED_SETTINGS = (
     "services.policy_engine.settings.PolicySettings",
     "services.table_writer.settings.TableWriterSettings",
     "services.forwarder.sync_settings.SyncSettings",
+    "popshift.console.ConsoleSettings",
 )
 
 

@@ -31,6 +31,16 @@ fi
 
 bash deploy/local/kafka-install.sh
 
+# The web console's page (web/console): npm libraries bundled once into static files that
+# `popshift console` serves; nothing is fetched from a CDN at run time.
+command -v npm >/dev/null || apt-get -o DPkg::Lock::Timeout=600 install -y -qq nodejs npm >/dev/null
+console_stamp=web/console/dist/.built
+if [ ! -f "$console_stamp" ] || [ -n "$(find web/console/src web/console/package-lock.json \
+    web/console/build.mjs -newer "$console_stamp" 2>/dev/null)" ]; then
+  (cd web/console && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
+  touch "$console_stamp"
+fi
+
 # bpffs for pinned XDP programs and maps.
 if [ "$(id -u)" = 0 ] && ! mount | grep -q "type bpf"; then
   mount -t bpf bpf /sys/fs/bpf || echo "setup: could not mount bpffs (XDP tests will say so)"

@@ -131,7 +131,9 @@ def test_every_service_serves_its_metrics(run: Result) -> None:
     """Each process of the run answered a scrape with the figures of its own work."""
     assert run.policies
     kinds = {name.split("-")[0] for name in SCRAPES}
-    assert {"ingest", "analytics", "policy", "table", "sync", "agent"} <= kinds, sorted(SCRAPES)
+    assert {"ingest", "analytics", "policy", "table", "sync", "agent", "console"} <= kinds, sorted(
+        SCRAPES
+    )
     for name, samples in SCRAPES.items():
         if name.startswith("agent-"):
             assert _sum(samples, 'popshift_messages_produced_total{topic="') > 0, name
@@ -151,6 +153,8 @@ def test_every_service_serves_its_metrics(run: Result) -> None:
         elif name.startswith("sync-"):
             assert _sum(samples, "popshift_dataplane_packets{") > 0, name
             assert samples["popshift_redis_connected"] == 1.0, name
+        elif name == "console":  # it follows five topics into the page
+            assert _sum(samples, "popshift_messages_consumed_total{") > 0
 
 
 def test_popshift_status_and_explain_read_the_runs_topics(run: Result) -> None:
