@@ -24,6 +24,8 @@ from schemas.messages import (
 
 Observed = PopStatus | PolicyEvent | TableUpdate | PopLoad | DataplaneStats
 
+NOT_USED_SHOWN = 10
+"""Peers an explanation names as not used, nearest first (a 300-PoP network has 299)."""
 ROOM_MARGIN = 0.02
 """A receiver expected within this of its target has no room left: it is what binds."""
 
@@ -223,12 +225,16 @@ def explain_lines(
     out.append(f"  binds: {_binding(network, pop, policy)}")
     used = {s.destination for s in policy.shares}
     tiers = sorted({s.tier for s in policy.shares})
-    for peer in network.pop_names:
-        if peer == pop or peer in used:
-            continue
+    unused = sorted(
+        (p for p in network.pop_names if p != pop and p not in used),
+        key=lambda p: (network.latency(pop, p) is None, network.latency(pop, p) or 0.0),
+    )
+    for peer in unused[:NOT_USED_SHOWN]:
         out.append(
             f"  not used: {peer}: {_why_not(view, network, pop, peer, tiers, now, max_age_s)}"
         )
+    if len(unused) > NOT_USED_SHOWN:
+        out.append(f"  not used: {len(unused) - NOT_USED_SHOWN} more, all farther away")
     out.extend(f"  override: {o}" for o in (overrides or {}).values())
     return out
 

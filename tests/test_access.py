@@ -194,3 +194,51 @@ def test_only_the_admin_creates_topics(world: World) -> None:
     elsewhere = engine.model_copy(update={"topic_prefix": f"{engine.topic_prefix}-new"})
     with pytest.raises(KafkaException, match="may not create it"):
         create_topics(elsewhere.kafka(), [elsewhere.topic(t.POLICIES)], 1, timeout=10)
+
+
+def test_the_operators_console_reads_every_topic_it_shows(world: World) -> None:
+    """The console follows five topics as `operator` (assigned partitions, no group)."""
+    import threading
+    import time
+
+    from popshift.bus import TypedProducer
+    from popshift.console import Board, follow_kafka
+    from popshift.network import load_network
+    from schemas.messages import DataplaneStats, PopLoad, TableUpdate, TierCounters
+
+    operator = world.as_("operator")
+    board = Board(load_network(operator.network_file), 10.0, time.time)
+    stop = threading.Event()
+    follower = threading.Thread(target=follow_kafka, args=(board, operator, 600.0, stop))
+    follower.start()
+    try:
+        admin = TypedProducer(world.naming.settings.kafka())
+        now = time.time()
+        admin.send(
+            world.topic(t.POP_LOAD),
+            "a",
+            PopLoad(
+                pop="a", at=now, servers=[], healthy_capacity_cores=0.0, combined_load_cores=0.0
+            ),
+        )
+        admin.send(
+            world.topic(t.DATAPLANE_STATS),
+            "a",
+            DataplaneStats(pop="a", node="a-edge", at=now, tiers=[TierCounters(tier=0, local=1)]),
+        )
+        admin.send(
+            world.topic(t.TABLE_UPDATES),
+            "a",
+            TableUpdate(
+                pop="a", tier=0, version=1, policy_version=0, buckets_changed=0, written_at=now
+            ),
+        )
+        admin.flush()  # fmt: skip
+        end = time.monotonic() + 30.0
+        view = board.view
+        while time.monotonic() < end and not (view.loads and view.counters and view.tables):
+            time.sleep(0.2)
+        assert "a" in view.loads and ("a", "a-edge") in view.counters and ("a", 0) in view.tables
+    finally:
+        stop.set()
+        follower.join(15.0)

@@ -2,8 +2,8 @@
 
 Each service runs as a real process with its default settings (only where Kafka and Redis are,
 and names of its own, are set); once it talks to Kafka, every socket it listens on (TCP LISTEN,
-bound UDP) is read from /proc and must be on a loopback address. The lab's HTTP server, the one
-listener popshift has, binds loopback by default (the lab passes 0.0.0.0 inside a namespace).
+bound UDP) is read from /proc and must be on a loopback address. The console's web page and the
+lab's HTTP server bind loopback by default (the lab passes 0.0.0.0 inside a namespace).
 """
 
 from __future__ import annotations
@@ -99,6 +99,7 @@ def test_every_service_with_default_settings_listens_on_loopback_only(
         ("services.policy_engine.service", ()),
         ("services.table_writer.service", ("a",)),
         ("services.feedback_ingest.agent", agent),
+        ("popshift.console", ()),  # its web page, on 127.0.0.1:8088
     ]
     mine = Settings(topic_prefix=unique)
     create_topics(kafka, [mine.topic(t) for t in topics.ALL_TOPICS], partitions=1)

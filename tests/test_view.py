@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from popshift.network import load_network
+from popshift.network import NetworkConfig, load_network
 from popshift.view import NetworkView, explain_lines, status_lines
 from schemas.messages import (
     PolicyAction,
@@ -125,3 +125,33 @@ def test_a_policy_naming_a_pop_outside_the_network_is_not_a_row() -> None:
     assert rows == ["a", "b", "c"]
     text = "\n".join(explain_lines(view, NETWORK, "a", NOW, max_age_s=10.0))
     assert "receives 50% of zzz's tier 0" in text and "not used: zzz" not in text
+
+
+def test_an_explanation_names_the_nearest_unused_peers_only() -> None:
+    """300 PoPs: the ten nearest peers not used, nearest first, then how many more."""
+    names = [f"p{i:03d}" for i in range(40)]
+    pops = [
+        {"name": n, "id": i + 1, "ingress": f"10.0.0.{i + 1}",
+         "server_prefixes": [f"10.{i}.0.0/16"], "max_server_cores": 64.0}
+        for i, n in enumerate(names)
+    ]  # fmt: skip
+    network = NetworkConfig.model_validate(
+        {
+            "pops": pops,
+            "tiers": [{"id": 0, "name": "web", "max_added_latency_ms": 30.0}],
+            "latency_ms": {"p000": {n: 100.0 - i for i, n in enumerate(names) if i}},
+        }
+    )
+    now = 100.0
+    view = NetworkView().observe(
+        [
+            PolicyEvent(
+                action=PolicyAction.NEW, source="p000", version=1, issued_at=now,
+                expires_at=now + 15.0, shares=[Share(tier=0, destination="p039", share=0.2)],
+                reason=PolicyReason(trigger_pop="p000", rule="shed"),
+            )
+        ]
+    )  # fmt: skip
+    lines = [x for x in explain_lines(view, network, "p000", now, 10.0) if "not used" in x]
+    assert [x.split(":")[1].strip() for x in lines[:10]] == [f"p{i:03d}" for i in range(38, 28, -1)]
+    assert lines[10] == "  not used: 28 more, all farther away" and len(lines) == 11

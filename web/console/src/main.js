@@ -25,12 +25,22 @@ const arrowLayer = svg.append("g");
 const popLayer = svg.append("g");
 const land = feature(land110, land110.objects.land);
 
-svg.call(zoom().scaleExtent([0.5, 40]).on("zoom", (event) => {
+const zoomer = zoom().scaleExtent([0.5, 40]).on("zoom", (event) => {
   state.transform = event.transform;
   landLayer.attr("transform", event.transform);
   landLayer.selectAll("path").attr("stroke-width", 0.5 / event.transform.k);
   if (state.snapshot) draw(state.snapshot);
-}));
+});
+svg.call(zoomer);
+
+// On a map, a PoP looked at is brought to the middle, zoomed in on its neighbourhood.
+function zoomTo(name) {
+  const base = state.base.get(name);
+  if (!state.geo || !base) return;
+  const [w, h] = size();
+  const k = Math.max(state.transform.k, 4);
+  svg.call(zoomer.transform, zoomIdentity.translate(w / 2 - k * base[0], h / 2 - k * base[1]).scale(k));
+}
 
 function size() {
   const box = svg.node().getBoundingClientRect();
@@ -111,8 +121,8 @@ function draw(s) {
       g.select("text")
         .attr("x", 0.25 * x1 + 0.5 * cx + 0.25 * x2)
         .attr("y", 0.25 * y1 + 0.5 * cy + 0.25 * y2)
-        .text(few || state.focus === a.source || state.focus === a.destination
-          ? `${a.source}→${a.destination} ${a.label}` : "");
+        .text(few ? `${a.source}→${a.destination} ${a.label}`
+          : state.focus === a.source || state.focus === a.destination ? a.label : "");
       g.select("title").text(`${a.source} → ${a.destination}: ${a.label} (v${a.version})\n${a.reason}`);
     });
 
@@ -246,6 +256,8 @@ function render(s) {
 function choose(name) {
   state.focus = name === state.focus ? null : name;
   if (!state.focus) select("#detail").html('<p class="hint">Click a PoP to see its details.</p>');
+  else zoomTo(state.focus);
+  document.querySelector("aside").scrollTop = 0;
   connect();
 }
 
