@@ -92,27 +92,35 @@ _NOT_ALLOWED = (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHOR
 
 
 def create_topics(
-    kafka: KafkaAccess, topics: Iterable[Topic], partitions: int, timeout: float = 30.0
+    kafka: KafkaAccess,
+    topics: Iterable[Topic],
+    partitions: int,
+    timeout: float = 30.0,
+    replication_factor: int = 1,
+    min_insync_replicas: int | None = None,
 ) -> list[str]:
     """Create every topic and its dead-letter topic; existing ones are left as they are. Only
     the admin may create topics: for a service this is a check that they exist."""
     admin = AdminClient(kafka.config())
+    durable = (
+        {} if min_insync_replicas is None else {"min.insync.replicas": f"{min_insync_replicas}"}
+    )
     wanted: list[NewTopic] = []
     for t in topics:
         wanted.append(
             NewTopic(
                 t.name,
                 num_partitions=t.partitions or partitions,
-                replication_factor=1,
-                config=topic_configs(t),
+                replication_factor=replication_factor,
+                config=topic_configs(t) | durable,
             )
         )
         wanted.append(
             NewTopic(
                 t.dead_letter,
                 num_partitions=1,
-                replication_factor=1,
-                config={"retention.ms": str(DEAD_LETTER_RETENTION_MS)},
+                replication_factor=replication_factor,
+                config={"retention.ms": str(DEAD_LETTER_RETENTION_MS)} | durable,
             )
         )
     existing = set(admin.list_topics(timeout=timeout).topics)
@@ -278,7 +286,15 @@ class Consumer(Protocol):
 
     def commit(self) -> None: ...
 
+    def release(self) -> None:
+        """With ``hold_offsets``: what was handled so far may now be committed."""
+        ...
+
     def close(self) -> None: ...
+
+
+Revoked = Callable[[list[tuple[str, int]]], None]
+"""Called with the (topic, partition)s a group consumer is about to lose, before it loses them."""
 
 
 class Bus(Protocol):
@@ -294,12 +310,19 @@ class Bus(Protocol):
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         dead_letter_producer: Producer | None = None,
         history_s: float | None = None,
+        hold_offsets: bool = False,
+        on_revoke: Revoked | None = None,
     ) -> Consumer:
         """A member of ``group`` sharing the topics' partitions and resuming at its committed
         offsets; or, with ``history_s``, a reader of every partition from ``history_s`` ago on
         that joins no group and commits nothing (for state that is the latest message per key,
         read by every replica of a service: a standby needs it too, and no rebalance or
-        coordinator loss can ever stall it)."""
+        coordinator loss can ever stall it).
+
+        ``hold_offsets``: a handled message is committed only after ``release()`` (a service
+        that aggregates releases once its aggregate is sent: a crash in between re-reads the
+        messages instead of losing them). ``on_revoke`` runs before partitions go to another
+        member; what it releases is committed before they go."""
         ...
 
     def replay(self, topic: Topic, key: str | None = None) -> list[Any]:
@@ -672,8 +695,13 @@ class TypedConsumer(_Intake):
         dead_letter_producer: Producer | None = None,
         extra_config: dict[str, Any] | None = None,
         history_s: float | None = None,
+        hold_offsets: bool = False,
+        on_revoke: Revoked | None = None,
     ) -> None:
         super().__init__(topics, max_message_bytes, dead_letter_producer or TypedProducer(kafka))
+        self.hold_offsets = hold_offsets
+        self._held: dict[tuple[str, int], int] = {}  # handled, not yet released: next offset
+        self._on_revoke = on_revoke
         config: dict[str, Any] = {
             **kafka.config(),
             "group.id": group,
@@ -703,9 +731,33 @@ class TypedConsumer(_Intake):
             config["stats_cb"] = self._on_stats
         self._consumer = KafkaConsumer(config)
         if history_s is None:
-            self._consumer.subscribe(list(self._topics))
+            self._subscribe()
         else:
             self._consumer.assign(self._since(history_s))
+
+    def _subscribe(self) -> None:
+        self._consumer.subscribe(list(self._topics), on_revoke=self._revoking)
+
+    def _revoking(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        """Served inside poll: the owner's last word on partitions before they go."""
+        lost = [(str(tp.topic), int(tp.partition)) for tp in partitions]
+        if self._on_revoke is not None and lost:
+            self._on_revoke(lost)
+        for key in lost:
+            self._held.pop(key, None)  # the next owner re-reads them
+        if lost:
+            self.commit()
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        held, self._held = self._held, {}
+        try:
+            self._consumer.store_offsets(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in held.items()]
+            )
+        except KafkaException as exc:  # a partition lost meanwhile: its next owner re-reads
+            log.info("offsets not stored (%s): re-read by the partition's owner", exc)
 
     def _on_stats(self, raw: str) -> None:
         try:
@@ -742,7 +794,8 @@ class TypedConsumer(_Intake):
         """Drop this client (uncommitted offsets are read again: at least once) for a new one."""
         close_within(self._consumer.close, 5.0, "orphaned Kafka consumer")
         self._consumer = KafkaConsumer(self._config)
-        self._consumer.subscribe(list(self._topics))
+        self._held.clear()  # the new client re-reads from the committed offsets
+        self._subscribe()
         self.stats.rejoined += 1
         metrics.REJOINED.labels(self._group).inc()
         self.group_state = GroupState()
@@ -803,9 +856,12 @@ class TypedConsumer(_Intake):
                 done[(topic, partition)] = offset
         finally:
             if done and self.history_s is None:
-                self._consumer.store_offsets(
-                    offsets=[TopicPartition(t, p, o + 1) for (t, p), o in done.items()]
-                )
+                if self.hold_offsets:
+                    self._held.update({key: o + 1 for key, o in done.items()})
+                else:
+                    self._consumer.store_offsets(
+                        offsets=[TopicPartition(t, p, o + 1) for (t, p), o in done.items()]
+                    )
         return seen
 
     def commit(self) -> None:
@@ -851,6 +907,8 @@ class KafkaBus:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         dead_letter_producer: Producer | None = None,
         history_s: float | None = None,
+        hold_offsets: bool = False,
+        on_revoke: Revoked | None = None,
     ) -> TypedConsumer:
         return TypedConsumer(
             self.kafka,
@@ -859,6 +917,8 @@ class KafkaBus:
             max_message_bytes=max_message_bytes,
             dead_letter_producer=dead_letter_producer,
             history_s=history_s,
+            hold_offsets=hold_offsets,
+            on_revoke=on_revoke,
         )
 
     def replay(self, topic: Topic, key: str | None = None) -> list[Any]:
@@ -909,7 +969,10 @@ class MemoryBus:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         dead_letter_producer: Producer | None = None,
         history_s: float | None = None,
+        hold_offsets: bool = False,
+        on_revoke: Revoked | None = None,
     ) -> MemoryConsumer:
+        del on_revoke  # one member per group in memory: nothing is ever revoked
         return MemoryConsumer(
             self,
             group,
@@ -917,6 +980,7 @@ class MemoryBus:
             max_message_bytes,
             dead_letter_producer or self.producer(),
             history_s=history_s,
+            hold_offsets=hold_offsets,
         )
 
     def replay(self, topic: Topic, key: str | None = None) -> list[Any]:
@@ -972,9 +1036,12 @@ class MemoryConsumer(_Intake):
         dead_letter_producer: Producer,
         *,
         history_s: float | None = None,
+        hold_offsets: bool = False,
     ) -> None:
         super().__init__(topics, max_message_bytes, dead_letter_producer)
         self._bus = bus
+        self.hold_offsets = hold_offsets
+        self._read: dict[str, int] = {}  # read, not yet released (hold_offsets)
         # A group's offsets live in the bus; a history reader keeps its own.
         self.group: str | None = group if history_s is None else None
         self._own: dict[str, int] = {}
@@ -989,13 +1056,22 @@ class MemoryConsumer(_Intake):
     def _offset(self, topic: str) -> int:
         if self.group is None:
             return self._own.get(topic, 0)
+        if topic in self._read:
+            return self._read[topic]
         return self._bus.offsets.get((self.group, topic), 0)
 
     def _advance(self, topic: str, offset: int) -> None:
         if self.group is None:
             self._own[topic] = offset
+        elif self.hold_offsets:
+            self._read[topic] = offset
         else:
             self._bus.offsets[(self.group, topic)] = offset
+
+    def release(self) -> None:
+        if self.group is not None:
+            for topic, offset in self._read.items():
+                self._bus.offsets[(self.group, topic)] = offset
 
     def poll_batch(self, handler: Handler, timeout: float = 1.0, max_messages: int = 500) -> int:
         """Handle up to ``max_messages``; a handler that raises leaves its message unread."""

@@ -34,7 +34,13 @@ def _topics_create(args: argparse.Namespace, settings: Settings) -> int:
     from popshift.topics import ALL_TOPICS
 
     mine = [settings.topic(t) for t in ALL_TOPICS]  # under POPSHIFT_TOPIC_PREFIX, if set
-    created = create_topics(settings.kafka(), mine, settings.topic_partitions)
+    created = create_topics(
+        settings.kafka(),
+        mine,
+        settings.topic_partitions,
+        replication_factor=settings.topic_replication_factor,
+        min_insync_replicas=settings.topic_min_insync_replicas,
+    )
     for t in mine:
         print(f"{t.name:22} key={t.key:16} cleanup={t.cleanup_policy:8} dlq={t.dead_letter}")
     print(f"created {len(created)} topics ({', '.join(created) or 'all existed'})")

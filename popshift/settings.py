@@ -114,6 +114,20 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(
         3, ge=1, le=1024, description="Partitions of each topic created by `popshift topics`."
     )
+    topic_replication_factor: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Replicas of each topic `popshift topics create` makes (3 on a cluster: "
+        "deploy/cluster/up.sh); also faust's internal topics.",
+    )
+    topic_min_insync_replicas: int | None = Field(
+        None,
+        ge=1,
+        le=16,
+        description="min.insync.replicas of each topic created (2 of 3 on a cluster: a write "
+        "is acknowledged once two brokers have it); unset: the broker's default.",
+    )
 
     # The principal of a process whose settings are this class and POPSHIFT_PRINCIPAL is unset.
     default_principal: ClassVar[str] = "admin"

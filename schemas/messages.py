@@ -136,6 +136,13 @@ class ServerLoad(Message):
     healthy: bool = True
     last_seen: Seconds = 0.0
     qos: ServiceQos | None = None
+    seq_first: int | None = Field(
+        None, ge=0, lt=2**63, description="first heartbeat sequence aggregated into this report"
+    )
+    seq_last: int | None = Field(None, ge=0, lt=2**63, description="... and the last one")
+    heartbeats: int = Field(
+        0, ge=0, le=1_000_000, description="heartbeats aggregated into this report (seq_first..)"
+    )
 
 
 class PopFeedback(Message):

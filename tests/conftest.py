@@ -50,6 +50,18 @@ def pytest_runtest_makereport(
         report.longrepr = f"skipped, but POPSHIFT_REQUIRE_ALL=1 forbids skips: {reason}"
 
 
+SERVICE_MARKERS = {"kafka": "kafka", "redis_access": "redis"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that asks for the local Kafka or Redis carries its marker, so that
+    ``-m "not kafka"`` never starts a broker by the back door."""
+    for item in items:
+        for fixture, marker in SERVICE_MARKERS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
+
+
 def _start(script: str) -> None:
     """The scripts are idempotent: a no-op when the service already runs and is healthy."""
     subprocess.run(["bash", str(LOCAL / script)], check=True, timeout=300)

@@ -91,7 +91,7 @@ def test_the_checks_say_why() -> None:
 
 
 def ingest_on(bus: MemoryBus) -> Ingest:
-    return Ingest(IngestSettings(), NETWORK, bus, clock=lambda: NOW)
+    return Ingest(IngestSettings(ingest_warmup_s=0.0), NETWORK, bus, clock=lambda: NOW)
 
 
 def test_ingest_dead_letters_a_foreign_or_oversized_server_and_publishes_without_it() -> None:

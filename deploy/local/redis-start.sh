@@ -47,11 +47,19 @@ else
   if port_open "$POPSHIFT_REDIS_PORT"; then
     die "port $POPSHIFT_HOST:$POPSHIFT_REDIS_PORT is in use by something that is not Redis; set POPSHIFT_REDIS_PORT"
   fi
-  log "starting Redis on $POPSHIFT_HOST:$POPSHIFT_REDIS_PORT"
+  log "starting Redis on $POPSHIFT_HOST:$POPSHIFT_REDIS_PORT${POPSHIFT_REDIS_REPLICAOF:+ (replica of $POPSHIFT_REDIS_REPLICAOF)}"
+  # A read replica (deploy/cluster/up.sh: one per PoP, its syncs read from it) follows the
+  # primary over TLS as the admin; the password goes in a file of mode 0600, not on argv.
+  conf="$REDIS_DIR/redis.conf"
+  (umask 077 && : >"$conf")
+  if [[ -n "${POPSHIFT_REDIS_REPLICAOF:-}" ]]; then
+    printf 'replicaof %s\ntls-replication yes\nmasteruser admin\nmasterauth %s\nreplica-read-only yes\n' \
+      "$POPSHIFT_REDIS_REPLICAOF" "$(cat -- "$SECRETS_DIR/redis/admin.password")" >"$conf"
+  fi
   # AOF, fsync every second: at most the last second of writes is lost on a crash; no RDB
   # snapshots (the AOF is the one durable copy). --daemonize writes the pidfile.
   # TLS only (--port 0); clients need not present a certificate, they log in as an ACL user.
-  redis-server --bind "$POPSHIFT_HOST" --port 0 --tls-port "$POPSHIFT_REDIS_PORT" \
+  redis-server "$conf" --bind "$POPSHIFT_HOST" --port 0 --tls-port "$POPSHIFT_REDIS_PORT" \
     --tls-cert-file "$SECRETS_DIR/server.pem" --tls-key-file "$SECRETS_DIR/server.key" \
     --tls-ca-cert-file "$SECRETS_DIR/ca.pem" --tls-auth-clients no --aclfile "$REDIS_ACL" \
     --daemonize yes --pidfile "$REDIS_PID" --logfile "$REDIS_LOG" \

@@ -133,6 +133,7 @@ def build_app(settings: AnalyticsSettings, analyzer: Analyzer | None = None) -> 
         ),
         store="memory://",
         topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication_factor,
         web_enabled=False,
         web_bind="127.0.0.1",  # should the web server ever be enabled: not faust's 0.0.0.0
         datadir=settings.analytics_datadir,

@@ -58,12 +58,15 @@ class _Server:
         "capacity_cores",
         "down",
         "down_after_s",
+        "heartbeats",
         "name",
         "published",
         "qos",
         "received",
         "reported_at",
         "reported_healthy",
+        "seq_first",
+        "seq_last",
         "utilisation",
     )
 
@@ -79,6 +82,11 @@ class _Server:
         self.reported_healthy = True
         self.down = False
         self.published: ServerLoad | None = None  # built at most once per report
+        # The heartbeats taken since the last report was built: every heartbeat is accounted
+        # for in some pop-load (bench/cluster_faults.py checks none is lost).
+        self.seq_first: int | None = None
+        self.seq_last: int | None = None
+        self.heartbeats = 0
 
     @property
     def healthy(self) -> bool:
@@ -97,6 +105,10 @@ class _Server:
         self.reported_healthy = True
         self.down = False
         self.published = None
+        if self.seq_first is None:
+            self.seq_first = hb.seq
+        self.seq_last = hb.seq
+        self.heartbeats += 1
 
     def server_load(self, s: ServerLoad, feed: PopFeedback, now: float) -> None:
         self.address = s.address
@@ -118,6 +130,7 @@ class _Pop:
     feed_seq: int | None = None  # the PoP management server's own sequence
     feed_last_seen: float = 0.0
     ordered: list[_Server] | None = None  # servers by name; None after one joined or left
+    first_seen: float | None = None  # since the start, or since the PoP was forgotten
 
 
 def _order(last: int | None, seq: int, was_down: bool) -> Outcome:
@@ -137,12 +150,17 @@ class PopAggregator:
         interval_s: float = 1.0,
         missed_heartbeats: int = 3,
         forget_after_s: float = 300.0,
+        warmup_s: float = 0.0,
     ) -> None:
         self.network = network
         self._pops: dict[str, _Pop] = {p.name: _Pop(p) for p in network.pops}
         self.missed_heartbeats = missed_heartbeats
         self.down_after_s = interval_s * missed_heartbeats  # unless a heartbeat says its interval
         self.forget_after_s = forget_after_s  # never before the server is down
+        self.warmup_s = warmup_s
+        """A PoP's first pop-load waits this long after its first feedback: an ingest that just
+        took over a PoP's partition has heard only some of its servers (a PoP of 100 servers
+        half heard would look half dead)."""
         self.stats = AggregatorStats()
 
     def observe(self, feedback: ServerHeartbeat | PopFeedback, now: float) -> Outcome:
@@ -151,6 +169,8 @@ class PopAggregator:
         pop = self._pops.get(feedback.pop)
         if pop is None:
             raise UnknownPop(f"unknown pop: {feedback.pop}")
+        if pop.first_seen is None:
+            pop.first_seen = now
         if isinstance(feedback, ServerHeartbeat):
             name = feedback.server
             known = pop.servers.get(name)
@@ -204,6 +224,14 @@ class PopAggregator:
         else:
             self.stats.accepted += 1
 
+    def forget(self, pop: str) -> None:
+        """Drop what is known of ``pop`` (its partition went to another ingest, which reports
+        it from now on: this one would otherwise see its servers fall silent and mark them
+        down)."""
+        state = self._pops.get(pop)
+        if state is not None:
+            self._pops[pop] = _Pop(state.config)
+
     def tick(self, now: float) -> list[PopLoad]:
         """Apply liveness at ``now`` and return the current load of every PoP that has servers."""
         loads = []
@@ -216,6 +244,8 @@ class PopAggregator:
 
     def _pop_load(self, name: str, pop: _Pop, now: float) -> PopLoad | None:
         """Liveness and the PoP's load in one pass over its servers (every server, every tick)."""
+        if pop.first_seen is not None and now - pop.first_seen < self.warmup_s:
+            return None
         ordered = pop.ordered
         if ordered is None:
             ordered = pop.ordered = sorted(pop.servers.values(), key=_name)
@@ -250,8 +280,12 @@ class PopAggregator:
                         "healthy": healthy,
                         "last_seen": s.reported_at,
                         "qos": s.qos,
+                        "seq_first": s.seq_first,
+                        "seq_last": s.seq_last,
+                        "heartbeats": s.heartbeats,
                     }
                 )
+                s.seq_first, s.seq_last, s.heartbeats = None, None, 0
             servers.append(published)
             if not healthy:
                 continue

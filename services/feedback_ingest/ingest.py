@@ -75,14 +75,22 @@ class Ingest:
             interval_s=settings.heartbeat_interval_s,
             missed_heartbeats=settings.missed_heartbeats,
             forget_after_s=settings.forget_after_s,
+            warmup_s=settings.ingest_warmup_s,
         )
         self.producer = bus.producer()
+        # Offsets are committed only once the pop-loads that aggregate the messages are sent:
+        # an ingest killed in between leaves them to the next owner of the partition, so every
+        # heartbeat is counted in some pop-load (bench/cluster_faults.py).
         self.consumer = bus.consumer(
             settings.ingest_group,
             [self.feedback],
             max_message_bytes=settings.max_message_bytes,
             dead_letter_producer=self.producer,
+            hold_offsets=True,
+            on_revoke=self._revoked,
         )
+        self._partition_of: dict[str, int] = {}  # PoP -> the partition its feedback is on
+        self.handed_over = 0  # PoPs given to another ingest in a rebalance
         self.published = 0
         # The feedback clock (see the module's docstring): real time minus the silences.
         self._gap_s = settings.heartbeat_interval_s  # the largest interval a heartbeat carried
@@ -108,8 +116,10 @@ class Ingest:
             self.in_outage = False
             log.warning("feedback is back: liveness resumes, publishing again")
         pop = getattr(received.value, "pop", None)
-        if pop is not None and (here := tracing.here()) is not None:
-            self._links.setdefault(pop, deque(maxlen=MAX_LINKS)).append(here)
+        if pop is not None:
+            self._partition_of[pop] = received.partition
+            if (here := tracing.here()) is not None:
+                self._links.setdefault(pop, deque(maxlen=MAX_LINKS)).append(here)
         interval = getattr(received.value, "interval_s", None)
         if interval is not None and interval > self._gap_s:
             self._gap_s = interval
@@ -139,7 +149,26 @@ class Ingest:
                 made_of=self._links.pop(load.pop, ()),  # the heartbeats it aggregates
             )
         self.published += len(loads)
+        try:
+            self.producer.flush(self.settings.publish_interval_s)
+        except DeliveryFailed as exc:  # not released: re-read after a crash, sent again later
+            log.warning("pop-loads not delivered yet: %s", exc)
+            return len(loads)
+        self.consumer.release()
         return len(loads)
+
+    def _revoked(self, partitions: list[tuple[str, int]]) -> None:
+        """Partitions going to another ingest: report their PoPs one last time (so what was
+        read is counted and committed), then forget them; the next owner reports them."""
+        self.publish(self.clock())
+        lost = {p for t, p in partitions if t == self.feedback.name}
+        for pop, partition in list(self._partition_of.items()):
+            if partition in lost:
+                self.aggregator.forget(pop)
+                del self._partition_of[pop]
+                self._links.pop(pop, None)
+                self.handed_over += 1
+        log.info("rebalance: partitions %s go to another ingest", sorted(lost))
 
     def stats(self) -> dict[str, int]:
         bus = self.consumer.stats
@@ -151,6 +180,7 @@ class Ingest:
             "handled": bus.handled,
             "published": self.published,
             "outages": self.outages,
+            "handed_over": self.handed_over,
             "send_dropped": self.producer.dropped,
         }
 

@@ -42,6 +42,13 @@ class IngestSettings(Settings):
     publish_interval_s: float = Field(
         1.0, gt=0.0, le=60.0, description="How often pop-load.v1 is published for every PoP."
     )
+    ingest_warmup_s: float = Field(
+        1.0,
+        ge=0.0,
+        le=60.0,
+        description="A PoP's first pop-load after this ingest starts or takes over its "
+        "partition waits this long, so that every server has been heard (a heartbeat interval).",
+    )
     ingest_batch: int = Field(
         2000, ge=1, le=100_000, description="Most feedback messages handled per consumer poll."
     )

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import enum
 import ipaddress
 import logging
@@ -793,8 +794,11 @@ class NodeKeeper:
 def redis_client(settings: SyncSettings) -> redis.Redis[bytes]:
     """Short timeouts and no client-side retries: redis-py's default retries a dead server
     with backoff for seconds inside one call, while the loop has its own backoff and stats to
-    publish meanwhile."""
-    return popshift_redis.connect(settings.redis(), settings.sync_redis_timeout_s)
+    publish meanwhile. Reads a replica when one is set (the table writer writes the primary)."""
+    access = settings.redis()
+    if settings.sync_redis_url is not None:
+        access = dataclasses.replace(access, url=settings.sync_redis_url)
+    return popshift_redis.connect(access, settings.sync_redis_timeout_s)
 
 
 def open_maps(settings: SyncSettings) -> Forwarder:

@@ -84,6 +84,11 @@ class SyncSettings(Settings):
         description="How often the maps are read back and compared with Redis in full, which "
         "heals buckets changed behind the sync's back and a Redis that restarted its versions.",
     )
+    sync_redis_url: str | None = Field(
+        None,
+        description="Where this node reads its tables: a read replica of the PoP's Redis "
+        "(deploy/cluster/up.sh starts one per PoP); unset: POPSHIFT_REDIS_URL, the primary.",
+    )
     sync_redis_timeout_s: float = Field(
         1.0,
         gt=0.0,

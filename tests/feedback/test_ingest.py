@@ -13,9 +13,62 @@ from tests.conftest import NETWORK
 from tests.feedback.test_aggregate import hb
 
 
-def ingest_on(bus: MemoryBus, clock: list[float]) -> Ingest:
-    settings = IngestSettings(heartbeat_interval_s=1.0, missed_heartbeats=3)
+def ingest_on(bus: MemoryBus, clock: list[float], warmup_s: float = 0.0) -> Ingest:
+    settings = IngestSettings(
+        heartbeat_interval_s=1.0, missed_heartbeats=3, ingest_warmup_s=warmup_s
+    )
     return Ingest(settings, NETWORK, bus, clock=lambda: clock[0])
+
+
+def test_feedback_is_committed_only_once_a_pop_load_counts_it() -> None:
+    """An ingest that dies between reading and reporting leaves the heartbeats to the next."""
+    bus, clock = MemoryBus(), [10.0]
+    producer = bus.producer()
+    for seq in (1, 2):
+        producer.send(t.FEEDBACK, "a", hb("a1", seq=seq, busy=2.0))
+    first = ingest_on(bus, clock)
+    assert first.consumer.poll_batch(first.handle) == 2
+    # killed before its publish: a new ingest of the group reads both again
+    second = ingest_on(bus, clock)
+    assert second.consumer.poll_batch(second.handle) == 2
+    assert second.publish(clock[0]) == 1
+    (load,) = bus.replay(t.POP_LOAD)
+    (server,) = load.servers
+    assert (server.seq_first, server.seq_last, server.heartbeats) == (1, 2, 2)
+    producer.send(t.FEEDBACK, "a", hb("a1", seq=3, busy=2.0))
+    third = ingest_on(bus, clock)  # after the publish, only the new one is left to read
+    assert third.consumer.poll_batch(third.handle) == 1
+
+
+def test_a_pop_taken_over_is_reported_only_once_its_servers_were_heard() -> None:
+    """After a rebalance the new owner has heard one server of a's two: a pop-load now would
+    show half of a gone; the warm-up (one heartbeat interval) waits for the other."""
+    bus, clock = MemoryBus(), [10.0]
+    ingest = ingest_on(bus, clock, warmup_s=1.0)
+    producer = bus.producer()
+    producer.send(t.FEEDBACK, "a", hb("a1", seq=1, busy=2.0))
+    ingest.consumer.poll_batch(ingest.handle)
+    assert ingest.publish(10.5) == 0
+    clock[0] = 10.6
+    producer.send(t.FEEDBACK, "a", hb("a2", seq=1, busy=1.0))
+    ingest.consumer.poll_batch(ingest.handle)
+    assert ingest.publish(11.0) == 1
+    (load,) = bus.replay(t.POP_LOAD)
+    assert [s.server for s in load.servers] == ["a1", "a2"]
+
+
+def test_a_revoked_partition_is_reported_then_forgotten() -> None:
+    bus, clock = MemoryBus(), [10.0]
+    ingest = ingest_on(bus, clock)
+    producer = bus.producer()
+    producer.send(t.FEEDBACK, "a", hb("a1", seq=1, busy=2.0))
+    producer.send(t.FEEDBACK, "b", hb("b1", seq=1, busy=1.0, pop="b"))
+    ingest.consumer.poll_batch(ingest.handle)
+    ingest._revoked([(t.FEEDBACK.name, 0)])  # the in-memory bus has one partition: both go
+    assert {x.pop for x in bus.replay(t.POP_LOAD)} == {"a", "b"}  # their last word
+    assert ingest.stats()["handed_over"] == 2
+    clock[0] = 20.0  # long past K intervals: nothing left here to mark down
+    assert ingest.publish(clock[0]) == 0
 
 
 def test_valid_feedback_is_published_per_pop_and_bad_feedback_dead_lettered() -> None:

@@ -47,6 +47,7 @@ def test_bad_feedback_is_dead_lettered_with_its_reason_and_the_rest_flows(
         topic_prefix=unique,
         ingest_group=f"{unique}-ingest",
         max_message_bytes=8192,
+        ingest_warmup_s=0.0,  # tests/feedback/test_ingest.py checks the warm-up
     )
     clock = [1000.0]
     create_topics(kafka, [settings.topic(t.FEEDBACK), settings.topic(t.POP_LOAD)], partitions=2)
