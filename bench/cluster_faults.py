@@ -64,7 +64,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--broker-at", type=float, default=20.0)
     p.add_argument("--ingest-at", type=float, default=45.0)
     p.add_argument("--analytics-at", type=float, default=75.0)
-    p.add_argument("--drain", type=float, default=15.0, help="seconds to wait after the last")
+    p.add_argument("--drain", type=float, default=8.0, help="seconds after the ingests caught up")
+    p.add_argument("--drain-max", type=float, default=300.0, help="most seconds to wait for that")
     p.add_argument("--feedback-partitions", type=int, default=6)
     return p.parse_args()
 
@@ -193,9 +194,9 @@ def broker_pid(node: int) -> int:
     return int((state / f"kafka-{node}" / "kafka" / "kafka.pid").read_text().strip())
 
 
-def longest_silence(times: dict[str, list[float]], around: float, span_s: float = 40.0) -> float:
+def longest_silence(times: dict[str, list[float]], around: float, span_s: float) -> float:
     """The longest gap between two messages of any one PoP within ``span_s`` after ``around``
-    (counted from the last message before it)."""
+    (counted from the last message before it; the next fault ends the span)."""
     worst = 0.0
     for ts in times.values():
         before = [t for t in ts if t <= around]
@@ -295,7 +296,20 @@ def main() -> int:
         offered_s = time.monotonic() - t0
         print(f"sent {sent:,} heartbeats in {offered_s:.1f} s ({sent / offered_s:,.0f}/s); "
               f"{left} undelivered", flush=True)  # fmt: skip
-        time.sleep(args.drain)
+        # Counted only once the ingests caught up (or --drain-max passed): a heartbeat still
+        # queued is late, not lost; how late is the lag peak below.
+        drain_from = time.monotonic()
+        while time.monotonic() - drain_from < args.drain_max:
+            try:
+                behind = _group_lag(kafka, group, feedback.name, args.feedback_partitions)
+            except Exception:  # noqa: BLE001  (a timeout: ask again)
+                behind = -1
+            if behind == 0:
+                break
+            time.sleep(2.0)
+        caught_up_s = time.monotonic() - drain_from
+        print(f"ingests caught up {caught_up_s:.0f} s after the last heartbeat", flush=True)
+        time.sleep(args.drain)  # the last pop-loads and statuses reach the reader
         stop.set()
         seen: Seen = out.get(timeout=120)
         reader.join(30)
@@ -321,12 +335,17 @@ def main() -> int:
                     for p, ts in seen.statuses.items()}  # fmt: skip
     missing = sorted(p for p, g in statuses_gap.items() if g > WINDOW_S)
     no_status = sorted(set(pops) - set(seen.statuses))
+    kills = sorted(killed_at.values())
+    until = {what: next((k for k in kills if k > at), at + 40.0) for what, at in killed_at.items()}
+
+    def silence(times: dict[str, list[float]], what: str) -> float:
+        return longest_silence(times, killed_at[what], until[what] - killed_at[what])
+
     rebalance = {
-        "broker": max(longest_silence(seen.loads, killed_at["broker"]),
-                      longest_silence(seen.statuses, killed_at["broker"])),
-        "ingest": longest_silence(seen.loads, killed_at["ingest"]),
-        "analytics": longest_silence(seen.statuses, killed_at["analytics"]),
-    }  # fmt: skip
+        "broker": max(silence(seen.loads, "broker"), silence(seen.statuses, "broker")),
+        "ingest": silence(seen.loads, "ingest"),
+        "analytics": silence(seen.statuses, "analytics"),
+    }
     peak = max((n for _, n in seen.lag), default=0)
     print(f"pop-loads read: {sum(map(len, seen.loads.values())):,}; pop-statuses read: "
           f"{sum(map(len, seen.statuses.values())):,} ({len(seen.statuses)} PoPs)")  # fmt: skip

@@ -50,6 +50,10 @@ transaction.state.log.replication.factor=$rf
 transaction.state.log.min.isr=$isr
 default.replication.factor=$rf
 min.insync.replicas=$isr
+# A broker that stops heartbeating to the controllers is fenced after 4 s, not 9: its
+# partitions get new leaders that much sooner (a cluster's failover; harmless on one node).
+broker.session.timeout.ms=4000
+broker.heartbeat.interval.ms=1000
 # Consumers join a group at once instead of waiting 3 s: tests start faster.
 group.initial.rebalance.delay.ms=0
 # Topics are created explicitly by the services/tests; typos must not create topics.

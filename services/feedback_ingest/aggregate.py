@@ -10,6 +10,7 @@ message with one bad server is refused whole and changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -232,12 +233,13 @@ class PopAggregator:
         if state is not None:
             self._pops[pop] = _Pop(state.config)
 
-    def tick(self, now: float) -> list[PopLoad]:
-        """Apply liveness at ``now`` and return the current load of every PoP that has servers."""
+    def tick(self, now: float, clock: Callable[[str], float] | None = None) -> list[PopLoad]:
+        """Apply liveness at ``now`` (or at ``clock(pop)``, a PoP's own liveness clock) and
+        return the current load of every PoP that has servers."""
         loads = []
         for name, pop in self._pops.items():
             if pop.servers:
-                load = self._pop_load(name, pop, now)
+                load = self._pop_load(name, pop, now if clock is None else clock(name))
                 if load is not None:
                     loads.append(load)
         return loads

@@ -8,16 +8,18 @@ dead-lettered too, counted per reason (``stats()["dead_lettered[<reason>]"]``). 
 out-of-order heartbeats are valid messages that arrived late: they are counted and dropped, not
 dead-lettered.
 
-Kafka outages (the rule): liveness runs on the *feedback clock*, which advances only while
-feedback arrives. Once no feedback at all arrived from any server for more than one heartbeat
-interval (the largest interval any heartbeat carried, at least ``POPSHIFT_HEARTBEAT_INTERVAL_S``),
-the feedback clock stops; it resumes with the next message, skipping the silence. So when the
-bus (or the ingest's link to it) is down no server ages and none is marked down or forgotten,
-while a server that falls silent as others keep reporting is marked down after K of its
-intervals as before. After K such intervals of total silence the ingest counts a bus outage and
-publishes nothing (its figures would be stale) until feedback returns; it then publishes the
-loads it had, with the current time, not capacity 0. The price: if every server of every PoP
-really died at once, the ingest would keep their last loads instead of marking them down.
+Kafka outages (the rule): liveness runs on a *feedback clock* per partition of feedback.v1,
+which advances only while feedback arrives on that partition. Once no feedback at all arrived on
+a partition for more than one heartbeat interval (the largest interval any heartbeat carried, at
+least ``POPSHIFT_HEARTBEAT_INTERVAL_S``), its clock stops; it resumes with the next message,
+skipping the silence. So when the bus (or the ingest's link to it) is down, or only the broker
+leading some partitions (until Kafka elects new leaders), no server of those partitions' PoPs
+ages and none is marked down or forgotten, while a server that falls silent as others of its
+partition keep reporting is marked down after K of its intervals as before. After K intervals
+of silence on every partition the ingest counts a bus outage and publishes nothing (its figures
+would be stale) until feedback returns; it then publishes the loads it had, with the current
+time, not capacity 0. The price: if every server of all the PoPs of one partition really died at
+once, the ingest would keep their last loads instead of marking them down.
 
 Run: ``python -m services.feedback_ingest.ingest`` (SIGTERM/SIGINT stop it cleanly).
 """
@@ -46,6 +48,7 @@ from popshift.process import (
     until_topics,
 )
 from services.feedback_ingest.aggregate import PopAggregator, TooManyServers, UnknownPop
+from services.feedback_ingest.clock import FeedbackClock
 from services.feedback_ingest.settings import IngestSettings
 
 MAX_LINKS = 64  # span links a pop-load carries at most (a PoP's heartbeats in one interval)
@@ -92,26 +95,25 @@ class Ingest:
         self._partition_of: dict[str, int] = {}  # PoP -> the partition its feedback is on
         self.handed_over = 0  # PoPs given to another ingest in a rebalance
         self.published = 0
-        # The feedback clock (see the module's docstring): real time minus the silences.
+        # The feedback clocks (see the module's docstring): one per partition.
         self._gap_s = settings.heartbeat_interval_s  # the largest interval a heartbeat carried
         self._last_rx: float | None = None  # real time of the last feedback from anyone
-        self._skipped_s = 0.0
+        self._clocks: dict[int, FeedbackClock] = {}
         self.outages = 0  # silences of every server longer than K intervals
         # per PoP, the spans of the feedback since its last pop-load (popshift/tracing.py)
         self._links: dict[str, deque[trace.SpanContext]] = {}
         self.in_outage = False
 
-    def feedback_clock(self, now: float) -> float:
-        """The liveness clock at real time ``now``: stopped one interval after the last feedback."""
-        if self._last_rx is not None and now - self._last_rx > self._gap_s:
-            now = self._last_rx + self._gap_s
-        return now - self._skipped_s
+    def feedback_clock(self, pop: str, now: float) -> float:
+        """The liveness clock of ``pop``'s partition at real time ``now``."""
+        clock = self._clocks.get(self._partition_of.get(pop, 0))
+        return now if clock is None else clock.at(now, self._gap_s)
 
     def handle(self, received: Received) -> None:
         now = self.clock()
-        if self._last_rx is not None and now - self._last_rx > self._gap_s:
-            self._skipped_s += now - self._last_rx - self._gap_s
         self._last_rx = now
+        clock = self._clocks.setdefault(received.partition, FeedbackClock())
+        heard_at = clock.heard(now, self._gap_s)
         if self.in_outage:
             self.in_outage = False
             log.warning("feedback is back: liveness resumes, publishing again")
@@ -124,7 +126,7 @@ class Ingest:
         if interval is not None and interval > self._gap_s:
             self._gap_s = interval
         try:
-            self.aggregator.observe(received.value, now - self._skipped_s)
+            self.aggregator.observe(received.value, heard_at)
         except (UnknownPop, TooManyServers, Refused) as exc:
             raise RejectMessage(str(exc)) from exc
 
@@ -140,7 +142,7 @@ class Ingest:
                     silence,
                 )
             return 0
-        loads = self.aggregator.tick(self.feedback_clock(now))
+        loads = self.aggregator.tick(now, clock=lambda pop: self.feedback_clock(pop, now))
         for load in loads:
             self.producer.send(
                 self.pop_load,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from popshift import topics as t
-from popshift.bus import MemoryBus
+from popshift.bus import MemoryBus, Received
 from schemas.messages import PopLoad
 from services.feedback_ingest.ingest import Ingest
 from services.feedback_ingest.settings import IngestSettings
@@ -151,3 +151,32 @@ def test_a_bus_outage_marks_no_server_down_and_publishes_no_capacity_zero() -> N
     ingest.publish(clock[0])
     *_, b_after = (x for x in bus.replay(t.POP_LOAD) if x.pop == "b")
     assert [s.healthy for s in b_after.servers] == [False]
+
+
+def test_a_silent_partition_ages_none_of_its_servers_while_others_report() -> None:
+    """A broker leading a's partition dies: a's heartbeats stop arriving until Kafka elects a new
+    leader, while b's partition flows. a's servers are not marked down (the bus, not them)."""
+    bus, clock = MemoryBus(), [10.0]
+    ingest = ingest_on(bus, clock)
+
+    def arrive(pop: str, server: str, seq: int, partition: int) -> None:
+        value = hb(server, seq=seq, busy=1.0, pop=pop)
+        ingest.handle(Received(t.FEEDBACK.name, partition, seq, pop.encode(), value, b"", 0))
+
+    arrive("a", "a1", 1, partition=0)
+    arrive("b", "b1", 1, partition=1)
+    for second in range(1, 8):  # a's partition silent for 7 s, b's reporting every second
+        clock[0] = 10.0 + second
+        arrive("b", "b1", 1 + second, partition=1)
+        ingest.publish(clock[0])
+    loads = {x.pop: x for x in bus.replay(t.POP_LOAD)}
+    assert loads["a"].servers[0].healthy and loads["a"].healthy_capacity_cores == 4.0
+    clock[0] = 18.0
+    arrive("a", "a1", 2, partition=0)  # the partition is back; then a1 falls silent for real
+    for second in range(1, 5):
+        clock[0] = 18.0 + second
+        arrive("b", "b1", 8 + second, partition=1)
+        arrive("a", "a2", second, partition=0)  # a's partition flows, a1 says nothing
+    ingest.publish(clock[0])
+    a = {x.pop: x for x in bus.replay(t.POP_LOAD)}["a"]
+    assert {s.server: s.healthy for s in a.servers} == {"a1": False, "a2": True}
