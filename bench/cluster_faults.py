@@ -302,7 +302,7 @@ def main() -> int:
         while time.monotonic() - drain_from < args.drain_max:
             try:
                 behind = _group_lag(kafka, group, feedback.name, args.feedback_partitions)
-            except Exception:  # noqa: BLE001  (a timeout: ask again)
+            except Exception:  # a timeout: ask again
                 behind = -1
             if behind == 0:
                 break
