@@ -46,7 +46,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.feedback_pipeline import Offered, network_yaml, start  # noqa: E402
+from bench.feedback_pipeline import Offered, network_yaml, offer, start  # noqa: E402
 from popshift import topics  # noqa: E402
 from popshift.bus import create_topics  # noqa: E402
 from popshift.credentials import KafkaAccess  # noqa: E402
@@ -279,18 +279,9 @@ def main() -> int:
                 os.kill(pid, signal.SIGKILL)
                 killed_at[what] = time.time()
                 print(f"t={elapsed:.0f}s SIGKILL {what} (pid {pid})", flush=True)
-            due = int(elapsed * units) - sent
-            wall = time.time()
-            for _ in range(max(0, due)):
-                key, value = offered.server_message(sent, sent // units + 1, wall)
-                while True:
-                    try:
-                        producer.produce(feedback.name, value, key)
-                        break
-                    except BufferError:
-                        producer.poll(0.01)
-                sent += 1
-            producer.poll(0)
+            sent = offer(
+                producer, feedback.name, offered.server_message, sent, int(elapsed * units), units
+            )
             time.sleep(0.002)
         left = producer.flush(60)
         offered_s = time.monotonic() - t0

@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,26 @@ class Offered:
             f'"servers":[{entries}]}}'
         )
         return key, body.encode()
+
+
+Make = Callable[[int, int, float], tuple[bytes, bytes]]
+"""Message i of round r (its seq) at wall time t -> (key, value)."""
+
+
+def offer(producer: Producer, topic: str, make: Make, sent: int, due: int, units: int) -> int:
+    """Send messages ``sent`` up to ``due`` (message i is round i // units + 1, one per
+    server per round), waiting on a full client queue; returns how many are sent in all."""
+    wall = time.time()
+    for i in range(sent, max(sent, due)):
+        key, value = make(i, i // units + 1, wall)
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.01)
+    producer.poll(0)
+    return max(sent, due)
 
 
 def start(module: str, env: dict[str, str], profile: Path | None = None) -> subprocess.Popen[bytes]:
@@ -323,19 +344,7 @@ def main() -> int:
                 record.set()
                 c0 = committed(kafka, env["POPSHIFT_INGEST_GROUP"], feedback.name, args.partitions)
                 sent0, tm0 = sent, time.monotonic()
-            due = int((now_m - t0) * msg_rate) - sent
-            wall = time.time()
-            for _ in range(max(0, due)):
-                i = sent
-                key, value = make(i, i // units + 1, wall)
-                while True:
-                    try:
-                        producer.produce(feedback.name, value, key)
-                        break
-                    except BufferError:
-                        producer.poll(0.01)
-                sent += 1
-            producer.poll(0)
+            sent = offer(producer, feedback.name, make, sent, int((now_m - t0) * msg_rate), units)
             time.sleep(0.002)
         tm1 = time.monotonic()
         c1 = committed(kafka, env["POPSHIFT_INGEST_GROUP"], feedback.name, args.partitions)

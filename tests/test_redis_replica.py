@@ -60,7 +60,7 @@ def test_a_sync_reads_its_pops_tables_from_the_replica(
     while sync.get(key) != b"v1":  # replication is asynchronous: milliseconds
         assert time.monotonic() < end, "the replica never had the primary's write"
         time.sleep(0.05)
-    with pytest.raises(redis.exceptions.ResponseError, match="(?i)read only|readonly"):
+    with pytest.raises(redis.exceptions.ResponseError, match=r"(?i)read only|readonly"):
         redis_client.connect(
             RedisAccess(replica, redis_access.username, redis_access.password, redis_access.ca_file)
         ).set(key, b"v2")  # even the admin cannot write a replica: only the primary is written

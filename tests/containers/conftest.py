@@ -10,6 +10,7 @@ state dir (secrets, data) under pytest's tmp dir. Every container uses the host'
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 # Read by testcontainers when it is first used: no Ryuk reaper (there is no image for it here);
 # the fixtures below stop what they start.
@@ -122,51 +123,40 @@ def session_id() -> str:
     return f"popshift-ct-{os.getpid()}"
 
 
+@contextmanager
+def running(c: DockerContainer, timeout_s: float, state: Path) -> Iterator[Secrets]:
+    """The container started and healthy; the state's secrets; stopped after."""
+    c.start()
+    try:
+        wait_healthy(c, timeout_s)
+        yield Secrets(state / "secrets")
+    finally:
+        stop(c)
+
+
 @pytest.fixture(scope="session")
 def ct_kafka(images: None, state: Path, session_id: str) -> Iterator[KafkaAccess]:
     """The Kafka container, as the admin."""
-    c = container(
-        KAFKA_IMAGE,
-        f"{session_id}-kafka",
-        state,
-        {
-            "POPSHIFT_KAFKA_PORT": str(KAFKA_PORT),
-            "POPSHIFT_KAFKA_CONTROLLER_PORT": str(CONTROLLER_PORT),
-            "POPSHIFT_KAFKA_HEAP": "-Xmx512m -Xms256m",
-        },
-    )
-    c.start()
-    try:
-        wait_healthy(c, 120)
-        secrets = Secrets(state / "secrets")
-        yield KafkaAccess(
-            f"127.0.0.1:{KAFKA_PORT}",
-            "admin",
-            secrets.password("kafka", "admin"),
-            str(secrets.ca_file),
-        )
-    finally:
-        stop(c)
+    env = {
+        "POPSHIFT_KAFKA_PORT": str(KAFKA_PORT),
+        "POPSHIFT_KAFKA_CONTROLLER_PORT": str(CONTROLLER_PORT),
+        "POPSHIFT_KAFKA_HEAP": "-Xmx512m -Xms256m",
+    }
+    c = container(KAFKA_IMAGE, f"{session_id}-kafka", state, env)
+    with running(c, 120, state) as secrets:
+        password = secrets.password("kafka", "admin")
+        yield KafkaAccess(f"127.0.0.1:{KAFKA_PORT}", "admin", password, str(secrets.ca_file))
 
 
 @pytest.fixture(scope="session")
 def ct_redis(images: None, state: Path, session_id: str) -> Iterator[RedisAccess]:
     """The Redis container, as the admin."""
-    c = container(
-        REDIS_IMAGE, f"{session_id}-redis", state, {"POPSHIFT_REDIS_PORT": str(REDIS_PORT)}
-    )
-    c.start()
-    try:
-        wait_healthy(c, 60)
-        secrets = Secrets(state / "secrets")
-        yield RedisAccess(
-            f"rediss://127.0.0.1:{REDIS_PORT}/0",
-            "admin",
-            secrets.password("redis", "admin"),
-            str(secrets.ca_file),
-        )
-    finally:
-        stop(c)
+    env = {"POPSHIFT_REDIS_PORT": str(REDIS_PORT)}
+    c = container(REDIS_IMAGE, f"{session_id}-redis", state, env)
+    with running(c, 60, state) as secrets:
+        password = secrets.password("redis", "admin")
+        url = f"rediss://127.0.0.1:{REDIS_PORT}/0"
+        yield RedisAccess(url, "admin", password, str(secrets.ca_file))
 
 
 @dataclass

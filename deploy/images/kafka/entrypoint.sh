@@ -24,22 +24,7 @@ kafka_props "$conf/server.properties" "$data" "$conf/keystore.pem" "$secrets/ca.
   "$broker_password"
 
 # log4j: to stdout (docker logs) and to a file the health check reads.
-cat >"$conf/log4j.properties" <<L4J
-log4j.rootLogger=INFO, stdout, file
-log4j.appender.stdout=org.apache.log4j.ConsoleAppender
-log4j.appender.stdout.layout=org.apache.log4j.PatternLayout
-log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n
-log4j.appender.file=org.apache.log4j.RollingFileAppender
-log4j.appender.file.File=$conf/server.log
-log4j.appender.file.MaxFileSize=20MB
-log4j.appender.file.MaxBackupIndex=1
-log4j.appender.file.layout=org.apache.log4j.PatternLayout
-log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
-log4j.logger.kafka.request.logger=WARN
-log4j.logger.state.change.logger=WARN
-log4j.logger.org.apache.kafka.clients=WARN
-log4j.logger.kafka.log.LogCleaner=WARN
-L4J
+kafka_log4j "$conf/log4j.properties" "$conf/server.log" 20MB 1 stdout
 rm -f -- "$conf/ready"
 
 # Format once, with the two users that must exist before the first start (as kafka-start.sh).
