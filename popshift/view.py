@@ -240,6 +240,8 @@ def explain_lines(
 
 
 def _binding(network: NetworkConfig, pop: str, policy: PolicyEvent) -> str:
+    if policy.reason.rule.startswith("override:"):
+        return "an operator's override (`popshift policy show` lists it, `clear` lifts it)"
     if policy.reason.infeasible:
         return (
             "capacity: no receiver within the tiers' latency bounds has room for the whole "

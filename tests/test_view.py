@@ -107,6 +107,14 @@ def test_explain_when_only_the_sources_own_target_binds() -> None:
     assert "binds: a's own target" in text
 
 
+def test_explain_of_a_pinned_share_names_the_override_not_a_target() -> None:
+    policy = _policy("a", "b", 0.25, {"a": 0.28, "b": 0.16})
+    rule = "override: pinned t0->b; t0->b 0.000->0.250"
+    pinned = policy.model_copy(update={"reason": policy.reason.model_copy(update={"rule": rule})})
+    text = "\n".join(explain_lines(_view(pinned), NETWORK, "a", NOW, max_age_s=10.0))
+    assert "binds: an operator's override" in text and "own target" not in text
+
+
 def test_explain_of_an_unknown_pop_is_refused_before_reading_kafka(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
