@@ -231,11 +231,11 @@ function section(box, title, head, rows) {
 }
 
 function header(s) {
-  select("#source").text(s.source);
+  select("#source").text(s.connected ? s.source : `${s.source}: no data (Kafka unreachable?), last view kept`);
   select("#clock").text(s.source.startsWith("replay")
     ? `t = ${Math.round(s.now)} s` : new Date(s.now * 1000).toLocaleTimeString());
   select("#invalid").text(s.invalid ? `${s.invalid} invalid messages skipped` : "");
-  link(s.connected);
+  link(true); // a snapshot came: the stream is up
 }
 
 function link(up) {
