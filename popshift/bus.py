@@ -947,16 +947,17 @@ class MemoryBus:
     each message is handled or dead-lettered (so a new consumer of the group resumes there).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.logs: dict[str, list[Record]] = {}
         self.offsets: dict[tuple[str, str], int] = {}  # (group, topic) -> next offset
+        self.clock = clock  # stamps each record, as a broker's LogAppendTime does
 
     def append(
         self, topic: str, key: str | bytes | None, value: bytes, headers: tracing.Headers
     ) -> None:
         log = self.logs.setdefault(topic, [])
         raw_key = key.encode() if isinstance(key, str) else key
-        log.append(Record(len(log), raw_key, value, list(headers), int(time.time() * 1000)))
+        log.append(Record(len(log), raw_key, value, list(headers), int(self.clock() * 1000)))
 
     def producer(self) -> MemoryProducer:
         return MemoryProducer(self)

@@ -126,10 +126,16 @@ def snapshot(
     """Everything the page shows at ``now``; the drill-down only for ``focus`` (explaining
     every one of 300 PoPs on every push would cost more than drawing them)."""
     timeline = [
-        {"at": c.at, "ago_s": round(now - c.at, 1), "kind": c.kind, "pop": c.pop,
-         "text": c.text, "reason": c.reason}
-        for c in reversed(view.history)
-    ][:TIMELINE]  # fmt: skip
+        {
+            "at": c.at,
+            "ago_s": round(now - c.at, 1),
+            "kind": c.kind,
+            "pop": c.pop,
+            "text": c.text,
+            "reason": c.reason,
+        }
+        for c in sorted(view.history, key=lambda c: c.at, reverse=True)[:TIMELINE]
+    ]  # by time, newest first: the topics arrive interleaved in any order
     return {
         "now": now,
         "pops": [_pop(view, network, name, now, max_age_s) for name in network.pop_names],

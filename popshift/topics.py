@@ -23,6 +23,9 @@ class Topic:
     cleanup_policy: str = "delete"
     retention_ms: int = DAY_MS
     partitions: int | None = None  # None: the configured default
+    broker_time: bool = False
+    """Records stamped by the broker when it appends them (LogAppendTime): one clock for
+    every producer, as the ingest's liveness needs (services/feedback_ingest/clock.py)."""
 
     @property
     def dead_letter(self) -> str:
@@ -30,7 +33,9 @@ class Topic:
         return f"{base}.dlq.v1"
 
 
-FEEDBACK = Topic("feedback.v1", "PoP name", m.FEEDBACK_ADAPTER, retention_ms=3600 * 1000)
+FEEDBACK = Topic(
+    "feedback.v1", "PoP name", m.FEEDBACK_ADAPTER, retention_ms=3600 * 1000, broker_time=True
+)
 POP_LOAD = Topic("pop-load.v1", "PoP name", TypeAdapter(m.PopLoad), retention_ms=3600 * 1000)
 POP_STATUS = Topic("pop-status.v1", "PoP name", TypeAdapter(m.PopStatus))
 POLICIES = Topic(
@@ -72,4 +77,7 @@ def by_name(name: str) -> Topic:
 
 
 def topic_configs(topic: Topic) -> dict[str, str]:
-    return {"cleanup.policy": topic.cleanup_policy, "retention.ms": str(topic.retention_ms)}
+    out = {"cleanup.policy": topic.cleanup_policy, "retention.ms": str(topic.retention_ms)}
+    if topic.broker_time:
+        out["message.timestamp.type"] = "LogAppendTime"
+    return out

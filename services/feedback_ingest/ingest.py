@@ -8,18 +8,19 @@ dead-lettered too, counted per reason (``stats()["dead_lettered[<reason>]"]``). 
 out-of-order heartbeats are valid messages that arrived late: they are counted and dropped, not
 dead-lettered.
 
-Kafka outages (the rule): liveness runs on a *feedback clock* per partition of feedback.v1,
-which advances only while feedback arrives on that partition. Once no feedback at all arrived on
-a partition for more than one heartbeat interval (the largest interval any heartbeat carried, at
-least ``POPSHIFT_HEARTBEAT_INTERVAL_S``), its clock stops; it resumes with the next message,
-skipping the silence. So when the bus (or the ingest's link to it) is down, or only the broker
-leading some partitions (until Kafka elects new leaders), no server of those partitions' PoPs
-ages and none is marked down or forgotten, while a server that falls silent as others of its
-partition keep reporting is marked down after K of its intervals as before. After K intervals
-of silence on every partition the ingest counts a bus outage and publishes nothing (its figures
-would be stale) until feedback returns; it then publishes the loads it had, with the current
-time, not capacity 0. The price: if every server of all the PoPs of one partition really died at
-once, the ingest would keep their last loads instead of marking them down.
+Kafka outages (the rule): liveness runs on a *feedback clock* per partition of feedback.v1
+(clock.py), which advances with the broker's append time of the records (so an ingest that is
+behind ages nobody for it) and only while feedback arrives on that partition. Once no feedback
+at all arrived on a partition for more than one heartbeat interval (the largest interval any
+heartbeat carried, at least ``POPSHIFT_HEARTBEAT_INTERVAL_S``), its clock stops; it resumes with
+the next message, skipping the silence. So when the bus (or the ingest's link to it) is down, or
+only the broker leading some partitions (until Kafka elects new leaders), no server of those
+partitions' PoPs ages and none is marked down or forgotten, while a server that falls silent as
+others of its partition keep reporting is marked down after K of its intervals as before. After
+K intervals of silence on every partition the ingest counts a bus outage and publishes nothing
+(its figures would be stale) until feedback returns; it then publishes the loads it had, with
+the current time, not capacity 0. The price: if every server of all the PoPs of one partition
+really died at once, the ingest would keep their last loads instead of marking them down.
 
 Run: ``python -m services.feedback_ingest.ingest`` (SIGTERM/SIGINT stop it cleanly).
 """
@@ -113,7 +114,8 @@ class Ingest:
         now = self.clock()
         self._last_rx = now
         clock = self._clocks.setdefault(received.partition, FeedbackClock())
-        heard_at = clock.heard(now, self._gap_s)
+        appended = received.timestamp_ms / 1000.0 if received.timestamp_ms > 0 else now
+        heard_at = clock.heard(appended, now, self._gap_s)
         if self.in_outage:
             self.in_outage = False
             log.warning("feedback is back: liveness resumes, publishing again")

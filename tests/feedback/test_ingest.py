@@ -22,7 +22,8 @@ def ingest_on(bus: MemoryBus, clock: list[float], warmup_s: float = 0.0) -> Inge
 
 def test_feedback_is_committed_only_once_a_pop_load_counts_it() -> None:
     """An ingest that dies between reading and reporting leaves the heartbeats to the next."""
-    bus, clock = MemoryBus(), [10.0]
+    clock = [10.0]
+    bus = MemoryBus(clock=lambda: clock[0])  # stamps records as a broker would
     producer = bus.producer()
     for seq in (1, 2):
         producer.send(t.FEEDBACK, "a", hb("a1", seq=seq, busy=2.0))
@@ -43,7 +44,8 @@ def test_feedback_is_committed_only_once_a_pop_load_counts_it() -> None:
 def test_a_pop_taken_over_is_reported_only_once_its_servers_were_heard() -> None:
     """After a rebalance the new owner has heard one server of a's two: a pop-load now would
     show half of a gone; the warm-up (one heartbeat interval) waits for the other."""
-    bus, clock = MemoryBus(), [10.0]
+    clock = [10.0]
+    bus = MemoryBus(clock=lambda: clock[0])  # stamps records as a broker would
     ingest = ingest_on(bus, clock, warmup_s=1.0)
     producer = bus.producer()
     producer.send(t.FEEDBACK, "a", hb("a1", seq=1, busy=2.0))
@@ -58,7 +60,8 @@ def test_a_pop_taken_over_is_reported_only_once_its_servers_were_heard() -> None
 
 
 def test_a_revoked_partition_is_reported_then_forgotten() -> None:
-    bus, clock = MemoryBus(), [10.0]
+    clock = [10.0]
+    bus = MemoryBus(clock=lambda: clock[0])  # stamps records as a broker would
     ingest = ingest_on(bus, clock)
     producer = bus.producer()
     producer.send(t.FEEDBACK, "a", hb("a1", seq=1, busy=2.0))
@@ -72,7 +75,8 @@ def test_a_revoked_partition_is_reported_then_forgotten() -> None:
 
 
 def test_valid_feedback_is_published_per_pop_and_bad_feedback_dead_lettered() -> None:
-    bus, clock = MemoryBus(), [10.0]
+    clock = [10.0]
+    bus = MemoryBus(clock=lambda: clock[0])  # stamps records as a broker would
     ingest = ingest_on(bus, clock)
     producer = bus.producer()
     producer.send(t.FEEDBACK, "a", hb("a1", seq=1, busy=2.0))
@@ -98,7 +102,8 @@ def test_valid_feedback_is_published_per_pop_and_bad_feedback_dead_lettered() ->
 def test_liveness_follows_the_interval_the_heartbeat_carries(interval_s: float | None) -> None:
     """No setting to match by hand: an agent beating every 5 s is down after 3 x 5 s (while
     another server keeps reporting, so the bus is known to work)."""
-    bus, clock = MemoryBus(), [0.0]
+    clock = [0.0]
+    bus = MemoryBus(clock=lambda: clock[0])  # stamps records as a broker would
     ingest = ingest_on(bus, clock)
     step = interval_s or 1.0
     down_after = 3 * step
@@ -118,7 +123,8 @@ def test_liveness_follows_the_interval_the_heartbeat_carries(interval_s: float |
 def test_a_bus_outage_marks_no_server_down_and_publishes_no_capacity_zero() -> None:
     """No feedback from anyone for K intervals: a bus outage. Nothing is published meanwhile,
     no server ages, and after the outage the loads come back as they were, with fresh times."""
-    bus, clock = MemoryBus(), [100.0]
+    clock = [100.0]
+    bus = MemoryBus(clock=lambda: clock[0])  # stamps records as a broker would
     ingest = ingest_on(bus, clock)
     producer = bus.producer()
     for seq in (1, 2):
@@ -156,7 +162,8 @@ def test_a_bus_outage_marks_no_server_down_and_publishes_no_capacity_zero() -> N
 def test_a_silent_partition_ages_none_of_its_servers_while_others_report() -> None:
     """A broker leading a's partition dies: a's heartbeats stop arriving until Kafka elects a new
     leader, while b's partition flows. a's servers are not marked down (the bus, not them)."""
-    bus, clock = MemoryBus(), [10.0]
+    clock = [10.0]
+    bus = MemoryBus(clock=lambda: clock[0])  # stamps records as a broker would
     ingest = ingest_on(bus, clock)
 
     def arrive(pop: str, server: str, seq: int, partition: int) -> None:
@@ -180,3 +187,25 @@ def test_a_silent_partition_ages_none_of_its_servers_while_others_report() -> No
     ingest.publish(clock[0])
     a = {x.pop: x for x in bus.replay(t.POP_LOAD)}["a"]
     assert {s.server: s.healthy for s in a.servers} == {"a1": False, "a2": True}
+
+
+def test_an_ingest_that_is_behind_ages_no_server_for_it() -> None:
+    """A backlog handled slower than real time (a busy host, a rebalance): five servers each
+    send once a second, the ingest handles a heartbeat every 0.9 s, so each server's heartbeats
+    reach it 4.5 s apart, over K = 3 intervals. Liveness runs on the broker's append time, so
+    nobody is marked down for the ingest's own lateness."""
+    clock = [100.0]
+    bus = MemoryBus(clock=lambda: clock[0])  # stamps records as a broker would
+    ingest = ingest_on(bus, clock)
+    producer = bus.producer()
+    servers = [f"a{i}" for i in range(1, 6)]
+    for second in range(4):
+        clock[0] = 100.0 + second
+        for server in servers:
+            producer.send(t.FEEDBACK, "a", hb(server, seq=second + 1, busy=1.0))
+    for handled in range(4 * len(servers)):
+        clock[0] = 110.0 + 0.9 * handled
+        assert ingest.consumer.poll_batch(ingest.handle, max_messages=1) == 1
+        ingest.publish(clock[0] + 0.8)
+    loads = bus.replay(t.POP_LOAD)
+    assert loads and all(s.healthy for x in loads for s in x.servers)
