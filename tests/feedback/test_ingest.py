@@ -20,6 +20,13 @@ def ingest_on(bus: MemoryBus, clock: list[float], warmup_s: float = 0.0) -> Inge
     return Ingest(settings, NETWORK, bus, clock=lambda: clock[0])
 
 
+def on_bus(start: float = 10.0, warmup_s: float = 0.0) -> tuple[list[float], MemoryBus, Ingest]:
+    """A fake clock, a bus that stamps records with it (as a broker would), an ingest on both."""
+    clock = [start]
+    bus = MemoryBus(clock=lambda: clock[0])
+    return clock, bus, ingest_on(bus, clock, warmup_s)
+
+
 def test_feedback_is_committed_only_once_a_pop_load_counts_it() -> None:
     """An ingest that dies between reading and reporting leaves the heartbeats to the next."""
     clock = [10.0]
@@ -44,9 +51,7 @@ def test_feedback_is_committed_only_once_a_pop_load_counts_it() -> None:
 def test_a_pop_taken_over_is_reported_only_once_its_servers_were_heard() -> None:
     """After a rebalance the new owner has heard one server of a's two: a pop-load now would
     show half of a gone; the warm-up (one heartbeat interval) waits for the other."""
-    clock = [10.0]
-    bus = MemoryBus(clock=lambda: clock[0])  # stamps records as a broker would
-    ingest = ingest_on(bus, clock, warmup_s=1.0)
+    clock, bus, ingest = on_bus(warmup_s=1.0)
     producer = bus.producer()
     producer.send(t.FEEDBACK, "a", hb("a1", seq=1, busy=2.0))
     ingest.consumer.poll_batch(ingest.handle)
@@ -60,9 +65,7 @@ def test_a_pop_taken_over_is_reported_only_once_its_servers_were_heard() -> None
 
 
 def test_a_revoked_partition_is_reported_then_forgotten() -> None:
-    clock = [10.0]
-    bus = MemoryBus(clock=lambda: clock[0])  # stamps records as a broker would
-    ingest = ingest_on(bus, clock)
+    clock, bus, ingest = on_bus()
     producer = bus.producer()
     producer.send(t.FEEDBACK, "a", hb("a1", seq=1, busy=2.0))
     producer.send(t.FEEDBACK, "b", hb("b1", seq=1, busy=1.0, pop="b"))
@@ -75,9 +78,7 @@ def test_a_revoked_partition_is_reported_then_forgotten() -> None:
 
 
 def test_valid_feedback_is_published_per_pop_and_bad_feedback_dead_lettered() -> None:
-    clock = [10.0]
-    bus = MemoryBus(clock=lambda: clock[0])  # stamps records as a broker would
-    ingest = ingest_on(bus, clock)
+    clock, bus, ingest = on_bus()
     producer = bus.producer()
     producer.send(t.FEEDBACK, "a", hb("a1", seq=1, busy=2.0))
     producer.send(t.FEEDBACK, "b", hb("b1", seq=1, busy=1.0, pop="b"))
@@ -102,9 +103,7 @@ def test_valid_feedback_is_published_per_pop_and_bad_feedback_dead_lettered() ->
 def test_liveness_follows_the_interval_the_heartbeat_carries(interval_s: float | None) -> None:
     """No setting to match by hand: an agent beating every 5 s is down after 3 x 5 s (while
     another server keeps reporting, so the bus is known to work)."""
-    clock = [0.0]
-    bus = MemoryBus(clock=lambda: clock[0])  # stamps records as a broker would
-    ingest = ingest_on(bus, clock)
+    clock, bus, ingest = on_bus(0.0)
     step = interval_s or 1.0
     down_after = 3 * step
     producer = bus.producer()
@@ -123,9 +122,7 @@ def test_liveness_follows_the_interval_the_heartbeat_carries(interval_s: float |
 def test_a_bus_outage_marks_no_server_down_and_publishes_no_capacity_zero() -> None:
     """No feedback from anyone for K intervals: a bus outage. Nothing is published meanwhile,
     no server ages, and after the outage the loads come back as they were, with fresh times."""
-    clock = [100.0]
-    bus = MemoryBus(clock=lambda: clock[0])  # stamps records as a broker would
-    ingest = ingest_on(bus, clock)
+    clock, bus, ingest = on_bus(100.0)
     producer = bus.producer()
     for seq in (1, 2):
         producer.send(t.FEEDBACK, "a", hb("a1", seq=seq, busy=2.0))
@@ -162,9 +159,7 @@ def test_a_bus_outage_marks_no_server_down_and_publishes_no_capacity_zero() -> N
 def test_a_silent_partition_ages_none_of_its_servers_while_others_report() -> None:
     """A broker leading a's partition dies: a's heartbeats stop arriving until Kafka elects a new
     leader, while b's partition flows. a's servers are not marked down (the bus, not them)."""
-    clock = [10.0]
-    bus = MemoryBus(clock=lambda: clock[0])  # stamps records as a broker would
-    ingest = ingest_on(bus, clock)
+    clock, bus, ingest = on_bus()
 
     def arrive(pop: str, server: str, seq: int, partition: int) -> None:
         value = hb(server, seq=seq, busy=1.0, pop=pop)
@@ -194,9 +189,7 @@ def test_an_ingest_that_is_behind_ages_no_server_for_it() -> None:
     send once a second, the ingest handles a heartbeat every 0.9 s, so each server's heartbeats
     reach it 4.5 s apart, over K = 3 intervals. Liveness runs on the broker's append time, so
     nobody is marked down for the ingest's own lateness."""
-    clock = [100.0]
-    bus = MemoryBus(clock=lambda: clock[0])  # stamps records as a broker would
-    ingest = ingest_on(bus, clock)
+    clock, bus, ingest = on_bus(100.0)
     producer = bus.producer()
     servers = [f"a{i}" for i in range(1, 6)]
     for second in range(4):
