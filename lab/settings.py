@@ -76,6 +76,9 @@ def timings() -> dict[str, str]:
             # a wide dead-band: a share that holds still is what the precision check needs
             policy_deadband=0.08,
             policy_effect_lag_s=3.0,
+            # the lab's short requests last well under a second, its long echo connections the
+            # whole run: a share's reach (what it really moves) shows within 2 s
+            policy_reach_after_s=2.0,
             policy_status_max_age_s=10.0,
             # native demand: the production estimate from the forwarders' counters
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from schemas.messages import (
     Share,
 )
 from services.policy_engine.damping import DampingConfig, ShareKey, Shares, damp
-from services.policy_engine.model import PopModel, estimate_native, latency_matrix
+from services.policy_engine.model import PopModel, TierRates, estimate_native, latency_matrix
 from services.policy_engine.overrides import Overrides
 from services.policy_engine.solver import (
     Budget,
@@ -40,6 +41,7 @@ from services.policy_engine.solver import (
 
 SAME = 1e-6  # shares closer than this are the same share
 LEASE_TICKS = 3
+REACH_WEIGHT = 0.5  # each new measure of a share's reach moves the estimate half way
 """The default lease of a policy, in engine ticks: a policy is renewed every tick while the
 engine's inputs for its source are fresh, so two renewals may be lost in a row."""
 
@@ -91,6 +93,10 @@ class EngineConfig:
     max_boost: float = 0.10
     """The integral lowers a shedder's target by at most this share of its capacity: it corrects
     a model error, it does not replace the model."""
+    reach_after_s: float | None = None
+    """A share's reach (the part of native demand it moves, model.py) is measured once it has
+    held still this long, about the lifetime of most new connections; None: shares are taken to
+    reach all of it (right when connections are short next to the engine's reaction time)."""
     settle_tolerance: float = 0.03
     """A load still falling by more than this share of capacity between two pop-statuses is
     the last change still taking effect: the integral waits."""
@@ -210,6 +216,52 @@ def _in_effect(history: list[Policy], at: float) -> Shares:
     return shares
 
 
+class Demand(NamedTuple):
+    """Each PoP's native demand as the solver sees it: per tier what its shares can move
+    (reach x native), and the load that stays whatever they say (model.py, "reach")."""
+
+    movable: dict[str, dict[int, float]]
+    stays: dict[str, float]
+
+    def native_load(self, name: str) -> float:
+        return self.stays.get(name, 0.0) + sum(self.movable.get(name, {}).values())
+
+
+def _demand(state: EngineState, native: dict[str, dict[int, float]]) -> Demand:
+    movable: dict[str, dict[int, float]] = {}
+    stays: dict[str, float] = {}
+    for name, tiers in native.items():
+        reach = state.pops[name].reach
+        if not reach:  # most PoPs: nothing forwarded, or reach not measured
+            movable[name] = tiers
+            continue
+        movable[name] = {t: reach.get(t, 1.0) * cores for t, cores in tiers.items()}
+        stays[name] = sum(tiers.values()) - sum(movable[name].values())
+    return Demand(movable, stays)
+
+
+def _observe_reach(
+    state: EngineState, model: PopModel, rates: Mapping[int, TierRates], now: float
+) -> None:
+    after = state.config.reach_after_s
+    policy = state.policies.get(model.name)
+    if after is None or policy is None or not policy.shares:
+        model.reach.clear()
+        return
+    if now - policy.last_change < after:
+        return  # connections from before the last change still show in the counters
+    if model.status is None or model.status.utilisation >= state.config.calibrate_below:
+        return  # saturated: retries and queued connections make the reach look too small
+    totals: dict[int, float] = {}
+    for (tier, _), x in policy.shares.items():
+        totals[tier] = totals.get(tier, 0.0) + x
+    known = set(model.reach)
+    model.update_reach(rates, totals, REACH_WEIGHT)
+    if set(model.reach) - known:
+        # The integral's boost made up for what the reach now explains: keeping both over-sheds.
+        model.boost = 0.0
+
+
 def _estimate(state: EngineState, fresh: list[str], now: float) -> dict[str, dict[int, float]]:
     """Native demand per tier of every fresh PoP (model.py explains how).
 
@@ -248,6 +300,7 @@ def _estimate(state: EngineState, fresh: list[str], now: float) -> dict[str, dic
             cost,
         )
         out[name] = native
+        _observe_reach(state, model, rates, now)
     return out
 
 
@@ -328,7 +381,7 @@ def _integrate(
 def _problem(
     state: EngineState,
     fresh: list[str],
-    native: dict[str, dict[int, float]],
+    demand: Demand,
     shedders: set[str],
 ) -> Problem:
     drained = set(state.overrides.drain)
@@ -340,7 +393,7 @@ def _problem(
         cap = status.capacity_cores
         if name not in shedders and cap > 0.0:
             # Over target but not flagged: it is not asked to shed (nor can it take anything).
-            target = max(target, sum(native[name].values()) / cap)
+            target = max(target, demand.native_load(name) / cap)
         elif cap > 0.0:  # the integral's correction: aim lower than the model says suffices
             target -= state.pops[name].boost / cap
         pops.append(
@@ -348,7 +401,8 @@ def _problem(
                 name=name,
                 capacity=status.capacity_cores,
                 target_utilisation=target,
-                native=native[name],
+                native=demand.movable[name],
+                base_load=demand.stays.get(name, 0.0),
                 drained=name in drained,
             )
         )
@@ -414,13 +468,11 @@ def _forced(
     return forced
 
 
-def _expected_loads(
-    state: EngineState, native: dict[str, dict[int, float]], policies: Mapping[str, Shares]
-) -> dict[str, float]:
-    load = {name: sum(tiers.values()) for name, tiers in native.items()}
+def _expected_loads(demand: Demand, policies: Mapping[str, Shares]) -> dict[str, float]:
+    load = {name: demand.native_load(name) for name in demand.movable}
     for src, shares in policies.items():
         for (tier, dst), x in shares.items():
-            cores = x * native.get(src, {}).get(tier, 0.0)
+            cores = x * demand.movable.get(src, {}).get(tier, 0.0)
             if src in load:
                 load[src] -= cores
             if dst in load:
@@ -441,25 +493,26 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
         if n not in dead and state.pops[n].fresh(now, state.config.status_max_age_s)
     ]
     fresh_set = set(fresh)
-    native: dict[str, dict[int, float]] = {}
+    demand = Demand({}, {})
     solution: Solution | None = None
     shedders: set[str] = set()
     if fresh:
         shedders = _shedders(state, fresh)
         native = _estimate(state, fresh, now)
         state.native.update(native)
+        demand = _demand(state, native)
         if (
             shedders
             or allowed.pins
             or allowed.drained
             or any(p.shares for p in state.policies.values())
         ):
-            problem = _problem(state, fresh, native, shedders)
+            problem = _problem(state, fresh, demand, shedders)
             solution = solve_with_budget(problem, state.config.solve_budget)
         else:  # nobody sheds, nothing is pinned, drained or in force: nothing to solve
             solution = Solution({}, {}, {}, 0.0, 0.0, [], False, "idle")
 
-    keep = _still_good(state, native, fresh_set, solution) if solution is not None else set()
+    keep = _still_good(state, demand, fresh_set, solution) if solution is not None else set()
     flagged = {name for name in fresh_set if _flagged(state, name)}
     by_source: dict[str, Shares] = {}  # Solution.source_shares for every source, in one pass
     for tier, pairs in solution.shares.items() if solution is not None else ():
@@ -498,7 +551,7 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
     if solution is not None:
         unchanged = {src for src, new in decided.items() if _same(_current(state, src), new)}
         _integrate(state, fresh, shedders, unchanged, set(by_source), now)
-    expected = _expected_loads(state, native, {s: d for s, d in decided.items()})
+    expected = _expected_loads(demand, {s: d for s, d in decided.items()})
     events: list[PolicyEvent] = []
     lease = state.config.lease
     for src, new in decided.items():
@@ -569,7 +622,7 @@ def _flagged(state: EngineState, name: str) -> bool:
 
 
 def _still_good(
-    state: EngineState, native: dict[str, dict[int, float]], fresh: set[str], solution: Solution
+    state: EngineState, demand: Demand, fresh: set[str], solution: Solution
 ) -> set[str]:
     """Sources whose policy in force still does its job, by the current estimates; such a
     policy is kept as it is even if the solver found a slightly better one: what costs (table
@@ -585,7 +638,7 @@ def _still_good(
     between them is churn for nothing."""
     cfg = state.config.damping
     policies = {src: policy.shares for src, policy in state.policies.items() if policy.shares}
-    expected = _expected_loads(state, native, policies)
+    expected = _expected_loads(demand, policies)
 
     def utilisation(name: str) -> float:
         status = state.pops[name].status

@@ -30,6 +30,20 @@ the traffic got dearer per packet (a flood of handshakes), the ``k`` measured no
 saturated, is higher than the learned one and is used instead; the engine's integral action
 (engine.py) closes what is left.
 
+A share moves new connections only: connections established before it stay where they are
+(that is the promise), so while long-lived ones last a share of ``x`` moves less than ``x`` of
+the tier's demand. The engine measures how much it does reach, per PoP and tier, once a share
+has held still long enough for short connections to have turned over (``reach_after_s``) and
+while the PoP is not saturated (a saturated PoP's clients retry and its connections queue, so
+its own packets count more than its new connections would and the reach would look too small):
+
+    reach[t] = forwarded[t] / (local[t] + forwarded[t]) / share[t]
+
+and gives the solver only ``reach x native`` as movable, the rest as load that stays. Without it
+a PoP with long-lived connections stops short of its target whatever the solver says (the lab:
+a third of a's packets are long echo connections), and only the integral action, capped and
+slow, would close the gap.
+
 Without fresh counters the load is split by a configured tier mix, corrected by the traffic our
 current policies move in and out.
 """
@@ -43,6 +57,12 @@ import numpy as np
 
 from popshift.network import NetworkConfig
 from schemas.messages import DataplaneStats, PopStatus, TierCounters
+
+MIN_REACH_SHARE = 0.2
+"""Smaller shares move too few packets to measure their reach (a tenth of 170 packets a second
+is noise)."""
+MIN_REACH = 0.2
+"""A reach below this is taken as this: the solver must not count on moving nothing."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +119,24 @@ class PopModel:
     integrated_at: float | None = None
     """``at`` of the last pop-status the integral action has used."""
     previous_load: float | None = None
+    reach: dict[int, float] = field(default_factory=dict)
+    """Per tier, the part of native demand the shares in force reach (1 when not measured)."""
+
+    def update_reach(
+        self, rates: Mapping[int, TierRates], shares: Mapping[int, float], weight: float
+    ) -> None:
+        """Learn each tier's reach from the counters, under ``shares`` (tier -> total share)
+        that have held still long enough; a tier no longer forwarded forgets it."""
+        for tier in [t for t in self.reach if shares.get(t, 0.0) <= 0.0]:
+            del self.reach[tier]
+        for tier, share in shares.items():
+            r = rates.get(tier, TierRates())
+            native = r.local + r.forwarded
+            if share < MIN_REACH_SHARE or native <= 0.0:
+                continue
+            measured = min(1.0, max(MIN_REACH, r.forwarded / native / share))
+            old = self.reach.get(tier)
+            self.reach[tier] = measured if old is None else old + weight * (measured - old)
 
     def observe_status(self, status: PopStatus) -> None:
         if self.status is None or status.at >= self.status.at:

@@ -177,7 +177,10 @@ class PolicyEngineService:
         for name, tiers in sorted(self.state.native.items()):
             status = self.state.pops[name].status
             load = f"{status.load_cores:.3f}/{status.capacity_cores:.3f}" if status else "-"
-            parts.append(f"{name}={sum(tiers.values()):.3f} (load {load})")
+            model = self.state.pops[name]
+            reach = "".join(f" reach t{t} {r:.2f}" for t, r in sorted(model.reach.items()))
+            boost = f" boost {model.boost:.3f}" if model.boost else ""
+            parts.append(f"{name}={sum(tiers.values()):.3f} (load {load}{reach}{boost})")
         log.info("native cores: %s", " ".join(parts))
 
     def _leading(self) -> bool:

@@ -75,6 +75,14 @@ class PolicySettings(Settings):
         description="Without counters: a load measured at t shows the policies issued before "
         "t minus this lag.",
     )
+    policy_reach_after_s: float | None = Field(
+        None,
+        gt=0.0,
+        description="Measure how much of a tier's demand a share in force really moves (new "
+        "connections only move; long-lived ones stay) once it held still this long, and solve "
+        "on that; about the lifetime of most new connections. Unset: a share moves its whole "
+        "part (right when connections are short next to the engine's reaction).",
+    )
     policy_deadband: float = Field(
         0.05,
         ge=0.0,
@@ -172,6 +180,7 @@ class PolicySettings(Settings):
             status_max_age_s=self.policy_status_max_age_s,
             stats_max_age_s=self.policy_stats_max_age_s,
             effect_lag_s=self.policy_effect_lag_s,
+            reach_after_s=self.policy_reach_after_s,
             hop_cost_ms=self.policy_hop_cost_ms,
             max_candidates=self.policy_max_candidates,
             tier_mix=dict(self.policy_tier_mix),
