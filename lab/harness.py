@@ -53,7 +53,7 @@ class LoadPlan:
     # within the bulk tier's bound (SCENARIOS.md, "Capacity"): a's excess fits in b once b
     # passes part of its own traffic on to c, which has room to spare.
     capacity_cores: Mapping[str, float] = field(
-        default_factory=lambda: {"a": 0.1, "b": 0.15, "c": 0.2}
+        default_factory=lambda: {"a": 0.1, "b": 0.18, "c": 0.2}
     )
     cost_ms: float = 0.64  # CPU per locally processed packet while the load is on
     infeasible_cost_ms: float = 2.5  # ... in the variant beyond capacity (scenario.infeasible)

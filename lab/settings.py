@@ -79,6 +79,11 @@ def timings() -> dict[str, str]:
             # the lab's short requests last well under a second, its long echo connections the
             # whole run: a share's reach (what it really moves) shows within 2 s
             policy_reach_after_s=2.0,
+            # relief steps below 5 points are the estimate's noise (three nodes' counters a
+            # second apart over a 1.5 s load window); without them the shares hold still and
+            # the integral closes what the estimate misses, up to 30 % of capacity
+            policy_relief_deadband=0.05,
+            policy_max_boost=0.3,
             policy_status_max_age_s=10.0,
             # native demand: the production estimate from the forwarders' counters
         )
