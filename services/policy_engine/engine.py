@@ -370,9 +370,13 @@ def _integrate(
         if previous is not None and previous - status.load_cores > cfg.settle_tolerance * cap:
             continue  # still falling: the last change is still taking effect
         target = state.network.pop(name).target_utilisation * cap
-        if status.state is PopState.SHED and status.excess_cores > 0.0:
+        # The PoP's own excess, not its hot servers' (analytics' excess when only servers are
+        # over): a server hot with long-lived connections cools by no share, and integrating its
+        # excess would wind up until the PoP sheds far below its target.
+        excess = min(status.excess_cores, status.load_cores - target)
+        if status.state is PopState.SHED and excess > 0.0:
             if name in moving:  # some receiver takes something: aiming lower can move more
-                model.boost += cfg.integral_gain * status.excess_cores
+                model.boost += cfg.integral_gain * excess
                 model.boost = min(model.boost, cfg.max_boost * cap)
         elif status.state is not PopState.SHED and status.load_cores < target:
             model.boost *= 1.0 - cfg.integral_gain  # below target: give it back, gradually

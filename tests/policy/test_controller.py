@@ -286,3 +286,20 @@ def test_reach_is_forgotten_with_the_policy() -> None:
         plant.step(state, float(now))
     assert state.policies["a"].shares == {}
     assert state.pops["a"].reach == {}  # the next overload starts from "a share moves its part"
+
+
+def test_a_hot_server_does_not_wind_up_the_integral() -> None:
+    # a is relieved to its target, but one of its servers stays hot (long-lived connections no
+    # share moves): analytics keeps a flagged with that server's excess. Integrating it would
+    # make the PoP shed ever further below its target.
+    plant = SaturatingPlant({"a": 12.0, "b": 2.0, "c": 2.0})
+    state = engine()
+    run(plant, state, 30)
+    share = state.policies["a"].shares[(0, "b")]
+    for now in range(30, 60):
+        plant.count(state, float(now))
+        hot = status("a", float(now), 7.0, PopState.SHED).model_copy(update={"excess_cores": 1.0})
+        decide(state, hot, float(now))
+        decide(state, Tick(), float(now))
+    assert state.pops["a"].boost == 0.0
+    assert state.policies["a"].shares[(0, "b")] == pytest.approx(share, abs=0.02)
