@@ -8,6 +8,7 @@ one seed gives one run, whichever strategy is in it.
 
 from __future__ import annotations
 
+import gc
 import heapq
 from collections import deque
 from collections.abc import Callable
@@ -354,4 +355,16 @@ class Engine:
 def run_strategy(
     scenario: Scenario, world: World, strategy: Strategy, progress: Progress | None = None
 ) -> RunResult:
-    return Engine(scenario, world, strategy).run(progress)
+    """Run ``strategy`` on ``world`` for the scenario's duration.
+
+    What exists before the run (the world, the network description, the services' state) lives
+    as long as it: frozen out of the garbage collector for the run, so that its full collections
+    (one every few minutes of a day's run) do not scan it again and again.
+    """
+    engine = Engine(scenario, world, strategy)
+    gc.collect()
+    gc.freeze()
+    try:
+        return engine.run(progress)
+    finally:
+        gc.unfreeze()
