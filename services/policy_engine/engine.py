@@ -95,6 +95,10 @@ class EngineConfig:
     """A load still falling by more than this share of capacity between two pop-statuses is
     the last change still taking effect: the integral waits."""
 
+    resolve_band: float = 0.01
+    """Share of a PoP's capacity its native estimate may move, per tier, since the last solve
+    before the engine solves again (see :func:`_solve`); 0 = whenever one moves at all."""
+
     bus_silence_s: float = 3.0
     bus_outage_grace_s: float = 120.0
     """While no input at all arrives (popshift/silence.py), leases stop ageing, this long at
@@ -135,6 +139,7 @@ class EngineState:
     :func:`restore` raises it to the newest seen, the floor of the next one)."""
     silence: BusSilence = field(init=False)
     _latency: tuple[tuple[str, ...], np.ndarray] | None = None
+    _solved: _Solved | None = None
 
     def __post_init__(self) -> None:
         self.silence = BusSilence(self.config.bus_silence_s, self.config.bus_outage_grace_s)
@@ -364,6 +369,75 @@ def _problem(
     )
 
 
+@dataclass(frozen=True)
+class _Solved:
+    """The inputs of the last solve that its answer depends on, and the answer."""
+
+    fresh: list[str]
+    shedders: set[str]
+    overrides: Overrides
+    capacity: dict[str, float]
+    boost: dict[str, float]
+    native: dict[str, dict[int, float]]
+    solution: Solution
+
+    def still_fits(
+        self,
+        state: EngineState,
+        fresh: list[str],
+        native: dict[str, dict[int, float]],
+        shedders: set[str],
+    ) -> bool:
+        if fresh != self.fresh or shedders != self.shedders or state.overrides != self.overrides:
+            return False
+        band = state.config.resolve_band
+        for name in fresh:
+            model = state.pops[name]
+            assert model.status is not None
+            cap = model.status.capacity_cores
+            if cap != self.capacity[name]:
+                return False
+            boost = self.boost[name]  # grown: the integral acts; given back: within the band
+            if model.boost > boost or boost - model.boost > band * cap:
+                return False
+            then = self.native[name]
+            if any(abs(x - then.get(t, 0.0)) > band * cap for t, x in native[name].items()):
+                return False
+        return True
+
+
+def _solve(
+    state: EngineState,
+    fresh: list[str],
+    native: dict[str, dict[int, float]],
+    shedders: set[str],
+) -> Solution:
+    """The solver's answer, or the last one while nothing it depends on has moved: the same fresh
+    PoPs and shedders, the same overrides and capacities, no integral boost grown, and every
+    native estimate within ``resolve_band`` of its capacity of the estimate then.
+
+    Measurement noise moves the estimates a little every tick; solving again for it costs
+    milliseconds a tick and, with ``_still_good`` keeping what still does its job, changes next
+    to nothing. A new flag, a dead PoP, an override or the integral acting solves at once."""
+    last = state._solved
+    if last is not None and last.still_fits(state, fresh, native, shedders):
+        return last.solution
+    solution = solve_with_budget(
+        _problem(state, fresh, native, shedders), state.config.solve_budget
+    )
+    status = {name: state.pops[name].status for name in fresh}
+    state._solved = _Solved(
+        list(fresh),
+        set(shedders),
+        state.overrides,
+        {n: s.capacity_cores for n, s in status.items() if s is not None},
+        {name: state.pops[name].boost for name in fresh},
+        {name: dict(native[name]) for name in fresh},
+        solution,
+    )
+    return solution
+
+
 def _dead(state: EngineState) -> set[str]:
     """PoPs whose latest pop-status shows no healthy capacity (every server down, or dark)."""
     return {
@@ -454,8 +528,7 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
             or allowed.drained
             or any(p.shares for p in state.policies.values())
         ):
-            problem = _problem(state, fresh, native, shedders)
-            solution = solve_with_budget(problem, state.config.solve_budget)
+            solution = _solve(state, fresh, native, shedders)
         else:  # nobody sheds, nothing is pinned, drained or in force: nothing to solve
             solution = Solution({}, {}, {}, 0.0, 0.0, [], False, "idle")
 
