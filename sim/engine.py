@@ -25,6 +25,9 @@ from sim.scenario import Dark, HalfServers, Scenario
 from sim.strategies.base import Action, Counters, Observation, Strategy
 from sim.world import FloatArray, IntArray, World
 
+GC_YOUNG = 50_000
+"""Objects allocated (net) between two collections of the youngest generation during a run."""
+
 Progress = Callable[[float], None]
 """Called with simulated seconds done since the last call."""
 
@@ -359,12 +362,18 @@ def run_strategy(
 
     What exists before the run (the world, the network description, the services' state) lives
     as long as it: frozen out of the garbage collector for the run, so that its full collections
-    (one every few minutes of a day's run) do not scan it again and again.
+    (one every few minutes of a day's run) do not scan it again and again. And a round makes and
+    drops thousands of messages (a status per PoP...): the youngest generation is collected every
+    ``GC_YOUNG`` objects, not every 700, or each round's survive into the older ones to be
+    scanned again there (~10 % of a popshift run).
     """
     engine = Engine(scenario, world, strategy)
+    thresholds = gc.get_threshold()
     gc.collect()
     gc.freeze()
+    gc.set_threshold(GC_YOUNG, *thresholds[1:])
     try:
         return engine.run(progress)
     finally:
+        gc.set_threshold(*thresholds)
         gc.unfreeze()
