@@ -221,52 +221,55 @@ def step_many(
     last = np.where(changed, np.nan, h.last_emit)
     due = ~(now - last < rules.refresh_s)  # never emitted (NaN) or refresh_s ago
     last_emit = np.where(due, now, last)
-    rule = list(h.rule)
-    statuses: list[PopStatus] = []
+    # the reasons and messages, one by one from plain values (numpy's scalars cost more so)
+    states, changes, takes = state.tolist(), changed.tolist(), take.tolist()
     has_capacity = w.has_capacity.tolist()
-    for i in np.flatnonzero((state != NEUTRAL) | (h.state != NEUTRAL)).tolist():
-        s = state[i]
-        if s == NEUTRAL:
-            rule[i] = None
-            continue
-        if s == SHED:
-            if has_capacity[i]:
-                reasons = [c.reason(i) for c in shed_checks if c.holds[i]]
-            else:
-                reasons = [NO_CAPACITY]
+    shed_held = [(c, c.holds.tolist()) for c in shed_checks]
+    rule = list(h.rule)
+    for i in np.flatnonzero((state != NEUTRAL) | (was != NEUTRAL)).tolist():
+        code = states[i]
+        if code == NEUTRAL:
+            reasons = []
+        elif code == SHED:
+            held = [c.reason(i) for c, holds in shed_held if holds[i]]
+            reasons = held if has_capacity[i] else [NO_CAPACITY]
         else:
-            reasons = [c.reason(i) for c in take_checks] if take[i] else []
-        kept = None if changed[i] else rule[i]
+            reasons = [c.reason(i) for c in take_checks] if takes[i] else []
+        kept = None if changes[i] or code == NEUTRAL else rule[i]
         rule[i] = "; ".join(reasons) if reasons else kept
     out = Hystereses(state, since, dwell_until, rule, last_emit)
+    statuses: list[PopStatus] = []
+    caps, loads, sinces = u.capacity.tolist(), u.load.tolist(), since.tolist()
+    utils, target = w.util.tolist(), rules.target_utilisation
     for i in np.flatnonzero(due).tolist():
-        statuses.append(_status(u, w, out, i, now, rules.target_utilisation))
+        cap, load, code, r = caps[i], loads[i], states[i], rule[i]
+        excess = headroom = 0.0
+        if code == SHED:
+            excess = _excess(w, i, cap, load, target)
+        elif code == CAN_TAKE:
+            headroom = max(0.0, target * cap - load)
+        statuses.append(
+            PopStatus(  # rules.pop_status
+                pop=u.pops[i],
+                at=now,
+                state=STATES[code],
+                since=sinces[i],
+                utilisation=min(utils[i], 100.0),
+                capacity_cores=cap,
+                load_cores=load,
+                excess_cores=excess,
+                headroom_cores=headroom,
+                rule=r[:MAX_REASON_CHARS] if r else None,
+            )
+        )
     return out, statuses
 
 
-def _status(u: Uniform, w: _Window, h: Hystereses, i: int, now: float, target: float) -> PopStatus:
-    """``rules.pop_status`` of PoP ``i``."""
-    state = int(h.state[i])
-    cap, load = float(u.capacity[i]), float(u.load[i])
-    excess = headroom = 0.0
-    if state == SHED:
-        excess = load - target * cap
-        if not excess > 0.0:  # only servers hot: rules.excess_cores sums theirs
-            n = int(u.servers[i])
-            one = max(0.0, (float(w.server_util[i]) - target) * (cap / n)) if n else 0.0
-            excess = sum([one] * n)
-    elif state == CAN_TAKE:
-        headroom = max(0.0, target * cap - load)
-    rule = h.rule[i]
-    return PopStatus(
-        pop=u.pops[i],
-        at=now,
-        state=STATES[state],
-        since=float(h.since[i]),
-        utilisation=min(float(w.util[i]), 100.0),
-        capacity_cores=cap,
-        load_cores=load,
-        excess_cores=excess,
-        headroom_cores=headroom,
-        rule=rule[:MAX_REASON_CHARS] if rule else None,
-    )
+def _excess(w: _Window, i: int, cap: float, load: float, target: float) -> float:
+    """``rules.excess_cores`` of PoP ``i``: over target, or only its servers hot (summed so)."""
+    combined = load - target * cap
+    if combined > 0.0:
+        return combined
+    n = w._servers[i]
+    one = max(0.0, (w._server_util[i] - target) * (cap / n)) if n else 0.0
+    return sum([one] * n)

@@ -397,12 +397,14 @@ class _Solved:
             cap = model.status.capacity_cores
             if cap != self.capacity[name]:
                 return False
+            near = band * cap
             boost = self.boost[name]  # grown: the integral acts; given back: within the band
-            if model.boost > boost or boost - model.boost > band * cap:
+            if model.boost > boost or boost - model.boost > near:
                 return False
             then = self.native[name]
-            if any(abs(x - then.get(t, 0.0)) > band * cap for t, x in native[name].items()):
-                return False
+            for tier, x in native[name].items():  # a loop, not any(): it runs every tick
+                if abs(x - then.get(tier, 0.0)) > near:
+                    return False
         return True
 
 
@@ -577,6 +579,8 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
     for src, new in decided.items():
         policy = state.policies.get(src)
         current = policy.shares if policy else {}
+        if not current and not new:
+            continue  # most PoPs, most of the time: no shares before or after, nothing to say
         lapsed = policy is not None and bool(current) and _lapsed(state, policy, now)
         if lapsed:
             # Not renewed in time (src's inputs went stale): its writer has dropped it to local.
