@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.demand import NOISE_BLOCK_S, Demand, crowd_factor, diurnal
+from sim.demand import DIURNAL, NOISE_BLOCK_S, Demand, crowd_factor, diurnal
 from sim.world import build_world, local_hour
 from tests.sim.worlds import small_failure
 
@@ -39,3 +39,11 @@ def test_a_caller_scaling_the_multiplier_does_not_change_the_next_one() -> None:
     want = first.copy()
     first *= 3.0
     assert np.array_equal(demand.multiplier(10.0), want)
+
+
+def test_the_wrapped_diurnal_curve_is_numpys_periodic_interpolation() -> None:
+    hours = np.concatenate(
+        [np.random.default_rng(3).uniform(-50.0, 80.0, 10_000), np.arange(0.0, 24.0, 0.001)]
+    )
+    want = np.interp(hours, np.arange(24.0), DIURNAL, period=24.0)
+    assert np.array_equal(diurnal(hours), want)
