@@ -427,14 +427,14 @@ def _solve(
     solution = solve_with_budget(
         _problem(state, fresh, native, shedders), state.config.solve_budget
     )
-    status = {name: state.pops[name].status for name in fresh}
-    state._solved = _Solved(
-        list(fresh),
-        set(shedders),
+    models = [state.pops[name] for name in fresh]
+    state._solved = _Solved(  # this tick's lists and estimates: made for it, changed by nobody
+        fresh,
+        shedders,
         state.overrides,
-        {n: s.capacity_cores for n, s in status.items() if s is not None},
-        {name: state.pops[name].boost for name in fresh},
-        {name: dict(native[name]) for name in fresh},
+        {m.name: m.status.capacity_cores for m in models if m.status is not None},
+        {m.name: m.boost for m in models},
+        native,
         solution,
     )
     return solution

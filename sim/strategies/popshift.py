@@ -25,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import TypeAdapter
 
 from schemas.messages import (
     DataplaneStats,
@@ -52,6 +53,8 @@ PACKETS_PER_CORE_S = 50_000.0
 DRAIN_PERIOD_S = 1800.0
 """Longer than any tier's connections live (e^-15 of them remain), so a cleared drain breaks
 none; the simulator does not model connections outliving it."""
+STATS = TypeAdapter(list[DataplaneStats])
+"""A round's dataplane-stats, validated in one call."""
 
 
 @dataclass(frozen=True)
@@ -171,33 +174,25 @@ class PopshiftStrategy:
     def _stats(self, obs: Observation) -> list[DataplaneStats]:
         """The forwarders' packet counters: work at each PoP's own packets-per-core ratio."""
         c = obs.counters
-        out = []
         ppc = self.packets_per_core[:, None]
-        local = (c.local * ppc).astype(np.int64)
-        fwd = (c.forwarded * ppc).astype(np.int64)
-        rec = (c.received * ppc).astype(np.int64)
+        local = (c.local * ppc).astype(np.int64).tolist()
+        fwd = (c.forwarded * ppc).astype(np.int64).tolist()
+        rec = (c.received * ppc).astype(np.int64).tolist()
         names, tiers = self.world.pop_names, self.tier_ids
-        for i in np.flatnonzero(obs.alive).tolist():
-            rows = zip(tiers, local[i].tolist(), fwd[i].tolist(), rec[i].tolist(), strict=True)
-            out.append(
-                DataplaneStats.model_validate(  # one validation per message, not one per tier
-                    {
-                        "pop": names[i],
-                        "node": "edge",
-                        "at": c.at,
-                        "tiers": [
-                            {
-                                "tier": t,
-                                "local": lo,
-                                "inter_pop_forward": f,
-                                "received_from_peer": r,
-                            }
-                            for t, lo, f, r in rows
-                        ],
-                    }
-                )
-            )
-        return out
+        return STATS.validate_python(  # one validation for the round's messages
+            [
+                {
+                    "pop": names[i],
+                    "node": "edge",
+                    "at": c.at,
+                    "tiers": [
+                        {"tier": t, "local": lo, "inter_pop_forward": f, "received_from_peer": r}
+                        for t, lo, f, r in zip(tiers, local[i], fwd[i], rec[i], strict=True)
+                    ],
+                }
+                for i in np.flatnonzero(obs.alive).tolist()
+            ]
+        )
 
     # --- table writers --------------------------------------------------------------------------
 
