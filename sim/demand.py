@@ -53,7 +53,8 @@ call (sorting and copying it: more than half the cost of a tick's demand)."""
 
 
 def diurnal(hour: FloatArray) -> FloatArray:
-    return np.asarray(np.interp(np.mod(hour, 24.0), _HOURS, _WRAPPED))
+    """The curve at local hours in [0, 24] (``local_hour``'s: not taken mod 24 once more)."""
+    return np.asarray(np.interp(hour, _HOURS, _WRAPPED))
 
 
 class Demand:

@@ -42,8 +42,9 @@ def test_a_caller_scaling_the_multiplier_does_not_change_the_next_one() -> None:
 
 
 def test_the_wrapped_diurnal_curve_is_numpys_periodic_interpolation() -> None:
-    hours = np.concatenate(
-        [np.random.default_rng(3).uniform(-50.0, 80.0, 10_000), np.arange(0.0, 24.0, 0.001)]
-    )
+    rng = np.random.default_rng(3)
+    lon = rng.uniform(-180.0, 180.0, 1_000)
+    at = [local_hour(utc_h, lon) for utc_h in rng.uniform(0.0, 48.0, 20)]
+    hours = np.concatenate([*at, [0.0, 23.5, 24.0, -1e-17 % 24.0]])
     want = np.interp(hours, np.arange(24.0), DIURNAL, period=24.0)
     assert np.array_equal(diurnal(hours), want)
