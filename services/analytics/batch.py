@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import TypeAdapter
 
 from schemas.messages import MAX_REASON_CHARS, PopState, PopStatus
 from services.analytics.config import Band, CanTakeRules, CountBand, PopRules, ShedRules
@@ -27,6 +28,7 @@ BoolArray = npt.NDArray[np.bool_]
 STATES = (PopState.NEUTRAL, PopState.CAN_TAKE, PopState.SHED)
 """A state's code is its index here."""
 NEUTRAL, CAN_TAKE, SHED = range(3)
+STATUSES = TypeAdapter(list[PopStatus])
 
 
 @dataclass(frozen=True)
@@ -238,7 +240,7 @@ def step_many(
         kept = None if changes[i] or code == NEUTRAL else rule[i]
         rule[i] = "; ".join(reasons) if reasons else kept
     out = Hystereses(state, since, dwell_until, rule, last_emit)
-    statuses: list[PopStatus] = []
+    rows = []  # rules.pop_status's fields, validated together below
     caps, loads, sinces = u.capacity.tolist(), u.load.tolist(), since.tolist()
     utils, target = w.util.tolist(), rules.target_utilisation
     for i in np.flatnonzero(due).tolist():
@@ -248,21 +250,21 @@ def step_many(
             excess = _excess(w, i, cap, load, target)
         elif code == CAN_TAKE:
             headroom = max(0.0, target * cap - load)
-        statuses.append(
-            PopStatus(  # rules.pop_status
-                pop=u.pops[i],
-                at=now,
-                state=STATES[code],
-                since=sinces[i],
-                utilisation=min(utils[i], 100.0),
-                capacity_cores=cap,
-                load_cores=load,
-                excess_cores=excess,
-                headroom_cores=headroom,
-                rule=r[:MAX_REASON_CHARS] if r else None,
-            )
+        rows.append(
+            {
+                "pop": u.pops[i],
+                "at": now,
+                "state": STATES[code],
+                "since": sinces[i],
+                "utilisation": min(utils[i], 100.0),
+                "capacity_cores": cap,
+                "load_cores": load,
+                "excess_cores": excess,
+                "headroom_cores": headroom,
+                "rule": r[:MAX_REASON_CHARS] if r else None,
+            }
         )
-    return out, statuses
+    return out, STATUSES.validate_python(rows)  # one call: half the cost of one per status
 
 
 def _excess(w: _Window, i: int, cap: float, load: float, target: float) -> float:
