@@ -131,6 +131,15 @@ class _Window:
     def p95(self, i: int) -> str:
         return _fmt(self._qos[i])
 
+    def excess(self, i: int, cap: float, load: float, target: float) -> float:
+        """``rules.excess_cores``: over target, or only its servers hot (summed as it sums)."""
+        combined = load - target * cap
+        if combined > 0.0:
+            return combined
+        n = self._servers[i]
+        one = max(0.0, (self._server_util[i] - target) * (cap / n)) if n else 0.0
+        return sum([one] * n)
+
     def _counted(self, holds: BoolArray, band: CountBand) -> BoolArray:
         """``rules.quorum`` of the servers for which ``holds`` (all of a PoP's, or none)."""
         count = np.where(holds, self.servers, 0)
@@ -247,7 +256,7 @@ def step_many(
         cap, load, code, r = caps[i], loads[i], states[i], rule[i]
         excess = headroom = 0.0
         if code == SHED:
-            excess = _excess(w, i, cap, load, target)
+            excess = w.excess(i, cap, load, target)
         elif code == CAN_TAKE:
             headroom = max(0.0, target * cap - load)
         rows.append(
@@ -265,13 +274,3 @@ def step_many(
             }
         )
     return out, STATUSES.validate_python(rows)  # one call: half the cost of one per status
-
-
-def _excess(w: _Window, i: int, cap: float, load: float, target: float) -> float:
-    """``rules.excess_cores`` of PoP ``i``: over target, or only its servers hot (summed so)."""
-    combined = load - target * cap
-    if combined > 0.0:
-        return combined
-    n = w._servers[i]
-    one = max(0.0, (w._server_util[i] - target) * (cap / n)) if n else 0.0
-    return sum([one] * n)
