@@ -1,9 +1,10 @@
 """popshift itself: the services' own pure functions, wired as Kafka would wire them.
 
 Per round (``analytics_interval_s``):
-1. analytics: each live PoP's load averaged over the rule window becomes a
-   ``services.analytics.rules.Metrics``; ``rules.step`` applies the identification rules with
-   hysteresis and returns a ``PopStatus`` when one is due (on a change or every ``refresh_s``);
+1. analytics: each live PoP's load averaged over the rule window, on identical servers, is the
+   window of ``services.analytics.rules``; its identification rules with hysteresis (``step``,
+   over every PoP at once: services/analytics/batch.py) return a ``PopStatus`` when one is due
+   (on a change or every ``refresh_s``);
 2. forwarders: every ``stats_interval_s`` each PoP reports per-tier ``DataplaneStats`` counters
    (work in core-milliseconds, so the engine's counter-based native estimate is exact);
 3. policy engine: statuses and stats go through ``services.policy_engine.engine.decide``, then a
@@ -24,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import TypeAdapter
 
 from schemas.messages import (
     DataplaneStats,
@@ -32,9 +34,8 @@ from schemas.messages import (
     PopStatus,
     ServerLoad,
 )
+from services.analytics.batch import Hystereses, Uniform, step_many
 from services.analytics.config import Band, PopRules
-from services.analytics.rules import Hysteresis, Metrics, ServerMetric
-from services.analytics.rules import step as analytics_step
 from services.policy_engine.damping import DampingConfig
 from services.policy_engine.engine import EngineConfig, EngineState, Tick, decide
 from services.table_writer import writer
@@ -52,6 +53,8 @@ PACKETS_PER_CORE_S = 50_000.0
 DRAIN_PERIOD_S = 1800.0
 """Longer than any tier's connections live (e^-15 of them remain), so a cleared drain breaks
 none; the simulator does not model connections outliving it."""
+STATS = TypeAdapter(list[DataplaneStats])
+"""A round's dataplane-stats, validated in one call."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,7 @@ class PopshiftStrategy:
         self.packets_per_core = PACKETS_PER_CORE_S * self.rng.lognormal(
             0.0, 0.3, len(world.pop_names)
         )
-        self._hyst: dict[int, Hysteresis] = {}
+        self._hyst: Hystereses | None = None
         self._history: deque[Counters] = deque()
         self._last_stats = -np.inf
         self._writers: dict[int, writer.WriterState] = {}
@@ -152,28 +155,18 @@ class PopshiftStrategy:
             load, qos = obs.load, None
         load = np.clip(self._noisy(load, age), 0.0, obs.capacity)  # busy cores never exceed it
         qos = self._noisy(qos, age) if qos is not None else None
-        rules = self.knobs.rules
-        out: list[PopStatus] = []
-        for i in range(len(self.world.pop_names)):
-            if obs.alive[i]:
-                cap = float(obs.capacity[i])
-                n = self._healthy(i, cap)
-                util = float(load[i]) / cap if cap > 0.0 else 0.0
-                metrics = Metrics(
-                    pop=self.world.pop_names[i],
-                    capacity_cores=cap,
-                    load_cores=float(load[i]),
-                    servers=(ServerMetric(util, cap / n),) * n,
-                    qos_p95_ms=float(qos[i]) if qos is not None else None,
-                )
-            else:  # dark: the ingest marks its silent servers down, no healthy capacity is left
-                metrics = Metrics(
-                    pop=self.world.pop_names[i], capacity_cores=0.0, load_cores=0.0, servers=()
-                )
-            self._hyst[i], status = analytics_step(self._hyst.get(i), metrics, obs.now, rules)
-            if status is not None:
-                out.append(status)
-        return out
+        alive = obs.alive
+        cap = np.where(alive, obs.capacity, 0.0)
+        servers = np.maximum(1, np.rint(cap / self.cores_per_server)).astype(np.int64)  # _healthy
+        window = Uniform(  # dark: the ingest marks its silent servers down, no capacity is left
+            pops=self.world.pop_names,
+            capacity=cap,
+            load=np.where(alive, load, 0.0),
+            servers=np.where(alive, servers, 0),
+            qos_p95_ms=np.where(alive, qos, np.nan) if qos is not None else None,
+        )
+        self._hyst, statuses = step_many(self._hyst, window, obs.now, self.knobs.rules)
+        return statuses
 
     def _healthy(self, pop: int, capacity: float) -> int:
         return max(1, round(capacity / self.cores_per_server))
@@ -181,33 +174,25 @@ class PopshiftStrategy:
     def _stats(self, obs: Observation) -> list[DataplaneStats]:
         """The forwarders' packet counters: work at each PoP's own packets-per-core ratio."""
         c = obs.counters
-        out = []
         ppc = self.packets_per_core[:, None]
-        local = (c.local * ppc).astype(np.int64)
-        fwd = (c.forwarded * ppc).astype(np.int64)
-        rec = (c.received * ppc).astype(np.int64)
+        local = (c.local * ppc).astype(np.int64).tolist()
+        fwd = (c.forwarded * ppc).astype(np.int64).tolist()
+        rec = (c.received * ppc).astype(np.int64).tolist()
         names, tiers = self.world.pop_names, self.tier_ids
-        for i in np.flatnonzero(obs.alive).tolist():
-            rows = zip(tiers, local[i].tolist(), fwd[i].tolist(), rec[i].tolist(), strict=True)
-            out.append(
-                DataplaneStats.model_validate(  # one validation per message, not one per tier
-                    {
-                        "pop": names[i],
-                        "node": "edge",
-                        "at": c.at,
-                        "tiers": [
-                            {
-                                "tier": t,
-                                "local": lo,
-                                "inter_pop_forward": f,
-                                "received_from_peer": r,
-                            }
-                            for t, lo, f, r in rows
-                        ],
-                    }
-                )
-            )
-        return out
+        return STATS.validate_python(  # one validation for the round's messages
+            [
+                {
+                    "pop": names[i],
+                    "node": "edge",
+                    "at": c.at,
+                    "tiers": [
+                        {"tier": t, "local": lo, "inter_pop_forward": f, "received_from_peer": r}
+                        for t, lo, f, r in zip(tiers, local[i], fwd[i], rec[i], strict=True)
+                    ],
+                }
+                for i in np.flatnonzero(obs.alive).tolist()
+            ]
+        )
 
     # --- table writers --------------------------------------------------------------------------
 

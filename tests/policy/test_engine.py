@@ -17,6 +17,7 @@ from schemas.messages import (
     PopStatus,
     TierCounters,
 )
+from services.policy_engine import engine as engine_module
 from services.policy_engine.damping import DampingConfig, damp
 from services.policy_engine.engine import (
     EngineConfig,
@@ -35,6 +36,7 @@ from services.policy_engine.overrides import (
     Pin,
     load_overrides,
 )
+from services.policy_engine.solver import Budget, Problem, Solution, solve_with_budget
 
 REPO = Path(__file__).resolve().parents[2]
 NETWORK = load_network(REPO / "deploy" / "config" / "network.yaml")
@@ -212,6 +214,33 @@ def test_overload_gives_new_policies_with_reasons_and_rising_versions() -> None:
     assert sorted(e.version for e in events.values()) == [1, 2]
     # Nothing changed: nothing to say.
     assert feed(state, 2.0, {}) == []
+
+
+def test_a_solve_is_reused_until_an_input_that_matters_moves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    problems: list[Problem] = []
+
+    def counted(problem: Problem, budget: Budget) -> Solution:
+        problems.append(problem)
+        return solve_with_budget(problem, budget)
+
+    monkeypatch.setattr(engine_module, "solve_with_budget", counted)
+    state = engine()
+    feed(state, 1.0, {"a": 9.0, "b": 2.0, "c": 2.0})
+    assert len(problems) == 1
+    feed(state, 2.0, {"a": 9.05, "b": 2.0, "c": 2.0})  # noise: 0.5 % of a's capacity
+    assert len(problems) == 1
+    feed(state, 3.0, {"a": 9.5, "b": 2.0, "c": 2.0})  # 5 %: the demand moved
+    assert len(problems) == 2
+    feed(state, 4.0, {"a": 9.5, "b": 8.0, "c": 2.0})  # b is flagged too: at once
+    assert len(problems) == 3
+    decide(state, SetOverrides(Overrides(drain=["c"])), 5.0)
+    feed(state, 5.0, {"a": 9.5, "b": 8.0, "c": 2.0})  # an override: at once
+    assert len(problems) == 4
+    decide(state, dead("c", 6.0), 6.0)
+    feed(state, 6.0, {"a": 9.5, "b": 8.0})  # a dead PoP: at once
+    assert len(problems) == 5
 
 
 class Plant:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.demand import NOISE_BLOCK_S, Demand, crowd_factor, diurnal
+from sim.demand import DIURNAL, NOISE_BLOCK_S, Demand, crowd_factor, diurnal
 from sim.world import build_world, local_hour
 from tests.sim.worlds import small_failure
 
@@ -39,3 +39,12 @@ def test_a_caller_scaling_the_multiplier_does_not_change_the_next_one() -> None:
     want = first.copy()
     first *= 3.0
     assert np.array_equal(demand.multiplier(10.0), want)
+
+
+def test_the_wrapped_diurnal_curve_is_numpys_periodic_interpolation() -> None:
+    rng = np.random.default_rng(3)
+    lon = rng.uniform(-180.0, 180.0, 1_000)
+    at = [local_hour(utc_h, lon) for utc_h in rng.uniform(0.0, 48.0, 20)]
+    hours = np.concatenate([*at, [0.0, 23.5, 24.0, -1e-17 % 24.0]])
+    want = np.interp(hours, np.arange(24.0), DIURNAL, period=24.0)
+    assert np.array_equal(diurnal(hours), want)
