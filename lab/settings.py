@@ -67,13 +67,13 @@ def timings() -> dict[str, str]:
         )
         | env(
             PolicySettings,
-            # re-solve twice a second, steps of a quarter (a relay giving back half its onward
-            # share at once swung back into shed within seconds), and a hold-off of
+            # re-solve twice a second, big steps (a cancel within two hold-offs, 20 s: less
+            # than the drain period the late long connections rely on), and a hold-off of
             # 10 s: on a loaded two-core machine the loads are noisy and a 4 s hold-off let a's
             # share change every few seconds; the share checks need stretches where it holds
             policy_tick_s=0.5,
             policy_holdoff_s=10.0,
-            policy_max_step=0.25,
+            policy_max_step=0.5,
             # a wide dead-band: a share that holds still is what the precision check needs
             policy_deadband=0.08,
             policy_effect_lag_s=3.0,
