@@ -75,6 +75,14 @@ class PolicySettings(Settings):
         description="Without counters: a load measured at t shows the policies issued before "
         "t minus this lag.",
     )
+    policy_resolve_band: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="The engine reuses its last solve while every PoP's estimate stays within "
+        "this share of its capacity of the one then (and no flag, override, capacity or "
+        "integral moved); 0: solve every tick.",
+    )
     policy_reach_after_s: float | None = Field(
         None,
         gt=0.0,
@@ -181,6 +189,7 @@ class PolicySettings(Settings):
             stats_max_age_s=self.policy_stats_max_age_s,
             effect_lag_s=self.policy_effect_lag_s,
             reach_after_s=self.policy_reach_after_s,
+            resolve_band=self.policy_resolve_band,
             hop_cost_ms=self.policy_hop_cost_ms,
             max_candidates=self.policy_max_candidates,
             tier_mix=dict(self.policy_tier_mix),
