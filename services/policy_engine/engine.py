@@ -283,22 +283,28 @@ class Demand(NamedTuple):
 
     movable: dict[str, dict[int, float]]
     stays: dict[str, float]
+    loads: dict[str, float]
+    """Each PoP's native load, what stays plus what can move: summed once, read every tick by
+    the solver's problem, the kept policies' check and the reasons' expected loads."""
 
     def native_load(self, name: str) -> float:
-        return self.stays.get(name, 0.0) + sum(self.movable.get(name, {}).values())
+        return self.loads.get(name, 0.0)
 
 
 def _demand(state: EngineState, native: dict[str, dict[int, float]]) -> Demand:
     movable: dict[str, dict[int, float]] = {}
     stays: dict[str, float] = {}
+    loads: dict[str, float] = {}
     for name, tiers in native.items():
         reach = state.pops[name].reach
         if not reach:  # most PoPs: nothing forwarded, or reach not measured
             movable[name] = tiers
+            loads[name] = sum(tiers.values())
             continue
         movable[name] = {t: reach.get(t, 1.0) * cores for t, cores in tiers.items()}
         stays[name] = sum(tiers.values()) - sum(movable[name].values())
-    return Demand(movable, stays)
+        loads[name] = stays[name] + sum(movable[name].values())
+    return Demand(movable, stays, loads)
 
 
 def _observe_reach(
@@ -599,7 +605,7 @@ def _forced(
 
 
 def _expected_loads(demand: Demand, policies: Mapping[str, Shares]) -> dict[str, float]:
-    load = {name: demand.native_load(name) for name in demand.movable}
+    load = dict(demand.loads)
     for src, shares in policies.items():
         for (tier, dst), x in shares.items():
             cores = x * demand.movable.get(src, {}).get(tier, 0.0)
@@ -623,7 +629,7 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
         if n not in dead and state.pops[n].fresh(now, state.config.status_max_age_s)
     ]
     fresh_set = set(fresh)
-    demand = Demand({}, {})
+    demand = Demand({}, {}, {})
     solution: Solution | None = None
     shedders: set[str] = set()
     if fresh:
@@ -678,7 +684,11 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
         )
 
     if solution is not None:
-        unchanged = {src for src, new in decided.items() if _same(_current(state, src), new)}
+        unchanged = {  # most PoPs have no shares before or after: the same without comparing
+            src
+            for src, new in decided.items()
+            if (not new and not _current(state, src)) or _same(_current(state, src), new)
+        }
         _integrate(state, fresh, shedders, unchanged, set(by_source), now)
     expected = _expected_loads(demand, {s: d for s, d in decided.items()})
     events: list[PolicyEvent] = []
