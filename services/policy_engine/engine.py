@@ -253,10 +253,9 @@ def _observe_counters(state: EngineState, batch: CounterRound) -> None:
     take = ~(then >= batch.at)  # never seen (NaN) or older
     last_at[rows[take]] = batch.at
     last_counts[rows[take]] = batch.counts[take]
-    for k in np.flatnonzero(then < batch.at).tolist():
-        model = state.pops[batch.pops[k]]
-        per_tier = rates[k].tolist()
-        model.observe_rates(
+    diffed = np.flatnonzero(then < batch.at)
+    for k, per_tier in zip(diffed.tolist(), rates[diffed].tolist(), strict=True):
+        state.pops[batch.pops[k]].observe_rates(
             batch.node,
             batch.at,
             {t: TierRates(lo, out, rec) for t, (lo, out, rec) in zip(tiers, per_tier, strict=True)},
