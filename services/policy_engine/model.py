@@ -104,6 +104,19 @@ def counter_rates(previous: DataplaneStats, current: DataplaneStats) -> dict[int
     return rates
 
 
+def counter_rates_many(
+    previous_at: np.ndarray, previous: np.ndarray, at: float, current: np.ndarray
+) -> np.ndarray:
+    """:func:`counter_rates` of one node at many PoPs at once (the simulator's forwarders):
+    counts are int64 arrays (PoPs, tiers, 3) of (local, out, received) as :func:`_counts` says;
+    rows whose ``previous_at`` is not before ``at`` are left to the caller (NaN there)."""
+    dt = at - previous_at
+    restarted = (current < previous).any(axis=2, keepdims=True)
+    then = np.where(restarted, 0, previous)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.asarray((current - then) / dt[:, None, None])
+
+
 @dataclass
 class PopModel:
     """One PoP: the latest analytics verdict and the latest counter rates of each node."""
@@ -148,9 +161,12 @@ class PopModel:
             return  # late or duplicate delivery
         self.last_stats[stats.node] = stats
         if previous is not None:
-            rates = counter_rates(previous, stats)
-            if rates:
-                self.node_rates[stats.node] = (stats.at, rates)
+            self.observe_rates(stats.node, stats.at, counter_rates(previous, stats))
+
+    def observe_rates(self, node: str, at: float, rates: dict[int, TierRates]) -> None:
+        """A node's rates between its last two counter reports, reported at ``at``."""
+        if rates:
+            self.node_rates[node] = (at, rates)
 
     def fresh(self, now: float, max_age_s: float) -> bool:
         return self.status is not None and now - self.status.at <= max_age_s

@@ -5,8 +5,9 @@ Per round (``analytics_interval_s``):
    window of ``services.analytics.rules``; its identification rules with hysteresis (``step``,
    over every PoP at once: services/analytics/batch.py) return a ``PopStatus`` when one is due
    (on a change or every ``refresh_s``);
-2. forwarders: every ``stats_interval_s`` each PoP reports per-tier ``DataplaneStats`` counters
-   (work in core-milliseconds, so the engine's counter-based native estimate is exact);
+2. forwarders: every ``stats_interval_s`` each PoP reports per-tier counters (work in packets at
+   the PoP's own ratio), all PoPs in one ``CounterRound`` (what their ``DataplaneStats`` would
+   carry, as arrays; the engine folds it as it would each message);
 3. policy engine: statuses and stats go through ``services.policy_engine.engine.decide``, then a
    ``Tick`` returns the ``PolicyEvent`` s (damped, with reasons);
 4. table writers: each event goes to its source PoP's ``services.table_writer.writer`` state
@@ -25,10 +26,8 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import TypeAdapter
 
 from schemas.messages import (
-    DataplaneStats,
     PolicyEvent,
     PopLoad,
     PopStatus,
@@ -37,7 +36,7 @@ from schemas.messages import (
 from services.analytics.batch import Hystereses, Uniform, step_many
 from services.analytics.config import Band, PopRules
 from services.policy_engine.damping import DampingConfig
-from services.policy_engine.engine import EngineConfig, EngineState, Tick, decide
+from services.policy_engine.engine import CounterRound, EngineConfig, EngineState, Tick, decide
 from services.table_writer import writer
 from services.table_writer.table import Server, forwarded_counts, new_table
 from sim.recording import ConsoleRecording
@@ -53,8 +52,6 @@ PACKETS_PER_CORE_S = 50_000.0
 DRAIN_PERIOD_S = 1800.0
 """Longer than any tier's connections live (e^-15 of them remain), so a cleared drain breaks
 none; the simulator does not model connections outliving it."""
-STATS = TypeAdapter(list[DataplaneStats])
-"""A round's dataplane-stats, validated in one call."""
 
 
 @dataclass(frozen=True)
@@ -171,27 +168,19 @@ class PopshiftStrategy:
     def _healthy(self, pop: int, capacity: float) -> int:
         return max(1, round(capacity / self.cores_per_server))
 
-    def _stats(self, obs: Observation) -> list[DataplaneStats]:
-        """The forwarders' packet counters: work at each PoP's own packets-per-core ratio."""
+    def _stats(self, obs: Observation) -> CounterRound:
+        """The forwarders' packet counters: work at each PoP's own packets-per-core ratio, of
+        the live PoPs' edges, as the arrays a round of dataplane-stats.v1 would carry."""
         c = obs.counters
         ppc = self.packets_per_core[:, None]
-        local = (c.local * ppc).astype(np.int64).tolist()
-        fwd = (c.forwarded * ppc).astype(np.int64).tolist()
-        rec = (c.received * ppc).astype(np.int64).tolist()
-        names, tiers = self.world.pop_names, self.tier_ids
-        return STATS.validate_python(  # one validation for the round's messages
-            [
-                {
-                    "pop": names[i],
-                    "node": "edge",
-                    "at": c.at,
-                    "tiers": [
-                        {"tier": t, "local": lo, "inter_pop_forward": f, "received_from_peer": r}
-                        for t, lo, f, r in zip(tiers, local[i], fwd[i], rec[i], strict=True)
-                    ],
-                }
-                for i in np.flatnonzero(obs.alive).tolist()
-            ]
+        counts = np.stack([c.local * ppc, c.forwarded * ppc, c.received * ppc], axis=2)
+        alive = np.flatnonzero(obs.alive)
+        names = self.world.pop_names
+        return CounterRound(
+            node="edge",
+            at=c.at,
+            pops=[names[i] for i in alive.tolist()],
+            counts=counts[alive].astype(np.int64),
         )
 
     # --- table writers --------------------------------------------------------------------------
@@ -271,8 +260,7 @@ class PopshiftStrategy:
                 self.recording.status(now, status)
         if now - self._last_stats >= self.knobs.stats_interval_s:
             self._last_stats = now
-            for stats in self._stats(obs):
-                decide(self.engine, stats, now)
+            decide(self.engine, self._stats(obs), now)
         analysed = time.perf_counter()
         _, events = decide(self.engine, Tick(), now)
         decided = time.perf_counter()

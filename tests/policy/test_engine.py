@@ -502,3 +502,49 @@ def test_restored_policies_keep_their_lease() -> None:
     events = feed(state, 1.0, {"a": 9.0, "b": 2.0, "c": 2.0})
     again = restore(engine(lease_s=3.0), events)
     assert again.policies["a"].expires_at == pytest.approx(4.0)
+
+
+def test_a_counter_round_is_folded_as_its_messages_one_by_one() -> None:
+    """CounterRound (the simulator's forwarders as arrays) leaves the state its DataplaneStats
+    would: rates the same to the bit, first reports only remembered, late or duplicate ones
+    dropped, a counter gone down a restart, a PoP silent for a while diffed against its last."""
+    import numpy as np
+
+    from services.policy_engine.engine import CounterRound
+
+    rng = np.random.default_rng(7)
+    names = NETWORK.pop_names
+    tiers = [t.id for t in NETWORK.tiers]
+    by_messages = EngineState(NETWORK, EngineConfig())
+    by_rounds = EngineState(NETWORK, EngineConfig())
+    counts = np.zeros((len(names), len(tiers), 3), np.int64)
+    ats = [10.0, 20.0, 30.0, 30.0, 25.0, 40.0, 50.0, 60.0]  # a duplicate, then a late one
+    for k, at in enumerate(ats):
+        counts = counts + rng.integers(0, 10**9, counts.shape)
+        if k == 5:
+            counts[1, 2] = rng.integers(0, 1000, 3)  # b restarted: tier 2's counters began again
+        live = [i for i in range(len(names)) if not (k in (2, 3) and i == 2)]  # c silent a while
+        for i in live:
+            message = DataplaneStats(
+                pop=names[i],
+                node="edge",
+                at=at,
+                tiers=[
+                    TierCounters(
+                        tier=t,
+                        local=int(counts[i, j, 0]),
+                        inter_pop_forward=int(counts[i, j, 1]),
+                        received_from_peer=int(counts[i, j, 2]),
+                    )
+                    for j, t in enumerate(tiers)
+                ],
+            )
+            decide(by_messages, message, now=at)
+        pops = [names[i] for i in live]
+        decide(by_rounds, CounterRound("edge", at, pops, counts[live].copy()), now=at)
+        for name in names:
+            assert by_rounds.pops[name].node_rates == by_messages.pops[name].node_rates
+    assert all(by_rounds.pops[n].node_rates for n in names)
+    assert by_rounds.silence == by_messages.silence
+    with pytest.raises(UnknownPop):
+        decide(by_rounds, CounterRound("edge", 70.0, ["nowhere"], counts[:1]), now=70.0)
