@@ -76,7 +76,7 @@ class PolicySettings(Settings):
         "t minus this lag.",
     )
     policy_resolve_band: float = Field(
-        0.01,
+        0.02,
         ge=0.0,
         le=1.0,
         description="The engine reuses its last solve while every PoP's estimate stays within "
