@@ -338,6 +338,7 @@ def _estimate(state: EngineState, fresh: list[str], now: float) -> dict[str, dic
     """
     tier_ids = [t.id for t in state.network.tiers]
     prev = state.native
+    reach = state.config.reach_after_s is not None
     out: dict[str, dict[int, float]] = {}
     for name in fresh:
         model = state.pops[name]
@@ -346,7 +347,7 @@ def _estimate(state: EngineState, fresh: list[str], now: float) -> dict[str, dic
         moved_out = moved_in = 0.0
         cost = model.packet_cost(
             model.status.load_cores,
-            rates,
+            sum(r.local + r.received for r in rates.values()),
             state.config.calibrate_below,
             state.config.calibrate_weight,
         )
@@ -368,7 +369,8 @@ def _estimate(state: EngineState, fresh: list[str], now: float) -> dict[str, dic
             cost,
         )
         out[name] = native
-        _observe_reach(state, model, rates, now)
+        if reach:  # off (the simulator): shares are taken to reach all of their part
+            _observe_reach(state, model, rates, now)
     return out
 
 
@@ -508,21 +510,27 @@ class _Solved:
         if fresh != self.fresh or shedders != self.shedders or state.overrides != self.overrides:
             return False
         band = state.config.resolve_band
+        # locals: this loop runs over every PoP every tick
+        pops, capacity, boosts = state.pops, self.capacity, self.boost
+        movable_then, movable_now = self.demand.movable, demand.movable
+        stays_then, stays_now = self.demand.stays, demand.stays
         for name in fresh:
-            model = state.pops[name]
+            model = pops[name]
             assert model.status is not None
             cap = model.status.capacity_cores
-            if cap != self.capacity[name]:
+            if cap != capacity[name]:
                 return False
             near = band * cap
-            boost = self.boost[name]  # grown: the integral acts; given back: within the band
+            boost = boosts[name]  # grown: the integral acts; given back: within the band
             if model.boost > boost or boost - model.boost > near:
                 return False
-            then = self.demand.movable[name]
-            for tier, x in demand.movable[name].items():  # a loop, not any(): runs every tick
+            then = movable_then[name]
+            for tier, x in movable_now[name].items():  # a loop, not any()
                 if abs(x - then.get(tier, 0.0)) > near:
                     return False
-            if abs(demand.stays.get(name, 0.0) - self.demand.stays.get(name, 0.0)) > near:
+            if (stays_now or stays_then) and abs(
+                stays_now.get(name, 0.0) - stays_then.get(name, 0.0)
+            ) > near:
                 return False
         return True
 

@@ -185,10 +185,10 @@ class PopModel:
         return total
 
     def packet_cost(
-        self, load: float, rates: Mapping[int, TierRates], calibrate_below: float, weight: float
+        self, load: float, processed: float, calibrate_below: float, weight: float
     ) -> float | None:
-        """Cores per packet now: measured while unsaturated (and learned), else the learned one."""
-        processed = sum(r.local + r.received for r in rates.values())
+        """Cores per packet now (``processed``: packets a second processed here, local and
+        received): measured while unsaturated (and learned), else the learned one."""
         if processed <= 0.0 or self.status is None:
             return None
         measured = load / processed
