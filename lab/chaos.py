@@ -63,15 +63,17 @@ STEADY_UTIL = 0.08  # ...and no PoP's utilisation moved by more than this over t
 
 def chaos_env() -> dict[str, str]:
     """The run's settings on top of the scenario's: a hold-off longer than the run, no relief
-    that bypasses it (a relief dead-band no share can cross), and no integral action (a stays
-    over its target by design here; the integral's growing boost moved the solver's answer for
-    b's cascade until it crossed the dead-band mid-run, a new policy no fault made): once a
-    forwards, any change of a policy is a fault's doing."""
+    that bypasses it (a relief dead-band no share can cross), and neither integral action nor a
+    measured reach (a stays over its target by design here; the integral's growing boost moved
+    the solver's answer for b's cascade until it crossed the dead-band mid-run, a new policy no
+    fault made, and a reach measured mid-run would do the same): once a forwards, any change
+    of a policy is a fault's doing."""
     return env(
         PolicySettings,
         policy_holdoff_s=HOLDOFF_S,
         policy_relief_deadband=1.0,
         policy_integral_gain=0.0,
+        policy_reach_after_s=HOLDOFF_S,  # held still that long: never within the run
     )
 
 
