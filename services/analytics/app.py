@@ -8,7 +8,9 @@ need, each with its own id and topics.
 
 Run: ``python -m services.analytics.app`` (a faust worker; SIGTERM/SIGINT stop it cleanly).
 Restart: the analyzer's state is in memory; it is rebuilt from the next ``window_s`` seconds of
-pop-load.v1 (ingest publishes every PoP every second), and until then a PoP reports neutral.
+pop-load.v1 (ingest publishes every PoP every second), and until a PoP's window is whole again
+nothing is said about it (services/analytics/window.py ``PopWindow.warm``): the engine keeps
+its policies as they are meanwhile, and one sample never flags a PoP.
 """
 
 from __future__ import annotations

@@ -46,11 +46,21 @@ class PopWindow:
     def __init__(self, window_s: float) -> None:
         self.window_s = window_s
         self._samples: deque[_Sample] = deque()
+        self._since = 0.0  # the first sample of the current unbroken run of samples
+
+    @property
+    def warm(self) -> bool:
+        """The samples have covered a whole window without a gap longer than it. Why: right
+        after a start (analytics restarted, a PoP new) or a silence, the window holds one
+        sample, and one noisy sample must not flag a PoP (nor call it able to take load)."""
+        return bool(self._samples) and self._samples[-1].at - self._since >= self.window_s - 1e-9
 
     def add(self, load: PopLoad) -> Metrics | None:
         """Add a sample; ``None`` if it is older than the newest one (a replay or reordering)."""
         if self._samples and load.at < self._samples[-1].at:
             return None
+        if not self._samples or load.at - self._samples[-1].at > self.window_s:
+            self._since = load.at
         self._samples.append(_Sample.of(load))
         while self._samples[0].at <= load.at - self.window_s:
             self._samples.popleft()
@@ -107,7 +117,7 @@ class Analyzer:
         rules = self.rules(load.pop)
         window = self._windows.setdefault(load.pop, PopWindow(rules.window_s))
         metrics = window.add(load)
-        if metrics is None:
-            return None
+        if metrics is None or not window.warm:
+            return None  # no verdict on less than a window: the PoP's last status stands
         self._states[load.pop], status = step(self._states.get(load.pop), metrics, load.at, rules)
         return status

@@ -65,8 +65,8 @@ def test_agent_turns_a_load_sequence_into_statuses(app: faust.App) -> None:
     )
     statuses = [status_of(out) for out in results]
     assert [s.state if s else None for s in statuses] == [
+        None,  # one sample is less than a window: no verdict yet
         PopState.NEUTRAL,
-        None,
         PopState.SHED,
         None,
         None,
@@ -82,10 +82,12 @@ def test_agent_turns_a_load_sequence_into_statuses(app: faust.App) -> None:
 
 
 def test_invalid_pop_load_becomes_a_dead_letter_and_the_stream_goes_on(app: faust.App) -> None:
+    earlier = pop_load(0.0, [0.9] * 4).model_dump_json()  # with `good`, a whole window
     good = pop_load(1.0, [0.9] * 4).model_dump_json()
-    first, second, third = run(
+    _, first, second, third = run(
         app,
         [
+            earlier.encode(),
             b"{not json",
             good.replace('"healthy_capacity_cores":16.0', '"healthy_capacity_cores":-1').encode(),
             good.encode(),
@@ -106,6 +108,7 @@ def test_the_adapter_on_the_memory_bus_shares_the_bus_checks_and_dead_letters() 
     analytics = Analytics(settings, Analyzer(AnalyticsConfig(defaults=RULES)))
     bus = MemoryBus()
     producer = bus.producer()
+    producer.send(t.POP_LOAD, "a", pop_load(0.0, [0.9] * 4))  # less than a window: no verdict
     producer.send(t.POP_LOAD, "a", pop_load(1.0, [0.9] * 4))
     producer.send_raw(t.POP_LOAD.name, "a", b'{"pad":"' + b"x" * 4096 + b'"}', [])
     producer.send_raw(t.POP_LOAD.name, "a", b"{not json", [])
@@ -117,8 +120,8 @@ def test_the_adapter_on_the_memory_bus_shares_the_bus_checks_and_dead_letters() 
     assert status.pop == "a" and status.state is PopState.SHED
     letters = bus.dead_letters(t.POP_LOAD)
     assert [(x.offset, x.reason.split(":")[0]) for x in letters] == [
-        (1, "oversized"),
-        (2, "invalid"),
+        (2, "oversized"),
+        (3, "invalid"),
     ]
     assert letters[0].reason == "oversized: 4106 bytes > limit 2048"
     assert dict(bus.logs[t.POP_LOAD.dead_letter][0].headers)["popshift-reason"]

@@ -240,6 +240,7 @@ def test_a_load_oscillating_inside_the_band_never_changes_the_status(
     entry, band = BANDS[start]
     analyzer = Analyzer(AnalyticsConfig(defaults=RULES))
     at = 1000.0
+    analyzer.observe(pop_load(at - RULES.window_s, [entry] * 4))  # a whole window of it
     analyzer.observe(pop_load(at, [entry] * 4))
     assert analyzer.state("a").state is start  # type: ignore[union-attr]
     for dt in steps:
@@ -285,10 +286,29 @@ def test_window_averages_over_its_length_and_forgets_older_samples() -> None:
     assert w.add(pop_load(2.5, [1.0, 1.0])) is None  # older than the newest: ignored
 
 
+def test_no_verdict_on_less_than_a_window_after_a_start_or_a_silence() -> None:
+    """Analytics restarted (or a PoP new, or silent longer than its window): one hot sample is
+    no verdict; a whole window of them is (the chaos run's kill -9 of analytics flagged a PoP
+    on one sample and the engine gave it a policy no load asked for)."""
+    analyzer = Analyzer(AnalyticsConfig(defaults=RULES.model_copy(update={"window_s": 2.0})))
+    assert analyzer.observe(pop_load(0.0, [0.95] * 4)) is None
+    assert analyzer.state("a") is None
+    assert analyzer.observe(pop_load(1.0, [0.95] * 4)) is None
+    shed = analyzer.observe(pop_load(2.0, [0.95] * 4))
+    assert shed is not None and shed.state is PopState.SHED
+    # silent for longer than the window: the next sample starts a new one, the status stands
+    assert analyzer.observe(pop_load(10.0, [0.1] * 4)) is None
+    assert analyzer.observe(pop_load(11.0, [0.1] * 4)) is None
+    assert analyzer.state("a").state is PopState.SHED  # type: ignore[union-attr]
+    after = analyzer.observe(pop_load(12.0, [0.1] * 4))
+    assert after is not None and after.state is PopState.CAN_TAKE
+
+
 def test_a_down_server_leaves_capacity_at_once_and_its_headroom_shrinks() -> None:
     analyzer = Analyzer(AnalyticsConfig(defaults=RULES.model_copy(update={"window_s": 10.0})))
-    first = analyzer.observe(pop_load(0.0, [0.2, 0.2, 0.2, 0.2]))
-    later = analyzer.observe(pop_load(5.0, [0.2, 0.2, 0.2, 0.2], down=1))  # refresh_s later
+    analyzer.observe(pop_load(0.0, [0.2, 0.2, 0.2, 0.2]))  # the window's start
+    first = analyzer.observe(pop_load(10.0, [0.2, 0.2, 0.2, 0.2]))
+    later = analyzer.observe(pop_load(15.0, [0.2, 0.2, 0.2, 0.2], down=1))  # refresh_s later
     assert first is not None
     assert later is not None
     assert first.state is later.state is PopState.CAN_TAKE
