@@ -79,6 +79,7 @@ class _Index:
     def __init__(self, pops: list[PopConfig]) -> None:
         self.pops = pops
         self.by_name = {p.name: p for p in pops}
+        self.names = tuple(self.by_name)
         self.ingresses = frozenset(str(p.ingress) for p in pops)
 
 
@@ -112,8 +113,9 @@ class NetworkConfig(BaseModel):
         return self
 
     @property
-    def pop_names(self) -> list[str]:
-        return [p.name for p in self.pops]
+    def pop_names(self) -> tuple[str, ...]:
+        """Every PoP's name, in the config's order (read every engine tick: built once)."""
+        return self._indexed().names
 
     def _indexed(self) -> _Index:
         """The PoPs indexed once per ``pops`` list: kept outside the model, so that equality

@@ -15,7 +15,7 @@ from typing import TextIO
 
 from popshift import topics
 from popshift.network import NetworkConfig
-from schemas.messages import PolicyEvent, PopState, PopStatus
+from schemas.messages import PolicyEvent, PopState, PopStatus, PopStatusRow
 
 
 class ConsoleRecording:
@@ -32,12 +32,13 @@ class ConsoleRecording:
         self._out.write(f'{{"t": {t:.3f}, "topic": "{topic}", "message": {payload}}}\n')
         self.lines += 1
 
-    def status(self, t: float, status: PopStatus) -> None:
+    def status(self, t: float, status: PopStatus | PopStatusRow) -> None:
         kept = self._kept.get(status.pop)
         if kept is not None and kept[1] is status.state and t - kept[0] < self.status_every_s:
             return
         self._kept[status.pop] = (t, status.state)
-        self._write(t, topics.POP_STATUS.name, status.model_dump_json())
+        message = status if isinstance(status, PopStatus) else PopStatus(**status._asdict())
+        self._write(t, topics.POP_STATUS.name, message.model_dump_json())
 
     def policy(self, t: float, event: PolicyEvent) -> None:
         self._write(t, topics.POLICIES.name, event.model_dump_json())

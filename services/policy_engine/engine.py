@@ -9,7 +9,7 @@ and publish the :class:`PolicyEvent` s it returns. One event carries a source Po
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -25,6 +25,7 @@ from schemas.messages import (
     PolicyReason,
     PopState,
     PopStatus,
+    PopStatusRow,
     Share,
 )
 from services.policy_engine.damping import DampingConfig, ShareKey, Shares, damp
@@ -84,7 +85,15 @@ class CounterRound:
     received from peers, as model.py's ``_counts``."""
 
 
-EngineInput = PopStatus | DataplaneStats | CounterRound | Tick | SetOverrides
+@dataclass(frozen=True)
+class StatusRound:
+    """Many pop-status messages handled at once (the simulator's analytics round): folding it
+    is folding each of them in turn, one dispatch for all."""
+
+    statuses: Sequence[PopStatus | PopStatusRow]
+
+
+EngineInput = PopStatus | DataplaneStats | CounterRound | StatusRound | Tick | SetOverrides
 
 
 @dataclass(frozen=True)
@@ -223,6 +232,16 @@ def decide(
         else:
             model.observe_stats(event)
         return state, []
+    if isinstance(event, StatusRound):
+        if event.statuses:
+            state.silence.heard(now)
+        pops = state.pops
+        for status in event.statuses:
+            model = pops.get(status.pop)
+            if model is None:
+                raise UnknownPop(f"unknown PoP {status.pop!r}")
+            model.observe_status(status)
+        return state, []
     if isinstance(event, CounterRound):
         state.silence.heard(now)
         _observe_counters(state, event)
@@ -338,21 +357,23 @@ def _estimate(state: EngineState, fresh: list[str], now: float) -> dict[str, dic
     """
     tier_ids = [t.id for t in state.network.tiers]
     prev = state.native
-    reach = state.config.reach_after_s is not None
+    cfg = state.config
+    reach = cfg.reach_after_s is not None
+    max_age, below, weight = cfg.stats_max_age_s, cfg.calibrate_below, cfg.calibrate_weight
+    pops = state.pops
     out: dict[str, dict[int, float]] = {}
     for name in fresh:
-        model = state.pops[name]
-        assert model.status is not None
-        rates = model.tier_rates(now, state.config.stats_max_age_s)
+        model = pops[name]
+        status = model.status
+        assert status is not None
+        rates = model.tier_rates(now, max_age)
+        processed = 0.0
+        for r in rates.values():
+            processed += r.local + r.received
+        cost = model.packet_cost(status.load_cores, processed, below, weight)
         moved_out = moved_in = 0.0
-        cost = model.packet_cost(
-            model.status.load_cores,
-            sum(r.local + r.received for r in rates.values()),
-            state.config.calibrate_below,
-            state.config.calibrate_weight,
-        )
         if not rates:
-            at = model.status.at - state.config.effect_lag_s
+            at = status.at - cfg.effect_lag_s
             for src, history in state.history.items():
                 for (tier, dst), x in _in_effect(history, at).items():
                     if src == name:
@@ -360,13 +381,7 @@ def _estimate(state: EngineState, fresh: list[str], now: float) -> dict[str, dic
                     elif dst == name:
                         moved_in += x * prev.get(src, {}).get(tier, 0.0)
         native = estimate_native(
-            model.status.load_cores,
-            rates,
-            tier_ids,
-            state.config.tier_mix,
-            moved_out,
-            moved_in,
-            cost,
+            status.load_cores, rates, tier_ids, cfg.tier_mix, moved_out, moved_in, cost, processed
         )
         out[name] = native
         if reach:  # off (the simulator): shares are taken to reach all of their part

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from popshift.network import NetworkConfig
-from schemas.messages import DataplaneStats, PopStatus, TierCounters
+from schemas.messages import DataplaneStats, PopStatus, PopStatusRow, TierCounters
 
 MIN_REACH_SHARE = 0.2
 """Smaller shares move too few packets to measure their reach (a tenth of 170 packets a second
@@ -122,7 +122,7 @@ class PopModel:
     """One PoP: the latest analytics verdict and the latest counter rates of each node."""
 
     name: str
-    status: PopStatus | None = None
+    status: PopStatus | PopStatusRow | None = None
     last_stats: dict[str, DataplaneStats] = field(default_factory=dict)
     node_rates: dict[str, tuple[float, dict[int, TierRates]]] = field(default_factory=dict)
     cores_per_packet: float | None = None
@@ -151,7 +151,7 @@ class PopModel:
             old = self.reach.get(tier)
             self.reach[tier] = measured if old is None else old + weight * (measured - old)
 
-    def observe_status(self, status: PopStatus) -> None:
+    def observe_status(self, status: PopStatus | PopStatusRow) -> None:
         if self.status is None or status.at >= self.status.at:
             self.status = status
 
@@ -209,10 +209,15 @@ def estimate_native(
     moved_out: float = 0.0,
     moved_in: float = 0.0,
     cores_per_packet: float | None = None,
+    processed: float | None = None,
 ) -> dict[int, float]:
     """Native demand per tier in cores (see the module docstring for the formula);
-    ``cores_per_packet`` replaces ``load / processed`` when given (a saturated PoP)."""
-    processed = sum(r.local + r.received for r in rates.values())
+    ``cores_per_packet`` replaces ``load / processed`` when given (a saturated PoP);
+    ``processed``, the packets local and received in ``rates``, when the caller summed them."""
+    if processed is None:
+        processed = 0.0
+        for r in rates.values():
+            processed += r.local + r.received
     if processed > 0.0:
         k = load / processed if cores_per_packet is None else cores_per_packet
         return {

@@ -30,13 +30,20 @@ import numpy as np
 from schemas.messages import (
     PolicyEvent,
     PopLoad,
-    PopStatus,
+    PopStatusRow,
     ServerLoad,
 )
 from services.analytics.batch import Hystereses, Uniform, step_many
 from services.analytics.config import Band, PopRules
 from services.policy_engine.damping import DampingConfig
-from services.policy_engine.engine import CounterRound, EngineConfig, EngineState, Tick, decide
+from services.policy_engine.engine import (
+    CounterRound,
+    EngineConfig,
+    EngineState,
+    StatusRound,
+    Tick,
+    decide,
+)
 from services.table_writer import writer
 from services.table_writer.table import Server, forwarded_counts, new_table
 from sim.recording import ConsoleRecording
@@ -142,7 +149,7 @@ class PopshiftStrategy:
         sd = self.noise / np.sqrt(max(1.0, samples))
         return np.asarray(values * (1.0 + self.rng.normal(0.0, sd, values.shape)))
 
-    def _analytics(self, obs: Observation) -> list[PopStatus]:
+    def _analytics(self, obs: Observation) -> list[PopStatusRow]:
         then, age = self._window(obs)
         c = obs.counters
         if age > 0.0:
@@ -253,10 +260,11 @@ class PopshiftStrategy:
         self._churn = 0
         clock = self.wall_s
         started = time.perf_counter()
-        for status in self._analytics(obs):
-            decide(self.engine, status, now)
-            self.statuses += 1
-            if self.recording is not None:
+        statuses = self._analytics(obs)
+        decide(self.engine, StatusRound(statuses), now)
+        self.statuses += len(statuses)
+        if self.recording is not None:
+            for status in statuses:
                 self.recording.status(now, status)
         if now - self._last_stats >= self.knobs.stats_interval_s:
             self._last_stats = now
