@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from sim.scenario import FlashCrowd, Scenario
-from sim.world import FloatArray, World, great_circle_km, local_hour
+from sim.world import FloatArray, World, great_circle_km
 
 DIURNAL = np.array(
     [
@@ -76,6 +76,7 @@ class Demand:
         self._exp_noise = np.ones(world.n_regions)
         """exp(_noise), kept: the noise changes once a block, the multiplier every tick."""
         self._block = -1
+        self._lon_h = world.region_lon / 15.0  # local_hour's offsets, divided once
         self._crowds = [
             (
                 e,
@@ -101,9 +102,11 @@ class Demand:
     def multiplier(self, now: float) -> FloatArray:
         """Diurnal x noise x flash crowds, per region."""
         self._advance_noise(now)
-        m = self._exp_noise.copy()  # never the cache itself: a caller may scale what it gets
-        if self._diurnal:
-            m = m * diurnal(local_hour(self._start_h + now / 3600.0, self._world.region_lon))
+        if self._diurnal:  # a new array, never the cache itself: a caller may scale what it gets
+            hour = np.mod(self._start_h + now / 3600.0 + self._lon_h, 24.0)  # local_hour's
+            m = self._exp_noise * diurnal(hour)
+        else:
+            m = self._exp_noise.copy()
         for e, inside in self._crowds:
             f = crowd_factor(e, now)
             if f != 1.0:

@@ -273,12 +273,10 @@ def _observe_counters(state: EngineState, batch: CounterRound) -> None:
     last_at[rows[take]] = batch.at
     last_counts[rows[take]] = batch.counts[take]
     diffed = np.flatnonzero(then < batch.at)
+    make, pops, node, at = TierRates._make, state.pops, batch.node, batch.at
     for k, per_tier in zip(diffed.tolist(), rates[diffed].tolist(), strict=True):
-        state.pops[batch.pops[k]].observe_rates(
-            batch.node,
-            batch.at,
-            {t: TierRates(lo, out, rec) for t, (lo, out, rec) in zip(tiers, per_tier, strict=True)},
-        )
+        per_pop = dict(zip(tiers, map(make, per_tier), strict=True))
+        pops[batch.pops[k]].observe_rates(node, at, per_pop)
 
 
 def _tiers(network: NetworkConfig) -> list[TierSpec]:

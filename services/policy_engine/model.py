@@ -52,6 +52,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -65,15 +66,15 @@ MIN_REACH = 0.2
 """A reach below this is taken as this: the solver must not count on moving nothing."""
 
 
-@dataclass(frozen=True)
-class TierRates:
-    """Packets per second of one tier at one PoP (or node) by what happened to them."""
+class TierRates(NamedTuple):
+    """Packets per second of one tier at one PoP (or node) by what happened to them (a tuple:
+    the engine makes one per tier, PoP and counter report)."""
 
     local: float = 0.0
     forwarded: float = 0.0
     received: float = 0.0
 
-    def __add__(self, other: TierRates) -> TierRates:
+    def plus(self, other: TierRates) -> TierRates:
         return TierRates(
             self.local + other.local,
             self.forwarded + other.forwarded,
@@ -181,7 +182,7 @@ class PopModel:
             if now - at > max_age_s:
                 continue
             for tier, r in rates.items():
-                total[tier] = total.get(tier, TierRates()) + r
+                total[tier] = total.get(tier, TierRates()).plus(r)
         return total
 
     def packet_cost(
