@@ -9,6 +9,7 @@ and publish the :class:`PolicyEvent` s it returns. One event carries a source Po
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -35,6 +36,8 @@ from services.policy_engine.model import (
     counter_rates_many,
     estimate_native,
     latency_matrix,
+    native_from_counters,
+    packet_costs,
 )
 from services.policy_engine.overrides import Overrides
 from services.policy_engine.solver import (
@@ -179,11 +182,18 @@ class EngineState:
     _solved: _Solved | None = None
     _counters: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     """Per node of a :class:`CounterRound`: each PoP's last ``at`` (NaN: never) and counts."""
+    _round_rates: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    """Per node of a :class:`CounterRound`: when each PoP's rates were measured (NaN: never)
+    and the rates, (PoPs, tiers, 3) as ``counter_rates_many`` gives them; a message-reporting
+    node's are in its PoP's ``PopModel.node_rates`` instead."""
+    _row: dict[str, int] = field(init=False)
+    """Each PoP's row in the arrays above: its place in the network's list."""
 
     def __post_init__(self) -> None:
         self.silence = BusSilence(self.config.bus_silence_s, self.config.bus_outage_grace_s)
         for name in self.network.pop_names:
             self.pops.setdefault(name, PopModel(name))
+        self._row = {name: i for i, name in enumerate(self.network.pop_names)}
 
     def adopt(self, source: str, policy: Policy, keep_s: float) -> None:
         """Make ``policy`` the source's current one; keep recent ones for load corrections."""
@@ -253,30 +263,53 @@ def decide(
 
 
 def _observe_counters(state: EngineState, batch: CounterRound) -> None:
-    """PopModel.observe_stats for every PoP of the round: a late or duplicate report is
-    dropped, a first one only remembered, a counter that went down is a restart."""
-    names = state.network.pop_names
-    index = {name: i for i, name in enumerate(names)}
+    """PopModel.observe_stats for every PoP of the round, kept as arrays: a late or duplicate
+    report is dropped, a first one only remembered, a counter that went down is a restart."""
+    index = state._row
     unknown = [p for p in batch.pops if p not in index]
     if unknown:
         raise UnknownPop(f"unknown PoP {unknown[0]!r}")
     rows = np.array([index[p] for p in batch.pops], dtype=np.int64)
-    tiers = [t.id for t in state.network.tiers]
+    shape = (len(index), len(state.network.tiers), 3)
     last = state._counters.get(batch.node)
     if last is None:
-        last = (np.full(len(names), np.nan), np.zeros((len(names), len(tiers), 3), np.int64))
+        last = (np.full(shape[0], np.nan), np.zeros(shape, np.int64))
         state._counters[batch.node] = last
+        state._round_rates[batch.node] = (np.full(shape[0], np.nan), np.zeros(shape))
     last_at, last_counts = last
     then = last_at[rows]
     rates = counter_rates_many(then, last_counts[rows], batch.at, batch.counts)
     take = ~(then >= batch.at)  # never seen (NaN) or older
     last_at[rows[take]] = batch.at
     last_counts[rows[take]] = batch.counts[take]
-    diffed = np.flatnonzero(then < batch.at)
-    make, pops, node, at = TierRates._make, state.pops, batch.node, batch.at
-    for k, per_tier in zip(diffed.tolist(), rates[diffed].tolist(), strict=True):
-        per_pop = dict(zip(tiers, map(make, per_tier), strict=True))
-        pops[batch.pops[k]].observe_rates(node, at, per_pop)
+    diffed = then < batch.at
+    rates_at, node_rates = state._round_rates[batch.node]
+    rates_at[rows[diffed]] = batch.at
+    node_rates[rows[diffed]] = rates[diffed]
+
+
+def fresh_rates(state: EngineState, names: list[str], now: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per PoP of ``names`` and tier of the network, (local, forwarded, received) packets a second
+    summed over the nodes that reported within ``stats_max_age_s``, and which PoPs have any."""
+    max_age = state.config.stats_max_age_s
+    column = {t.id: j for j, t in enumerate(state.network.tiers)}
+    out = np.zeros((len(names), len(column), 3))
+    has = np.zeros(len(names), dtype=bool)
+    pops = state.pops
+    for i, name in enumerate(names):
+        model = pops[name]
+        if model.node_rates:  # nodes that report by message (the service's forwarders)
+            for tier, r in model.tier_rates(now, max_age).items():
+                has[i] = True
+                if (j := column.get(tier)) is not None:
+                    out[i, j] = r
+    if state._round_rates:  # nodes that report in rounds (the simulator's)
+        rows = np.array([state._row[n] for n in names], dtype=np.int64)
+        for rates_at, rates in state._round_rates.values():
+            ok = now - rates_at[rows] <= max_age  # never (NaN) is not fresh
+            out[ok] += rates[rows[ok]]
+            has |= ok
+    return out, has
 
 
 def _tiers(network: NetworkConfig) -> list[TierSpec]:
@@ -356,21 +389,35 @@ def _estimate(state: EngineState, fresh: list[str], now: float) -> dict[str, dic
     tier_ids = [t.id for t in state.network.tiers]
     prev = state.native
     cfg = state.config
-    reach = cfg.reach_after_s is not None
-    max_age, below, weight = cfg.stats_max_age_s, cfg.calibrate_below, cfg.calibrate_weight
-    pops = state.pops
+    models = [state.pops[name] for name in fresh]
+    statuses = [m.status for m in models]
+    assert all(st is not None for st in statuses)
+    rates, has = fresh_rates(state, fresh, now)
+    processed = np.zeros(len(fresh))
+    for j in range(len(tier_ids)):  # tier by tier, as the messages' rates are summed
+        processed = processed + (rates[:, j, 0] + rates[:, j, 2])
+    learned = [np.nan if m.cores_per_packet is None else m.cores_per_packet for m in models]
+    cost, learned_after = packet_costs(
+        np.array([st.load_cores for st in statuses if st is not None]),
+        processed,
+        np.array([st.utilisation for st in statuses if st is not None]),
+        np.array(learned, dtype=np.float64),
+        cfg.calibrate_below,
+        cfg.calibrate_weight,
+    )
+    for m, k in zip(models, learned_after.tolist(), strict=True):
+        m.cores_per_packet = None if math.isnan(k) else k
+    by_counters = native_from_counters(cost, rates).tolist()
+    counted, measured = (processed > 0.0).tolist(), has.tolist()
     out: dict[str, dict[int, float]] = {}
-    for name in fresh:
-        model = pops[name]
-        status = model.status
+    for i, name in enumerate(fresh):
+        if counted[i]:
+            out[name] = dict(zip(tier_ids, by_counters[i], strict=True))
+            continue
+        status = statuses[i]
         assert status is not None
-        rates = model.tier_rates(now, max_age)
-        processed = 0.0
-        for r in rates.values():
-            processed += r.local + r.received
-        cost = model.packet_cost(status.load_cores, processed, below, weight)
         moved_out = moved_in = 0.0
-        if not rates:
+        if not measured[i]:
             at = status.at - cfg.effect_lag_s
             for src, history in state.history.items():
                 for (tier, dst), x in _in_effect(history, at).items():
@@ -378,12 +425,13 @@ def _estimate(state: EngineState, fresh: list[str], now: float) -> dict[str, dic
                         moved_out += x * prev.get(src, {}).get(tier, 0.0)
                     elif dst == name:
                         moved_in += x * prev.get(src, {}).get(tier, 0.0)
-        native = estimate_native(
-            status.load_cores, rates, tier_ids, cfg.tier_mix, moved_out, moved_in, cost, processed
+        out[name] = estimate_native(
+            status.load_cores, {}, tier_ids, cfg.tier_mix, moved_out, moved_in
         )
-        out[name] = native
-        if reach:  # off (the simulator): shares are taken to reach all of their part
-            _observe_reach(state, model, rates, now)
+    if cfg.reach_after_s is not None:  # off (the simulator): shares reach all of their part
+        for i, model in enumerate(models):
+            row = {t: TierRates(*rates[i, j].tolist()) for j, t in enumerate(tier_ids)}
+            _observe_reach(state, model, row if measured[i] else {}, now)
     return out
 
 

@@ -127,7 +127,8 @@ class PopModel:
     last_stats: dict[str, DataplaneStats] = field(default_factory=dict)
     node_rates: dict[str, tuple[float, dict[int, TierRates]]] = field(default_factory=dict)
     cores_per_packet: float | None = None
-    """``k`` learned while the PoP was not saturated (see the module docstring)."""
+    """``k`` learned while the PoP was not saturated (see the module docstring; the engine
+    learns it for every PoP at once: :func:`packet_costs`)."""
     boost: float = 0.0
     """Cores the engine's integral action takes off the PoP's target load (engine.py)."""
     integrated_at: float | None = None
@@ -185,21 +186,39 @@ class PopModel:
                 total[tier] = total.get(tier, TierRates()).plus(r)
         return total
 
-    def packet_cost(
-        self, load: float, processed: float, calibrate_below: float, weight: float
-    ) -> float | None:
-        """Cores per packet now (``processed``: packets a second processed here, local and
-        received): measured while unsaturated (and learned), else the learned one."""
-        if processed <= 0.0 or self.status is None:
-            return None
+
+def packet_costs(
+    load: np.ndarray,
+    processed: np.ndarray,
+    utilisation: np.ndarray,
+    learned: np.ndarray,
+    calibrate_below: float,
+    weight: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cores per packet now of many PoPs (``processed``: packets a second processed there, local
+    and received; NaN where none), and the ratio each has learned after this (NaN: none yet).
+
+    Measured while unsaturated (and learned); saturated, the measured ratio is a floor (the load
+    is capped, the packets are not), so the one learned before is the better figure unless the
+    traffic got dearer per packet since."""
+    counted = processed > 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
         measured = load / processed
-        if self.status.utilisation < calibrate_below:
-            k = self.cores_per_packet
-            self.cores_per_packet = measured if k is None else k + weight * (measured - k)
-            return measured
-        # Saturated, ``measured`` is a floor (the load is capped, the packets are not); the ratio
-        # learned before is the better figure unless the traffic got dearer per packet since.
-        return max(measured, self.cores_per_packet or 0.0)
+    calibrating = counted & (utilisation < calibrate_below)
+    never = np.isnan(learned)
+    learned_after = np.where(
+        calibrating, np.where(never, measured, learned + weight * (measured - learned)), learned
+    )
+    saturated = np.maximum(measured, np.where(never, 0.0, learned))
+    cost = np.where(counted, np.where(calibrating, measured, saturated), np.nan)
+    return cost, learned_after
+
+
+def native_from_counters(cost: np.ndarray, rates: np.ndarray) -> np.ndarray:
+    """Native demand in cores per PoP and tier: ``cost`` (cores per packet, per PoP) times each
+    tier's own packets, processed here or forwarded out; ``rates`` as :func:`counter_rates_many`
+    gives them (PoPs, tiers, local / forwarded / received)."""
+    return np.asarray(cost[:, None] * (rates[:, :, 0] + rates[:, :, 1]))
 
 
 def estimate_native(
@@ -209,21 +228,16 @@ def estimate_native(
     mix: Mapping[int, float],
     moved_out: float = 0.0,
     moved_in: float = 0.0,
-    cores_per_packet: float | None = None,
-    processed: float | None = None,
 ) -> dict[int, float]:
-    """Native demand per tier in cores (see the module docstring for the formula);
-    ``cores_per_packet`` replaces ``load / processed`` when given (a saturated PoP);
-    ``processed``, the packets local and received in ``rates``, when the caller summed them."""
-    if processed is None:
-        processed = 0.0
-        for r in rates.values():
-            processed += r.local + r.received
+    """Native demand per tier in cores of one PoP (see the module docstring for the formula;
+    the engine estimates every PoP with counters at once, with :func:`native_from_counters`)."""
+    processed = 0.0
+    for r in rates.values():
+        processed += r.local + r.received
     if processed > 0.0:
-        k = load / processed if cores_per_packet is None else cores_per_packet
-        return {
-            t: k * (rates[t].local + rates[t].forwarded) if t in rates else 0.0 for t in tier_ids
-        }
+        row = np.array([[rates.get(t, TierRates()) for t in tier_ids]])
+        native = native_from_counters(np.array([load / processed]), row)[0]
+        return dict(zip(tier_ids, native.tolist(), strict=True))
     native_total = max(0.0, load + moved_out - moved_in)
     weights = {t: max(0.0, mix.get(t, 0.0)) for t in tier_ids}
     total_w = sum(weights.values())

@@ -510,7 +510,7 @@ def test_a_counter_round_is_folded_as_its_messages_one_by_one() -> None:
     dropped, a counter gone down a restart, a PoP silent for a while diffed against its last."""
     import numpy as np
 
-    from services.policy_engine.engine import CounterRound
+    from services.policy_engine.engine import CounterRound, fresh_rates
 
     rng = np.random.default_rng(7)
     names = NETWORK.pop_names
@@ -542,9 +542,11 @@ def test_a_counter_round_is_folded_as_its_messages_one_by_one() -> None:
             decide(by_messages, message, now=at)
         pops = [names[i] for i in live]
         decide(by_rounds, CounterRound("edge", at, pops, counts[live].copy()), now=at)
-        for name in names:
-            assert by_rounds.pops[name].node_rates == by_messages.pops[name].node_rates
-    assert all(by_rounds.pops[n].node_rates for n in names)
+        rounds, rounds_has = fresh_rates(by_rounds, list(names), at)
+        messages, messages_has = fresh_rates(by_messages, list(names), at)
+        assert rounds.tolist() == messages.tolist()
+        assert rounds_has.tolist() == messages_has.tolist()
+    assert rounds_has.all()
     assert by_rounds.silence == by_messages.silence
     with pytest.raises(UnknownPop):
         decide(by_rounds, CounterRound("edge", 70.0, ["nowhere"], counts[:1]), now=70.0)
