@@ -337,6 +337,9 @@ class Demand(NamedTuple):
     loads: dict[str, float]
     """Each PoP's native load, what stays plus what can move: summed once, read every tick by
     the solver's problem, the kept policies' check and the reasons' expected loads."""
+    movable_rows: np.ndarray | None = None
+    """``movable`` as an array (PoPs in its order, the network's tiers): what the reuse of the
+    last solve compares, every PoP every tick."""
 
     def native_load(self, name: str) -> float:
         return self.loads.get(name, 0.0)
@@ -355,7 +358,9 @@ def _demand(state: EngineState, native: dict[str, dict[int, float]]) -> Demand:
         movable[name] = {t: reach.get(t, 1.0) * cores for t, cores in tiers.items()}
         stays[name] = sum(tiers.values()) - sum(movable[name].values())
         loads[name] = stays[name] + sum(movable[name].values())
-    return Demand(movable, stays, loads)
+    tier_ids = [t.id for t in state.network.tiers]
+    rows = np.array([[per_tier[t] for t in tier_ids] for per_tier in movable.values()])
+    return Demand(movable, stays, loads, rows.reshape(len(movable), len(tier_ids)))
 
 
 def _observe_reach(
@@ -560,39 +565,36 @@ class _Solved:
     fresh: list[str]
     shedders: set[str]
     overrides: Overrides
-    capacity: dict[str, float]
-    boost: dict[str, float]
+    capacity: np.ndarray  # per fresh PoP
+    boost: np.ndarray  # per fresh PoP
     demand: Demand
     solution: Solution
 
     def still_fits(
-        self, state: EngineState, fresh: list[str], demand: Demand, shedders: set[str]
+        self,
+        state: EngineState,
+        fresh: list[str],
+        demand: Demand,
+        shedders: set[str],
+        capacity: np.ndarray,
+        boost: np.ndarray,
     ) -> bool:
         if fresh != self.fresh or shedders != self.shedders or state.overrides != self.overrides:
             return False
-        band = state.config.resolve_band
-        # locals: this loop runs over every PoP every tick
-        pops, capacity, boosts = state.pops, self.capacity, self.boost
-        movable_then, movable_now = self.demand.movable, demand.movable
-        stays_then, stays_now = self.demand.stays, demand.stays
-        for name in fresh:
-            model = pops[name]
-            assert model.status is not None
-            cap = model.status.capacity_cores
-            if cap != capacity[name]:
-                return False
-            near = band * cap
-            boost = boosts[name]  # grown: the integral acts; given back: within the band
-            if model.boost > boost or boost - model.boost > near:
-                return False
-            then = movable_then[name]
-            for tier, x in movable_now[name].items():  # a loop, not any()
-                if abs(x - then.get(tier, 0.0)) > near:
+        if not np.array_equal(capacity, self.capacity):
+            return False
+        near = state.config.resolve_band * capacity
+        # the integral grown: it acts; given back: within the band
+        if (boost > self.boost).any() or (self.boost - boost > near).any():
+            return False
+        now, then = demand.movable_rows, self.demand.movable_rows
+        if now is None or then is None or (np.abs(now - then) > near[:, None]).any():
+            return False
+        stays_now, stays_then = demand.stays, self.demand.stays
+        if stays_now or stays_then:
+            for name, cores in zip(fresh, near.tolist(), strict=True):
+                if abs(stays_now.get(name, 0.0) - stays_then.get(name, 0.0)) > cores:
                     return False
-            if (stays_now or stays_then) and abs(
-                stays_now.get(name, 0.0) - stays_then.get(name, 0.0)
-            ) > near:
-                return False
         return True
 
 
@@ -605,22 +607,17 @@ def _solve(state: EngineState, fresh: list[str], demand: Demand, shedders: set[s
     Measurement noise moves the estimates a little every tick; solving again for it costs
     milliseconds a tick and, with ``_still_good`` keeping what still does its job, changes next
     to nothing. A new flag, a dead PoP, an override or the integral acting solves at once."""
+    models = [state.pops[name] for name in fresh]
+    capacity = np.array([m.status.capacity_cores if m.status else 0.0 for m in models])
+    boost = np.array([m.boost for m in models])
     last = state._solved
-    if last is not None and last.still_fits(state, fresh, demand, shedders):
+    if last is not None and last.still_fits(state, fresh, demand, shedders, capacity, boost):
         return last.solution
     solution = solve_with_budget(
         _problem(state, fresh, demand, shedders), state.config.solve_budget
     )
-    models = [state.pops[name] for name in fresh]
-    state._solved = _Solved(  # this tick's lists and estimates: made for it, changed by nobody
-        fresh,
-        shedders,
-        state.overrides,
-        {m.name: m.status.capacity_cores for m in models if m.status is not None},
-        {m.name: m.boost for m in models},
-        demand,
-        solution,
-    )
+    # this tick's lists and estimates: made for it, changed by nobody
+    state._solved = _Solved(fresh, shedders, state.overrides, capacity, boost, demand, solution)
     return solution
 
 
@@ -718,7 +715,11 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
             solution = Solution({}, {}, {}, 0.0, 0.0, [], False, "idle")
 
     keep = _still_good(state, demand, fresh_set, solution) if solution is not None else set()
-    flagged = {name for name in fresh_set if _flagged(state, name)}
+    flagged = {  # _flagged, inline: every fresh PoP every tick
+        name
+        for name in fresh_set
+        if (st := state.pops[name].status) is not None and st.state is PopState.SHED
+    }
     by_source: dict[str, Shares] = {}  # Solution.source_shares for every source, in one pass
     for tier, pairs in solution.shares.items() if solution is not None else ():
         for (s, dst), x in pairs.items():
