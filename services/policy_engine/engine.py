@@ -188,6 +188,10 @@ class EngineState:
     node's are in its PoP's ``PopModel.node_rates`` instead."""
     _row: dict[str, int] = field(init=False)
     """Each PoP's row in the arrays above: its place in the network's list."""
+    _rows: tuple[tuple[str, ...], np.ndarray] | None = None
+    """The rows of the last list of PoPs asked for (the fresh ones: the same most ticks)."""
+    _messaged: set[str] = field(default_factory=set)
+    """PoPs with a node that reports by DataplaneStats messages (PopModel.node_rates)."""
 
     def __post_init__(self) -> None:
         self.silence = BusSilence(self.config.bus_silence_s, self.config.bus_outage_grace_s)
@@ -203,6 +207,13 @@ class EngineState:
         while len(history) > 1 and history[1].issued_at <= cutoff:
             history.pop(0)
         self.history[source] = history
+
+    def rows(self, names: list[str]) -> np.ndarray:
+        """The rows of ``names`` in the per-PoP arrays, cached while they stay the same."""
+        key = tuple(names)
+        if self._rows is None or self._rows[0] != key:
+            self._rows = (key, np.array([self._row[n] for n in names], dtype=np.int64))
+        return self._rows[1]
 
     def latency(self, names: list[str]) -> np.ndarray:
         """The latency matrix of ``names``, cached while the set of fresh PoPs stays the same."""
@@ -241,6 +252,7 @@ def decide(
             model.observe_status(event)
         else:
             model.observe_stats(event)
+            state._messaged.add(event.pop)
         return state, []
     if isinstance(event, StatusRound):
         if event.statuses:
@@ -295,16 +307,15 @@ def fresh_rates(state: EngineState, names: list[str], now: float) -> tuple[np.nd
     column = {t.id: j for j, t in enumerate(state.network.tiers)}
     out = np.zeros((len(names), len(column), 3))
     has = np.zeros(len(names), dtype=bool)
-    pops = state.pops
-    for i, name in enumerate(names):
-        model = pops[name]
-        if model.node_rates:  # nodes that report by message (the service's forwarders)
-            for tier, r in model.tier_rates(now, max_age).items():
+    messaged = state._messaged
+    for i, name in enumerate(names if messaged else ()):
+        if name in messaged:  # nodes that report by message (the service's forwarders)
+            for tier, r in state.pops[name].tier_rates(now, max_age).items():
                 has[i] = True
                 if (j := column.get(tier)) is not None:
                     out[i, j] = r
     if state._round_rates:  # nodes that report in rounds (the simulator's)
-        rows = np.array([state._row[n] for n in names], dtype=np.int64)
+        rows = state.rows(names)
         for rates_at, rates in state._round_rates.values():
             ok = now - rates_at[rows] <= max_age  # never (NaN) is not fresh
             out[ok] += rates[rows[ok]]
@@ -345,22 +356,25 @@ class Demand(NamedTuple):
         return self.loads.get(name, 0.0)
 
 
-def _demand(state: EngineState, native: dict[str, dict[int, float]]) -> Demand:
-    movable: dict[str, dict[int, float]] = {}
-    stays: dict[str, float] = {}
-    loads: dict[str, float] = {}
-    for name, tiers in native.items():
-        reach = state.pops[name].reach
-        if not reach:  # most PoPs: nothing forwarded, or reach not measured
-            movable[name] = tiers
-            loads[name] = sum(tiers.values())
-            continue
-        movable[name] = {t: reach.get(t, 1.0) * cores for t, cores in tiers.items()}
-        stays[name] = sum(tiers.values()) - sum(movable[name].values())
-        loads[name] = stays[name] + sum(movable[name].values())
+def _demand(state: EngineState, native: dict[str, dict[int, float]], rows: np.ndarray) -> Demand:
+    """``native`` (``rows``: the same as an array, in its order) as the solver sees it."""
     tier_ids = [t.id for t in state.network.tiers]
-    rows = np.array([[per_tier[t] for t in tier_ids] for per_tier in movable.values()])
-    return Demand(movable, stays, loads, rows.reshape(len(movable), len(tier_ids)))
+    total = np.zeros(len(native))
+    for j in range(len(tier_ids)):  # tier by tier, as sum() adds a PoP's
+        total = total + rows[:, j]
+    loads = dict(zip(native, total.tolist(), strict=True))
+    movable: dict[str, dict[int, float]] = native
+    stays: dict[str, float] = {}
+    reaching = [(i, name) for i, name in enumerate(native) if state.pops[name].reach]
+    if reaching:  # the lab: part of a forwarded tier stays whatever the shares say
+        movable, rows = dict(native), rows.copy()
+        for i, name in reaching:
+            reach, tiers = state.pops[name].reach, native[name]
+            movable[name] = {t: reach.get(t, 1.0) * cores for t, cores in tiers.items()}
+            stays[name] = sum(tiers.values()) - sum(movable[name].values())
+            loads[name] = stays[name] + sum(movable[name].values())
+            rows[i] = [movable[name][t] for t in tier_ids]
+    return Demand(movable, stays, loads, rows)
 
 
 def _observe_reach(
@@ -385,8 +399,11 @@ def _observe_reach(
         model.boost = 0.0
 
 
-def _estimate(state: EngineState, fresh: list[str], now: float) -> dict[str, dict[int, float]]:
-    """Native demand per tier of every fresh PoP (model.py explains how).
+def _estimate(
+    state: EngineState, fresh: list[str], now: float
+) -> tuple[dict[str, dict[int, float]], np.ndarray]:
+    """Native demand per tier of every fresh PoP (model.py explains how), by name and as an
+    array (``fresh``'s order, the network's tiers).
 
     Without counters the measured load is corrected by the policies in effect when it was
     measured, not by the latest ones, whose effect the measurement cannot show yet.
@@ -412,12 +429,13 @@ def _estimate(state: EngineState, fresh: list[str], now: float) -> dict[str, dic
     )
     for m, k in zip(models, learned_after.tolist(), strict=True):
         m.cores_per_packet = None if math.isnan(k) else k
-    by_counters = native_from_counters(cost, rates).tolist()
+    native = native_from_counters(cost, rates)
+    by_counters = native.tolist()
     counted, measured = (processed > 0.0).tolist(), has.tolist()
     out: dict[str, dict[int, float]] = {}
     for i, name in enumerate(fresh):
         if counted[i]:
-            out[name] = dict(zip(tier_ids, by_counters[i], strict=True))
+            out[name] = dict(zip(tier_ids, by_counters[i], strict=False))  # a row per tier
             continue
         status = statuses[i]
         assert status is not None
@@ -433,11 +451,12 @@ def _estimate(state: EngineState, fresh: list[str], now: float) -> dict[str, dic
         out[name] = estimate_native(
             status.load_cores, {}, tier_ids, cfg.tier_mix, moved_out, moved_in
         )
+        native[i] = [out[name][t] for t in tier_ids]
     if cfg.reach_after_s is not None:  # off (the simulator): shares reach all of their part
         for i, model in enumerate(models):
             row = {t: TierRates(*rates[i, j].tolist()) for j, t in enumerate(tier_ids)}
             _observe_reach(state, model, row if measured[i] else {}, now)
-    return out
+    return out, native
 
 
 def _shedders(state: EngineState, names: Iterable[str]) -> set[str]:
@@ -701,9 +720,9 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
     shedders: set[str] = set()
     if fresh:
         shedders = _shedders(state, fresh)
-        native = _estimate(state, fresh, now)
+        native, rows = _estimate(state, fresh, now)
         state.native.update(native)
-        demand = _demand(state, native)
+        demand = _demand(state, native, rows)
         if (
             shedders
             or allowed.pins
