@@ -10,7 +10,8 @@ connection lifetime. Chasing the solver each round would overshoot and oscillate
 Safety changes (forbidden pair, drained destination, operator pin) bypass all three, and so
 does relief for a PoP analytics flags (``urgent``): a share growing to take load off an
 overloaded PoP is applied whole at once, and none of its shares goes down while it is flagged
-(but those to a destination flagged in turn);
+(but those to a destination flagged in turn); the engine passes ``urgent`` for a relay of a
+flagged PoP too (its onward shares follow its inflow);
 a share going down waits and steps once the flag is gone (giving back is never urgent, and a
 fast give-back is what makes a relieved PoP flap).
 

@@ -739,6 +739,15 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
         for name in fresh_set
         if (st := state.pops[name].status) is not None and st.state is PopState.SHED
     }
+    # Relays of a flagged PoP's relief are part of it: their onward shares grow with the
+    # shares they receive, at once, and none goes down while it lasts (a relay held by its own
+    # hold-off while its inflow grows is flagged in turn a few seconds later: the lab's tail).
+    relaying = {
+        dst
+        for src in flagged
+        for (_, dst), x in _current(state, src).items()
+        if x > 0.0 and dst != src
+    }
     by_source: dict[str, Shares] = {}  # Solution.source_shares for every source, in one pass
     for tier, pairs in solution.shares.items() if solution is not None else ():
         for (s, dst), x in pairs.items():
@@ -756,7 +765,7 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
             target = dict(by_source.get(src, {}))
         else:  # no recent verdict for src: keep its policy, minus stale destinations
             target = {k: v for k, v in current.items() if k[1] in fresh_set}
-        if src in keep:
+        if src in keep and src not in relaying:
             target = dict(current)  # it still does its job: a better one is not worth the churn
         targets[src] = target
         if not current and not target and src not in allowed.pins:
@@ -769,7 +778,7 @@ def _tick(state: EngineState, now: float) -> list[PolicyEvent]:
             now=now,
             config=state.config.damping,
             forced=_forced(allowed, src, current, dead),  # ...but a dead destination goes at once
-            urgent=_flagged(state, src),
+            urgent=_flagged(state, src) or src in relaying,
             flagged=flagged,
         )
 

@@ -23,11 +23,12 @@ def engine(
     effect_lag_s: float = 2.0,
     integral_gain: float = 0.5,
     reach_after_s: float | None = None,
+    holdoff_s: float = 0.0,
 ) -> EngineState:
     cfg = EngineConfig(
         reach_after_s=reach_after_s,
         tier_mix={0: 1.0},
-        damping=DampingConfig(deadband=deadband, max_step=1.0, holdoff_s=0.0),
+        damping=DampingConfig(deadband=deadband, max_step=1.0, holdoff_s=holdoff_s),
         lease_s=1e6,
         effect_lag_s=effect_lag_s,
         integral_gain=integral_gain,
@@ -303,3 +304,22 @@ def test_a_hot_server_does_not_wind_up_the_integral() -> None:
         decide(state, Tick(), float(now))
     assert state.pops["a"].boost == 0.0
     assert state.policies["a"].shares[(0, "b")] == pytest.approx(share, abs=0.02)
+
+
+def test_a_relay_passes_on_at_once_what_a_flagged_pop_sends_it() -> None:
+    """a's demand keeps growing, so it sends b more, round after round; b must pass its own
+    traffic on to c to make room, and does so as its inflow grows, not once its hold-off is
+    over: it is never flagged itself, and both end below the shed threshold."""
+    plant = SaturatingPlant({"a": 9.0, "b": 5.0, "c": 1.0})
+    state = engine(deadband=0.05, holdoff_s=30.0, integral_gain=0.0)
+    b_states, b_utils = [], []
+    for now in range(60):
+        plant.demand["a"] = min(13.0, 9.0 + 0.2 * now)  # 13 cores 20 s in
+        plant.step(state, float(now))
+        b_states.append(plant.states["b"])
+        b_utils.append(round(plant.true_load(float(now))["b"] / CAPACITY, 2))
+    onward = [share_to([ev], "b", "c") or 0.0 for ev in plant.issued if ev.source == "b"]
+    assert max(onward, default=0.0) > 0.3  # b did relay to c
+    assert PopState.SHED not in b_states, b_utils
+    load = plant.true_load(59.0)
+    assert load["a"] / CAPACITY < SHED_ENTER and load["b"] / CAPACITY < SHED_ENTER
