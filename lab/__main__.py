@@ -131,7 +131,7 @@ def run_scenario(args: argparse.Namespace) -> int:
             h.result.save(path)
     print(f"result: {path}")
     if args.cmd == "demo":
-        return 0 if all(c.passed for c in print_report(h.result, args.out)) else 1
+        return 0 if all(c.ok for c in print_report(h.result, args.out)) else 1
     return 0
 
 

@@ -33,10 +33,6 @@ SETTLE_S = 1.0  # after a table change was seen: SYNs in flight across it (one r
 TOLERANCE = 0.03  # the issue's promise: the share processed in B within +-3 points
 RELIEF_S = 20.0
 """The goal: every PoP below the shed threshold this soon after the load started."""
-RELIEF_PENDING = (
-    "issue 13 open: relief within 20 s in 14 of 15 bench runs (bench/time_to_relief.py, p50 "
-    "15-16.5 s), one at 23 s on a loaded machine (lab/SCENARIOS.md, Known limits)"
-)
 CALM_HOLD_S = 5.0  # ... and staying there this long (several analytics windows, not one dip)
 
 
@@ -45,13 +41,6 @@ class Check:
     name: str
     ok: bool
     detail: str
-    pending: str = ""
-    """Why a failure is a known, open target (issue 13): printed with the failure; the demo's
-    exit status does not count it (`passed`); empty = every failure counts."""
-
-    @property
-    def passed(self) -> bool:
-        return self.ok or bool(self.pending)
 
 
 def check_long_connections(result: Result) -> Check:
@@ -347,7 +336,6 @@ def check_relief(result: Result, max_s: float = RELIEF_S) -> Check:
         f"overload gone {after} (every PoP <= combined_over enter "
         f"{', '.join(f'{p} {limit[p]:g}' for p in result.pops)} for {CALM_HOLD_S:g} s); "
         f"peak utilisation {', '.join(f'{p} {u:.0%}' for p, u in peak.items())}",
-        pending=RELIEF_PENDING,
     )
 
 
@@ -371,12 +359,7 @@ def check_infeasible_reported(result: Result) -> Check:
 
 
 def format_checks(checks: Iterable[Check]) -> str:
-    def verdict(c: Check) -> str:
-        if c.ok:
-            return "PASS"
-        return f"FAIL, pending: {c.pending}" if c.pending else "FAIL"
-
-    return "\n".join(f"[{verdict(c)}] {c.name}: {c.detail}" for c in checks)
+    return "\n".join(f"[{'PASS' if c.ok else 'FAIL'}] {c.name}: {c.detail}" for c in checks)
 
 
 def engine_windows(result: Result, end: float) -> list[Window]:

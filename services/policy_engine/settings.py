@@ -102,8 +102,8 @@ class PolicySettings(Settings):
         0.02,
         ge=0.0,
         le=1.0,
-        description="A flagged PoP's share grows by as little as this, at once (no step cap, "
-        "no hold-off).",
+        description="A flagged PoP's share, and its relays' onward shares, grow by as little as "
+        "this, at once (no step cap, no hold-off).",
     )
     policy_max_step: float = Field(
         0.10, gt=0.0, le=1.0, description="Largest change of one share in one round."
