@@ -898,16 +898,23 @@ def _still_good(
         if any(over(dst) > cfg.receiver_margin for dst in dsts):
             continue
         u = over(src)
+        # Shedding far more than it needs, by the estimate *and* by what is measured: the
+        # estimate swings by a fifth tick to tick (the lab), and a give-back on a low swing of
+        # a PoP measured at its target brought its flag (and its relays' give-back) back.
+        status = state.pops[src].status
+        measured = status.utilisation - state.network.pop(src).target_utilisation if status else u
+        over_shedding = max(u, measured) < -cfg.give_back_margin
         flagged = _flagged(state, src)
         does_its_job = (
-            -cfg.give_back_margin <= u <= cfg.keep_margin
+            not over_shedding
+            and u <= cfg.keep_margin
             and not (flagged and (u > 0.0 or state.pops[src].boost > 0.0))
             and not any(over(dst) > 0.0 and _flagged(state, dst) for dst in dsts)
         )
         wanted = solution.source_shares(src)
         only_swaps = (
             not flagged
-            and u >= -cfg.give_back_margin  # not shedding far more than it needs
+            and not over_shedding
             and {t for t, _ in wanted} == {t for t, _ in shares}  # no tier given up
             and _same_totals(shares, wanted, cfg.deadband)
         )

@@ -120,7 +120,10 @@ class PolicySettings(Settings):
         "utilisation above its target (and not flagged), even if a better one exists.",
     )
     policy_give_back_margin: float = Field(
-        0.10, ge=0.0, description="... and within this much below its target."
+        0.10,
+        ge=0.0,
+        description="... and within this much below its target, by the estimate or by the "
+        "measured utilisation (it gives back only when both are lower).",
     )
     policy_receiver_margin: float = Field(
         0.08,

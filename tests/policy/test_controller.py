@@ -323,3 +323,33 @@ def test_a_relay_passes_on_at_once_what_a_flagged_pop_sends_it() -> None:
     assert PopState.SHED not in b_states, b_utils
     load = plant.true_load(59.0)
     assert load["a"] / CAPACITY < SHED_ENTER and load["b"] / CAPACITY < SHED_ENTER
+
+
+def test_a_low_estimate_of_a_pop_measured_at_its_target_gives_nothing_back() -> None:
+    """The estimate swings with the counters (the lab: by a fifth tick to tick); a PoP
+    measured at its target keeps its relief even on a tick whose estimate says it sheds far
+    more than it needs. Measured below target by the give-back margin, it gives back."""
+    state = engine()
+    packets = {"a": 0.0, "b": 0.0, "c": 0.0}
+
+    def tick(now: float, loads: dict[str, float], rates: dict[str, float], a: PopState) -> None:
+        for pop, load in loads.items():
+            packets[pop] += rates[pop]
+            decide(state, counters(pop, now, packets[pop]), now)
+            flag = a if pop == "a" else PopState.NEUTRAL
+            decide(state, status(pop, now, load, flag), now)
+        decide(state, Tick(), now)
+
+    calm = {"a": 7.0, "b": 2.0, "c": 2.0}
+    for now in (0.0, 1.0):  # 0.01 cores a packet learned
+        tick(now, calm, {p: x * PACKETS_PER_CORE_S for p, x in calm.items()}, PopState.NEUTRAL)
+    tick(2.0, {**calm, "a": 9.0}, {"a": 900.0, "b": 200.0, "c": 200.0}, PopState.SHED)
+    share = state.policies["a"].shares[(0, "b")]
+    assert share == pytest.approx(1.5 / 9.0, abs=0.02)
+    # measured at 0.76 (its target), counters a third low: the estimate says 6 cores, not 9
+    for now in (3.0, 4.0, 5.0):
+        tick(now, {**calm, "a": 7.6}, {"a": 600.0, "b": 200.0, "c": 200.0}, PopState.NEUTRAL)
+    assert state.policies["a"].shares.get((0, "b")) == share
+    for now in (6.0, 7.0, 8.0):  # measured at 0.55: far below its target, it gives back
+        tick(now, {**calm, "a": 5.5}, {"a": 600.0, "b": 200.0, "c": 200.0}, PopState.NEUTRAL)
+    assert state.policies["a"].shares.get((0, "b"), 0.0) < share
