@@ -550,3 +550,30 @@ def test_a_counter_round_is_folded_as_its_messages_one_by_one() -> None:
     assert by_rounds.silence == by_messages.silence
     with pytest.raises(UnknownPop):
         decide(by_rounds, CounterRound("edge", 70.0, ["nowhere"], counts[:1]), now=70.0)
+
+
+def test_a_status_round_is_folded_as_its_messages_and_refuses_an_unknown_pop() -> None:
+    """StatusRound (the simulator's analytics round, plain rows) leaves the statuses its
+    PopStatus messages would; a row of a PoP the network does not know is refused, as a
+    message of it is."""
+    from schemas.messages import PopStatusRow
+    from services.policy_engine.engine import StatusRound
+
+    rows = [
+        PopStatusRow(
+            name, 5.0, PopState.SHED if name == "a" else PopState.NEUTRAL, 1.0, 0.9, 10.0, 9.0
+        )
+        for name in NETWORK.pop_names
+    ]
+    by_messages = EngineState(NETWORK, EngineConfig())
+    by_round = EngineState(NETWORK, EngineConfig())
+    for row in rows:
+        decide(by_messages, PopStatus(**row._asdict()), now=5.0)
+    decide(by_round, StatusRound(rows), now=5.0)
+    for name in NETWORK.pop_names:
+        got, want = by_round.pops[name].status, by_messages.pops[name].status
+        assert got is not None and want is not None
+        assert PopStatus(**got._asdict()) == want  # type: ignore[union-attr]
+    assert by_round.silence == by_messages.silence
+    with pytest.raises(UnknownPop):
+        decide(by_round, StatusRound([rows[0]._replace(pop="nowhere")]), now=6.0)
