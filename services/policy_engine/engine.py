@@ -412,17 +412,17 @@ def _estimate(
     prev = state.native
     cfg = state.config
     models = [state.pops[name] for name in fresh]
-    statuses = [m.status for m in models]
-    assert all(st is not None for st in statuses)
+    statuses = [m.status for m in models if m.status is not None]
+    assert len(statuses) == len(models)  # fresh: every one has a status
     rates, has = fresh_rates(state, fresh, now)
     processed = np.zeros(len(fresh))
     for j in range(len(tier_ids)):  # tier by tier, as the messages' rates are summed
         processed = processed + (rates[:, j, 0] + rates[:, j, 2])
     learned = [np.nan if m.cores_per_packet is None else m.cores_per_packet for m in models]
     cost, learned_after = packet_costs(
-        np.array([st.load_cores for st in statuses if st is not None]),
+        np.array([st.load_cores for st in statuses]),
         processed,
-        np.array([st.utilisation for st in statuses if st is not None]),
+        np.array([st.utilisation for st in statuses]),
         np.array(learned, dtype=np.float64),
         cfg.calibrate_below,
         cfg.calibrate_weight,
@@ -438,7 +438,6 @@ def _estimate(
             out[name] = dict(zip(tier_ids, by_counters[i], strict=False))  # a row per tier
             continue
         status = statuses[i]
-        assert status is not None
         moved_out = moved_in = 0.0
         if not measured[i]:
             at = status.at - cfg.effect_lag_s
